@@ -1,0 +1,315 @@
+"""The SSD depth network (SPEC §2): DINOv2 encoder + DPT head, plus the md4all pose network.
+
+    from model import load_depth_net
+    net = load_depth_net("runs/student/ckpt.pt")      # a checkpoint alone rebuilds the net
+    depth = net.infer(PIL.Image.open("frame.jpg"))    # (H, W) float32 metres
+
+Why transformers' `DepthAnythingForDepthEstimation`: it *is* DINOv2 + the Depth-Anything DPT head
+the paper uses, so the pretrained DINOv2 encoder and the Depth-Anything-V2 weights load into it
+unchanged, and an exported net opens with `from_pretrained` anywhere. We call its backbone, neck
+and head ourselves (three lines) so the last-layer patch tokens come out of the same pass for the
+semantic loss. The head is built as "metric" with max_depth 1, so its output is exactly the sigmoid
+disparity s of md4all; `disp_to_depth` turns s into metres.
+"""
+import os
+import socket
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Backbone,
+                          Dinov2Config, Dinov2Model, ResNetConfig, ResNetModel)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# DINOv2 sizes and the Depth-Anything-V2 DPT heads that go with them (taps are 1-based layers).
+ENCODERS = {
+    "tiny": dict(hidden=48, layers=4, heads=4, taps=[1, 2, 3, 4], neck=[8, 16, 24, 48], fusion=16,
+                 head=8, hub=None),
+    "small": dict(hidden=384, layers=12, heads=6, taps=[3, 6, 9, 12], neck=[48, 96, 192, 384],
+                  fusion=64, head=32, hub="facebook/dinov2-small"),
+    "base": dict(hidden=768, layers=12, heads=12, taps=[3, 6, 9, 12], neck=[96, 192, 384, 768],
+                 fusion=128, head=32, hub="facebook/dinov2-base"),
+    "large": dict(hidden=1024, layers=24, heads=16, taps=[5, 12, 18, 24],
+                  neck=[256, 512, 1024, 1024], fusion=256, head=32, hub="facebook/dinov2-large"),
+}
+INITS = ("dinov2", "depth-anything-v2-small", "none")
+DEPTH_ANYTHING_V2_SMALL = "depth-anything/Depth-Anything-V2-Small-hf"
+RESNET18 = "microsoft/resnet-18"
+
+
+def from_pretrained_or_explain(load_fn, name_or_path, hint, **kwargs):
+    """Call `load_fn(name_or_path, **kwargs)`; fail fast with the id and the fix when it is not
+    reachable (no hub, not in the cache, not a local folder), instead of ~25 s of retries."""
+    name_or_path = str(name_or_path)
+
+    def explain(cause):
+        return RuntimeError(
+            f"could not load '{name_or_path}' ({cause}). It is neither a local folder nor in the "
+            f"Hugging Face cache, and the hub is not reachable from here. Download it where you have "
+            f"network (`huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR "
+            f"instead, or use {hint}.")
+
+    if os.path.isdir(name_or_path) or os.environ.get("HF_HUB_OFFLINE") == "1":
+        try:
+            return load_fn(name_or_path, **kwargs)
+        except OSError as e:
+            raise explain(str(e).splitlines()[0]) from e
+    try:
+        return load_fn(name_or_path, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    from huggingface_hub import constants
+    host = constants.ENDPOINT.split("://")[-1].split("/")[0]
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        raise explain(f"{host} does not resolve: {e}") from e
+    try:
+        return load_fn(name_or_path, **kwargs)
+    except OSError as e:
+        raise explain(str(e).splitlines()[0]) from e
+
+
+def disp_to_depth(disp, min_depth=0.1, max_depth=80.0):
+    """md4all / monodepth2 mapping of sigmoid disparity to (scaled disparity, depth), SPEC §2."""
+    min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
+    scaled_disp = min_disp + (max_disp - min_disp) * disp
+    return scaled_disp, 1.0 / scaled_disp
+
+
+def to_network_input(images, net_size=None):
+    """Resize (B,3,H,W) images in [0,1] to `net_size` (or the nearest multiples of 14) and
+    normalise them as DINOv2 expects."""
+    h, w = images.shape[-2:]
+    if net_size is None:
+        net_size = (max(14, round(h / 14) * 14), max(14, round(w / 14) * 14))
+    if tuple(net_size) != (h, w):
+        images = F.interpolate(images, size=tuple(net_size), mode="bilinear", align_corners=False)
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def dinov2_config(encoder):
+    """The real DINOv2 configuration of `encoder` (tiny: a 4-layer random one for tests)."""
+    e = ENCODERS[encoder]
+    return Dinov2Config(hidden_size=e["hidden"], num_hidden_layers=e["layers"],
+                        num_attention_heads=e["heads"], image_size=518, patch_size=14,
+                        layerscale_value=1.0, out_indices=e["taps"], reshape_hidden_states=False)
+
+
+def depth_anything_config(encoder):
+    """Depth-Anything-V2 DPT configuration on top of DINOv2 `encoder`, sigmoid output."""
+    e = ENCODERS[encoder]
+    return DepthAnythingConfig(backbone_config=dinov2_config(encoder), reassemble_hidden_size=e["hidden"],
+                               neck_hidden_sizes=e["neck"], fusion_hidden_size=e["fusion"],
+                               head_hidden_size=e["head"], depth_estimation_type="metric", max_depth=1)
+
+
+class DepthNet(nn.Module):
+    """DINOv2 + DPT depth network returning md4all disparity and metric depth at the input size."""
+
+    def __init__(self, encoder="base", init="dinov2", weights=None, min_depth=0.1, max_depth=80.0,
+                 net_size=(518, 784), hf_config=None):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"--encoder {encoder!r} is unknown; choose one of {sorted(ENCODERS)}")
+        if init not in INITS:
+            raise ValueError(f"--init {init!r} is unknown; choose one of {INITS}")
+        self.encoder, self.min_depth, self.max_depth = encoder, min_depth, max_depth
+        self.net_size = tuple(net_size) if net_size else None
+        if init == "depth-anything-v2-small":
+            if encoder != "small":
+                raise ValueError("--init depth-anything-v2-small loads a ViT-S net: use --encoder small")
+            self.model = from_pretrained_or_explain(
+                DepthAnythingForDepthEstimation.from_pretrained, weights or DEPTH_ANYTHING_V2_SMALL,
+                "--init dinov2 or --init none", depth_estimation_type="metric", max_depth=1)
+        else:
+            config = DepthAnythingConfig.from_dict(hf_config) if hf_config else depth_anything_config(encoder)
+            self.model = DepthAnythingForDepthEstimation(config)
+        if init == "dinov2":
+            if encoder == "tiny" and weights is None:
+                raise ValueError("--encoder tiny has no pretrained DINOv2: pass --init none or --weights DIR")
+            backbone = from_pretrained_or_explain(
+                Dinov2Backbone.from_pretrained, weights or ENCODERS[encoder]["hub"],
+                "--init none (random encoder)", out_indices=ENCODERS[encoder]["taps"],
+                reshape_hidden_states=False)
+            self.model.backbone.load_state_dict(backbone.state_dict())
+
+    def config_dict(self):
+        """Everything needed to rebuild this net from a checkpoint alone."""
+        return dict(encoder=self.encoder, min_depth=self.min_depth, max_depth=self.max_depth,
+                    net_size=self.net_size, hf_config=self.model.config.to_dict())
+
+    def forward(self, images):
+        """images (B,3,H,W) in [0,1] -> dict of disp, scaled_disp, depth (B,1,H,W) and the
+        last-layer patch tokens (B,N,C) of the encoder."""
+        h, w = images.shape[-2:]
+        x = to_network_input(images, self.net_size)
+        ph, pw = x.shape[-2] // 14, x.shape[-1] // 14
+        features = self.model.backbone(x).feature_maps
+        disp = self.model.head(self.model.neck(list(features), ph, pw), ph, pw).unsqueeze(1)
+        if disp.shape[-2:] != (h, w):
+            disp = F.interpolate(disp, size=(h, w), mode="bilinear", align_corners=False)
+        scaled_disp, depth = disp_to_depth(disp, self.min_depth, self.max_depth)
+        return {"disp": disp, "scaled_disp": scaled_disp, "depth": depth, "tokens": features[-1][:, 1:]}
+
+    @torch.no_grad()
+    def infer(self, image):
+        """A PIL image (or HxWx3 uint8 array) -> (H, W) float32 depth in metres."""
+        x = torch.from_numpy(np.array(image.convert("RGB") if hasattr(image, "convert") else image))
+        x = x.permute(2, 0, 1)[None].float().div(255).to(next(self.parameters()).device)
+        was_training = self.training
+        self.eval()
+        depth = self(x)["depth"][0, 0].float().cpu().numpy()
+        self.train(was_training)
+        return depth
+
+
+class DinoFeatures(nn.Module):
+    """Frozen pretrained DINOv2 giving the last-layer patch tokens of the day image (semantic loss)."""
+
+    def __init__(self, encoder="base", weights=None, net_size=(518, 784)):
+        super().__init__()
+        self.net_size = tuple(net_size) if net_size else None
+        if weights is None and encoder == "tiny":
+            self.dino = Dinov2Model(dinov2_config("tiny"))
+        else:
+            self.dino = from_pretrained_or_explain(Dinov2Model.from_pretrained, weights or ENCODERS[encoder]["hub"],
+                                                   "--w-sem 0 (no semantic loss)")
+        self.requires_grad_(False).eval()
+
+    def train(self, mode=True):
+        return super().train(False)  # frozen: dropout and friends stay off
+
+    @torch.no_grad()
+    def forward(self, images):
+        """(B,3,H,W) in [0,1] -> (B,N,C) layer-normed last-layer patch tokens (no CLS)."""
+        return self.dino(pixel_values=to_network_input(images, self.net_size)).last_hidden_state[:, 1:]
+
+
+def rotation_from_axis_angle(axis_angle):
+    """Rodrigues' formula: (B,3) axis-angle -> (B,3,3) rotation matrices."""
+    angle = axis_angle.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    k = axis_angle / angle
+    zero = torch.zeros_like(k[:, 0])
+    kx = torch.stack([zero, -k[:, 2], k[:, 1], k[:, 2], zero, -k[:, 0], -k[:, 1], k[:, 0], zero], 1)
+    kx = kx.view(-1, 3, 3)
+    eye = torch.eye(3, device=k.device, dtype=k.dtype).expand_as(kx)
+    s, c = torch.sin(angle)[..., None], torch.cos(angle)[..., None]
+    return eye + s * kx + (1 - c) * (kx @ kx)
+
+
+def pose_to_matrix(axis_angle, translation):
+    """(B,3) axis-angle and (B,3) translation -> (B,4,4) rigid transform [R t; 0 1]."""
+    T = torch.eye(4, device=axis_angle.device, dtype=axis_angle.dtype).repeat(len(axis_angle), 1, 1)
+    T[:, :3, :3] = rotation_from_axis_angle(axis_angle)
+    T[:, :3, 3] = translation
+    return T
+
+
+def resnet_config(size):
+    """ResNet-18 on two stacked RGB frames (6 channels); tiny: a narrow one for tests."""
+    if size == "tiny":
+        return ResNetConfig(num_channels=6, embedding_size=8, hidden_sizes=[8, 16, 16, 32],
+                            depths=[1, 1, 1, 1], layer_type="basic")
+    return ResNetConfig(num_channels=6, embedding_size=64, hidden_sizes=[64, 128, 256, 512],
+                        depths=[2, 2, 2, 2], layer_type="basic")
+
+
+class PoseNet(nn.Module):
+    """md4all / monodepth2 pose network (SPEC §2): frames (target, source) -> T_{target->source}."""
+
+    def __init__(self, size="resnet18", init=RESNET18, resnet_config_dict=None):
+        super().__init__()
+        self.size = size
+        config = ResNetConfig.from_dict(resnet_config_dict) if resnet_config_dict else resnet_config(size)
+        self.encoder = ResNetModel(config)
+        if init:
+            pretrained = from_pretrained_or_explain(ResNetModel.from_pretrained, init, "--pose-init none")
+            state = pretrained.state_dict()
+            conv = "embedder.embedder.convolution.weight"
+            # ImageNet filters see one RGB frame: duplicate them for the pair and halve (monodepth2).
+            state[conv] = torch.cat([state[conv], state[conv]], 1) / 2
+            self.encoder.load_state_dict(state)
+        c = config.hidden_sizes[-1]
+        self.decoder = nn.Sequential(nn.Conv2d(c, 256, 1), nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 6, 1))
+
+    def config_dict(self):
+        return dict(size=self.size, resnet_config_dict=self.encoder.config.to_dict())
+
+    def forward(self, target, source):
+        """(B,3,H,W) frames in [0,1] -> (B,4,4) transform of target-camera points into the source camera."""
+        x = torch.cat([to_network_input(target, target.shape[-2:]), to_network_input(source, source.shape[-2:])], 1)
+        # Small outputs at start: motion between frames is centimetres to a metre (monodepth2's 0.01).
+        out = 0.01 * self.decoder(self.encoder(x).last_hidden_state).mean((2, 3))
+        return pose_to_matrix(out[:, :3], out[:, 3:])
+
+
+def save_checkpoint(path, **parts):
+    """Write a dict of parts with torch.save, atomically (temp file + rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(parts, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read(path_or_dict):
+    if isinstance(path_or_dict, dict):
+        return path_or_dict
+    if not os.path.isfile(path_or_dict):
+        raise FileNotFoundError(f"checkpoint {path_or_dict} does not exist: pass the .pt file a training "
+                                f"script wrote (e.g. runs/teacher/ckpt.pt)")
+    return torch.load(path_or_dict, map_location="cpu", weights_only=False)
+
+
+def load_depth_net(path_or_dict, map_location="cpu"):
+    """Rebuild a DepthNet from a checkpoint file (or dict), or from a folder written by
+    `export_pretrained`."""
+    if isinstance(path_or_dict, str) and os.path.isdir(path_or_dict):
+        import json
+        with open(os.path.join(path_or_dict, "ssd_config.json")) as f:
+            cfg = json.load(f)
+        net = DepthNet(cfg["encoder"], init="none", min_depth=cfg["min_depth"], max_depth=cfg["max_depth"],
+                       net_size=cfg["net_size"])
+        net.model = DepthAnythingForDepthEstimation.from_pretrained(path_or_dict)
+        return net.to(map_location)
+    ckpt = _read(path_or_dict)
+    if "model" not in ckpt or "config" not in ckpt:
+        raise KeyError("checkpoint has no 'model' / 'config' entries: it was not written by this project")
+    net = DepthNet(init="none", **ckpt["config"])
+    net.load_state_dict(ckpt["model"])
+    return net.to(map_location)
+
+
+def load_pose_net(path_or_dict, map_location="cpu"):
+    """Rebuild the PoseNet stored in a training checkpoint."""
+    ckpt = _read(path_or_dict)
+    if ckpt.get("pose") is None:
+        raise KeyError("checkpoint holds no pose network: it comes from --supervision lidar training; "
+                       "the teacher loss needs a self-supervised teacher")
+    pose = PoseNet(init=None, **ckpt["pose_config"])
+    pose.load_state_dict(ckpt["pose"])
+    return pose.to(map_location)
+
+
+def export_pretrained(net, folder):
+    """Write `net` as a transformers folder: `DepthAnythingForDepthEstimation.from_pretrained(folder)`
+    gives the sigmoid disparity s as `predicted_depth`; `load_depth_net(folder)` gives metres."""
+    import json
+    net.model.save_pretrained(folder)
+    cfg = {k: v for k, v in net.config_dict().items() if k != "hf_config"}
+    with open(os.path.join(folder, "ssd_config.json"), "w") as f:
+        json.dump(dict(cfg, disparity_to_depth="depth = 1 / (1/max_depth + (1/min_depth - 1/max_depth) * s)"),
+                  f, indent=2)

@@ -1,0 +1,249 @@
+"""losses.py against hand-computed values on tiny tensors (SPEC §3)."""
+import math
+
+import pytest
+import torch
+
+from losses import (SSIM_C1, backproject, distillation, min_reprojection, photometric_error,
+                    pixel_grid, project, reprojection_loss, semantic_loss, silog_loss,
+                    smoothness_loss, ssim, teacher_loss, velocity_loss, warp)
+
+
+def intrinsics(fx, h, w, batch=1):
+    """Pinhole K with the principal point at the image centre (pixel centres at integers)."""
+    K = torch.tensor([[fx, 0.0, (w - 1) / 2], [0.0, fx, (h - 1) / 2], [0.0, 0.0, 1.0]],
+                     dtype=torch.float64)
+    return K.expand(batch, 3, 3).clone()
+
+
+def translation(tx, ty=0.0, tz=0.0, batch=1):
+    T = torch.eye(4, dtype=torch.float64).expand(batch, 4, 4).clone()
+    T[:, :3, 3] = torch.tensor([tx, ty, tz], dtype=torch.float64)
+    return T
+
+
+def test_ssim_of_identical_images_is_one_and_their_photometric_error_zero():
+    img = torch.rand(2, 3, 6, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(ssim(img, img), torch.ones_like(img), atol=1e-10)
+    pe = photometric_error(img, img)
+    assert pe.shape == (2, 1, 6, 7)
+    assert torch.allclose(pe, torch.zeros_like(pe), atol=1e-10)
+
+
+def test_photometric_error_of_constant_images_matches_hand_value():
+    a, b = 0.3, 0.7
+    x = torch.full((1, 3, 4, 5), a, dtype=torch.float64)
+    y = torch.full((1, 3, 4, 5), b, dtype=torch.float64)
+    # Constant windows: every variance and covariance is 0, so SSIM = (2ab + C1) / (a^2 + b^2 + C1).
+    s = (2 * a * b + SSIM_C1) / (a * a + b * b + SSIM_C1)
+    expected = 0.85 * (1 - s) / 2 + 0.15 * abs(a - b)
+    assert torch.allclose(ssim(x, y), torch.full_like(x, s), atol=1e-9)
+    assert torch.allclose(photometric_error(x, y), torch.full((1, 1, 4, 5), expected, dtype=torch.float64),
+                          atol=1e-9)
+
+
+def test_photometric_error_rejects_images_of_different_size():
+    with pytest.raises(ValueError, match="shapes differ"):
+        photometric_error(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
+
+
+def test_backproject_then_project_returns_pixel_coordinates():
+    h, w = 5, 7
+    K = intrinsics(6.0, h, w, batch=2)
+    depth = 1 + 9 * torch.rand(2, 1, h, w, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    points = backproject(depth, torch.linalg.inv(K))
+    assert points.shape == (2, 3, h, w)
+    assert torch.allclose(points[:, 2:3], depth)  # camera z is the depth
+    uv = project(points, K, translation(0.0, batch=2))
+    grid = pixel_grid(2, h, w, dtype=torch.float64)[:, :2].reshape(2, 2, h, w).permute(0, 2, 3, 1)
+    assert uv.shape == (2, h, w, 2)
+    assert torch.allclose(uv, grid, atol=1e-9)
+    assert uv[0, 2, 3].tolist() == pytest.approx([3.0, 2.0])  # (u, v) = (column, row)
+
+
+def test_warp_with_identity_pose_returns_the_image_for_any_depth():
+    h, w = 6, 8
+    g = torch.Generator().manual_seed(2)
+    img = torch.rand(2, 3, h, w, generator=g, dtype=torch.float64)
+    depth = 0.5 + 20 * torch.rand(2, 1, h, w, generator=g, dtype=torch.float64)
+    out = warp(img, depth, translation(0.0, batch=2), intrinsics(5.0, h, w, batch=2))
+    assert out.shape == img.shape
+    assert torch.allclose(out, img, atol=1e-9)
+
+
+def test_warp_with_pure_translation_shifts_by_fx_t_over_depth_pixels():
+    h, w = 5, 9
+    source = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    depth = torch.full((1, 1, h, w), 2.0, dtype=torch.float64)
+    # Source camera 0.4 m to the left of the target: X_s = X_t + 0.4, so u_s = u_t + fx*0.4/2 = u_t + 2.
+    out = warp(source, depth, translation(0.4), intrinsics(10.0, h, w))
+    assert torch.allclose(out[..., :, : w - 2], source[..., :, 2:], atol=1e-9)
+    # Rows: a vertical move of 0.2 m at depth 2 shifts by 1 pixel.
+    out_v = warp(source, depth, translation(0.0, 0.2), intrinsics(10.0, h, w))
+    assert torch.allclose(out_v[..., : h - 1, :], source[..., 1:, :], atol=1e-9)
+    # Beyond the right border the sampling clamps to the edge column ('border' padding).
+    assert torch.allclose(out[..., :, w - 1], source[..., :, w - 1], atol=1e-9)
+
+
+def test_warp_stays_pixel_exact_under_bf16_autocast():
+    h, w = 8, 576
+    img = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(12))
+    depth = torch.full((1, 1, h, w), 7.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = warp(img, depth, translation(0.0).float(), intrinsics(300.0, h, w).float())
+        pe = photometric_error(img.bfloat16(), img.bfloat16())
+    assert out.dtype == torch.float32 and torch.allclose(out, img, atol=1e-3)  # bf16 geometry was ~1 off
+    assert pe.dtype == torch.float32 and pe.abs().max() < 1e-6
+
+
+def test_warp_rejects_depth_of_another_resolution():
+    with pytest.raises(ValueError, match="upsample the depth"):
+        warp(torch.zeros(1, 3, 4, 6), torch.ones(1, 1, 2, 3), translation(0.0).float(),
+             intrinsics(3.0, 4, 6).float())
+
+
+def test_automask_picks_the_identity_error_where_the_image_is_static():
+    h, w = 6, 10
+    target = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    depth = torch.full((1, 1, h, w), 2.0, dtype=torch.float64)
+    K = intrinsics(10.0, h, w)
+    # Static scene, wrong motion: the un-warped sources match exactly, so every pixel is masked.
+    loss, mask, warped = reprojection_loss(target, [target, target], depth,
+                                           [translation(0.4), translation(-0.4)], K)
+    assert loss.shape == mask.shape == (1, 1, h, w) and mask.dtype == torch.bool
+    assert not mask.any()
+    assert torch.allclose(loss, torch.zeros_like(loss), atol=1e-12)
+    # Without auto-masking the wrong warp is charged.
+    loss_all, mask_all, _ = reprojection_loss(target, [target], depth, [translation(0.4)], K,
+                                              automask=False)
+    assert mask_all.all() and loss_all.mean() > 0.01
+
+
+def test_automask_keeps_the_warped_error_where_the_camera_moved():
+    h, w = 6, 12
+    target = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    source = torch.cat([target[..., :, -2:], target[..., :, :-2]], -1)  # scene moved 2 px right
+    depth = torch.full((1, 1, h, w), 2.0, dtype=torch.float64)
+    loss, mask, _ = reprojection_loss(target, [source], depth, [translation(0.4)], intrinsics(10.0, h, w))
+    # Pixels whose 3x3 SSIM window stays inside the correctly warped part reconstruct exactly.
+    assert mask[..., :, :w - 3].all()
+    assert torch.allclose(loss[..., :, :w - 3], torch.zeros(1, 1, h, w - 3, dtype=torch.float64),
+                          atol=1e-9)
+
+
+def test_automask_ties_go_to_identity_deterministically():
+    target = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(6))
+    source = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(7))
+    loss, mask = min_reprojection(target, [source], [source])
+    assert not mask.any()
+    assert torch.equal(loss, photometric_error(source, target))
+
+
+def test_smoothness_is_zero_for_constant_disparity_and_hand_value_for_a_step():
+    image = torch.rand(1, 3, 4, 5, generator=torch.Generator().manual_seed(8))
+    assert smoothness_loss(torch.full((1, 1, 4, 5), 0.3), image).item() == pytest.approx(0.0, abs=1e-7)
+    # disp [1, 1, 3, 3] per row, mean 2: normalised [.5, .5, 1.5, 1.5]; x-gradients [0, 1, 0] on a
+    # flat image (weight e^0 = 1) average to 1/3; y-gradients are 0.
+    disp = torch.tensor([[1.0, 1.0, 3.0, 3.0]]).expand(2, 4).reshape(1, 1, 2, 4)
+    flat = torch.full((1, 3, 2, 4), 0.5)
+    assert smoothness_loss(disp, flat).item() == pytest.approx(1 / 3, rel=1e-5)
+
+
+def test_velocity_loss_is_zero_at_the_true_translation_and_hand_value_otherwise():
+    t = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+    assert velocity_loss(t, torch.tensor([5.0, 1.0])).item() == pytest.approx(0.0)
+    assert velocity_loss(t, torch.tensor([4.0, 1.5])).item() == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_silog_is_zero_for_a_scaled_prediction_with_variance_focus_one():
+    gt = torch.tensor([[[[1.0, 2.0], [5.0, 40.0]]]])
+    pred = (3 * gt).requires_grad_()
+    loss = silog_loss(pred, gt, variance_focus=1.0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-4)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all()
+
+
+def test_silog_matches_hand_value_on_valid_pixels_only():
+    gt = torch.tensor([[[[1.0, 2.0], [4.0, 8.0]], [[0.0, 90.0], [0.05, 3.0]]]]).reshape(2, 1, 2, 2)
+    pred = gt.clone()
+    pred[0, 0, 0, :] *= 2  # d = log 2 on two of the four valid pixels (second image: one valid, d = 0)
+    pred[1] = torch.tensor([[7.0, 7.0], [7.0, 3.0]])  # invalid gt pixels must not count
+    l2 = math.log(2)
+    # five valid pixels: d = [l2, l2, 0, 0, 0]
+    mean_d2, mean_d = 2 * l2 ** 2 / 5, 2 * l2 / 5
+    expected = 10 * math.sqrt(mean_d2 - 0.85 * mean_d ** 2)
+    assert silog_loss(pred, gt).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_silog_without_any_valid_pixel_is_zero_not_nan():
+    pred = torch.rand(2, 1, 3, 3).add(0.5).requires_grad_()
+    gt = torch.zeros(2, 1, 3, 3)
+    gt[1] = 100.0  # beyond max_depth
+    loss = silog_loss(pred, gt)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(pred.grad).all()
+    gt[0, 0, 1, 1] = 10.0  # one valid pixel in the whole batch: finite too
+    assert torch.isfinite(silog_loss(pred, gt))
+
+
+def test_distillation_is_zero_when_equal_and_relative_difference_otherwise():
+    s = torch.tensor([[[[0.5, 0.25]]]])
+    assert torch.equal(distillation(s, s.clone()), torch.zeros_like(s))
+    out = distillation(s, torch.tensor([[[[0.25, 0.5]]]]))
+    assert out.flatten().tolist() == pytest.approx([0.5, 1.0])  # |.5-.25|/.5, |.25-.5|/.25
+
+
+def test_teacher_loss_keeps_the_distillation_only_where_the_teacher_is_better():
+    distill = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2)
+    pe_t = torch.tensor([0.1, 0.1, 0.9, 0.9]).reshape(1, 1, 2, 2)
+    pe_s = torch.tensor([0.5, 0.5, 0.5, 0.5]).reshape(1, 1, 2, 2)
+    assert teacher_loss(distill, pe_t, pe_s).item() == pytest.approx((1 + 2) / 4)
+    assert teacher_loss(distill, pe_t, pe_s, mask="printed").item() == pytest.approx((3 + 4) / 4)
+    assert teacher_loss(distill, pe_t, pe_s, mask="none").item() == pytest.approx(distill.mean().item())
+    # Teacher better everywhere: exactly the plain distillation mean; worse everywhere: 0.
+    assert teacher_loss(distill, pe_s * 0, pe_s).item() == pytest.approx(distill.mean().item())
+    assert teacher_loss(distill, pe_s + 1, pe_s).item() == 0.0
+
+
+def test_teacher_loss_rejects_an_unknown_mask_naming_the_flag():
+    with pytest.raises(ValueError, match="--teacher-mask"):
+        teacher_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), "both")
+
+
+def test_semantic_loss_is_zero_for_identical_and_two_for_opposite_features():
+    f = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(9))
+    assert semantic_loss(f, f.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    assert semantic_loss(f, -f).item() == pytest.approx(2.0, abs=1e-6)
+    with pytest.raises(ValueError, match="same size"):
+        semantic_loss(f, f[:, :5])
+
+
+def test_student_losses_send_gradients_to_the_student_only():
+    g = torch.Generator().manual_seed(10)
+    s_student = (0.1 + torch.rand(1, 1, 4, 4, generator=g)).requires_grad_()
+    s_teacher = (0.1 + torch.rand(1, 1, 4, 4, generator=g)).requires_grad_()
+    pe_t = torch.rand(1, 1, 4, 4, generator=g).requires_grad_()
+    pe_s = torch.rand(1, 1, 4, 4, generator=g).requires_grad_()
+    f_student = torch.randn(1, 5, 8, generator=g).requires_grad_()
+    f_dino = torch.randn(1, 5, 8, generator=g).requires_grad_()
+    loss = (teacher_loss(distillation(s_student, s_teacher), pe_t, pe_s, mask="none")
+            + semantic_loss(f_student, f_dino))
+    loss.backward()
+    assert s_student.grad is not None and s_student.grad.abs().sum() > 0
+    assert f_student.grad is not None and f_student.grad.abs().sum() > 0
+    assert s_teacher.grad is None and f_dino.grad is None
+    assert pe_t.grad is None and pe_s.grad is None
+
+
+def test_reprojection_loss_gradients_reach_depth_and_pose():
+    h, w = 6, 8
+    g = torch.Generator().manual_seed(11)
+    target = torch.rand(1, 3, h, w, generator=g)
+    source = torch.rand(1, 3, h, w, generator=g)
+    depth = torch.full((1, 1, h, w), 3.0).requires_grad_()
+    T = translation(0.1).float().requires_grad_()
+    loss, _, _ = reprojection_loss(target, [source], depth, [T], intrinsics(5.0, h, w).float(),
+                                   automask=False)
+    loss.mean().backward()
+    assert depth.grad.abs().sum() > 0 and T.grad[:, :3, 3].abs().sum() > 0
