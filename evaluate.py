@@ -5,6 +5,9 @@ Metric core: `compute_depth_metrics` for one image, `average_metrics` per condit
 """
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from model import disp_to_depth
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 
@@ -52,3 +55,57 @@ def average_metrics(per_image):
 def flip_post_process(pred, pred_of_flipped):
     """Average a prediction with the un-flipped prediction of the mirrored image (`--flip-pp`)."""
     return 0.5 * (pred + torch.flip(pred_of_flipped, dims=[-1]))
+
+
+def condition_group(cond):
+    """Reporting group of a frame's condition (SPEC §5): night-clear and night-rain count as night."""
+    return "night" if cond.startswith("night") else cond
+
+
+@torch.no_grad()
+def predict_depth(net, images, out_size, flip_pp=False):
+    """Depth (B,1,*out_size) of `net` on images in [0,1]: disparity (optionally flip-averaged)
+    upsampled bilinearly to the ground-truth size, then mapped to metres."""
+    disp = net(images)["disp"].float()
+    if flip_pp:
+        disp = flip_post_process(disp, net(torch.flip(images, dims=[-1]))["disp"].float())
+    disp = F.interpolate(disp, size=tuple(out_size), mode="bilinear", align_corners=False)
+    return disp_to_depth(disp, net.min_depth, net.max_depth)[1]
+
+
+def metric_totals(per_image, conds):
+    """Sums and counts of per-image metrics per reporting group and 'all' (reducible across ranks)."""
+    totals = {}
+    for metrics, cond in zip(per_image, conds):
+        if metrics is None:
+            continue
+        for group in (condition_group(cond), "all"):
+            t = totals.setdefault(group, dict.fromkeys(METRIC_NAMES, 0.0) | {"count": 0})
+            t["count"] += 1
+            for k in METRIC_NAMES:
+                t[k] += float(metrics[k])
+    return totals
+
+
+def summarize(totals):
+    """Means per group from `metric_totals` sums."""
+    return {g: {"count": t["count"], **{k: t[k] / t["count"] for k in METRIC_NAMES}} for g, t in totals.items()}
+
+
+def evaluate_net(net, loader, device, min_depth=0.1, max_depth=80.0, median_scaling=False, flip_pp=False,
+                 progress=False):
+    """Run `net` over a loader of items with `color`, `gt` and `cond`; return (totals, per-image rows)."""
+    from tqdm import tqdm
+    was_training = net.training
+    net.eval()
+    rows = []
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
+        gt = batch["gt"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = predict_depth(net, batch["color"].to(device, non_blocking=True), gt.shape[-2:], flip_pp)
+        pred = pred.float().cpu()
+        for i in range(len(gt)):
+            m = compute_depth_metrics(gt[i, 0], pred[i, 0], min_depth, max_depth, median_scaling)
+            rows.append({"key": batch["key"][i], "cond": batch["cond"][i], **(m or {})})
+    net.train(was_training)
+    return metric_totals([r if "abs_rel" in r else None for r in rows], [r["cond"] for r in rows]), rows

@@ -90,7 +90,9 @@ def project(points, K, T=None):
 def sampling_grid(uv, height, width):
     """grid_sample coordinates in [-1, 1] (align_corners=False) for pixel coordinates (B,H,W,2)."""
     size = torch.tensor([width, height], device=uv.device, dtype=uv.dtype)
-    return (2 * uv + 1) / size - 1
+    # A NaN coordinate (a diverged depth or pose) crashes grid_sample's CPU backward; send such
+    # points outside the image instead, and let the NaN loss stop the run (train_teacher.py).
+    return torch.nan_to_num((2 * uv + 1) / size - 1, nan=2.0, posinf=2.0, neginf=-2.0)
 
 
 def warp(source, depth, T, K):

@@ -139,6 +139,10 @@ class DepthNet(nn.Module):
                 "--init none (random encoder)", out_indices=ENCODERS[encoder]["taps"],
                 reshape_hidden_states=False)
             self.model.backbone.load_state_dict(backbone.state_dict())
+        # Parameters no forward pass uses (masked-image pretraining token; the first fusion block has
+        # no skip input): frozen, so DDP need not search for unused parameters every step.
+        self.model.backbone.embeddings.mask_token.requires_grad_(False)
+        self.model.neck.fusion_stage.layers[0].residual_layer1.requires_grad_(False)
 
     def config_dict(self):
         """Everything needed to rebuild this net from a checkpoint alone."""

@@ -247,3 +247,14 @@ def test_reprojection_loss_gradients_reach_depth_and_pose():
                                    automask=False)
     loss.mean().backward()
     assert depth.grad.abs().sum() > 0 and T.grad[:, :3, 3].abs().sum() > 0
+
+
+def test_warp_survives_nan_depth_in_backward():
+    """grid_sample's backward segfaults on NaN coordinates; the warp must not hand it any."""
+    from losses import warp
+    depth = torch.full((1, 1, 8, 12), float("nan"), requires_grad=True)
+    source = torch.rand(1, 3, 8, 12, requires_grad=True)
+    K = torch.tensor([[10.0, 0, 6], [0, 10, 4], [0, 0, 1]])
+    warped = warp(source, depth, torch.eye(4)[None], K)
+    warped.sum().backward()
+    assert source.grad is not None and torch.isfinite(warped).all()

@@ -48,6 +48,8 @@ def test_gradients_reach_encoder_and_head():
     first_block = net.model.backbone.encoder.layer[0].attention.q_proj.weight
     assert first_block.grad is not None and first_block.grad.abs().sum() > 0
     assert net.model.head.conv3.weight.grad.abs().sum() > 0
+    # DDP without unused-parameter search needs every trainable parameter to get a gradient.
+    assert [k for k, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 def test_checkpoint_alone_rebuilds_an_identical_net(tiny_net, tmp_path):
