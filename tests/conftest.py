@@ -6,3 +6,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A small synthetic nuScenes-format world, rendered once per test session."""
+    import synthetic
+    root = tmp_path_factory.mktemp("world")
+    return str(synthetic.render_world(str(root / "world"), train_day=2, train_night=1, train_rain=1, val_day=1,
+                                      val_night=1, val_rain=1, keyframes=4, sweeps=1, size=(72, 128), seed=0))

@@ -1,0 +1,331 @@
+"""Train the SSD teacher on day-clear frames (SPEC §2-4): self-supervised (the paper) or on LiDAR.
+
+    # CPU smoke run on the synthetic world (python synthetic.py --out world)
+    python train_teacher.py --tiny --data-root world --size 90x160 --steps 20 --out runs/teacher
+    # one GPU, the paper's setting (20 epochs, batch 4, ViT-B, 518x784 network input)
+    python train_teacher.py --data-root /data/nuscenes --out runs/teacher
+    # DDP on 8 GPUs (or several machines: add --nnodes/--node_rank/--master_addr)
+    torchrun --standalone --nproc_per_node=8 train_teacher.py --data-root /data/nuscenes --out runs/teacher
+    # continue after an interruption, exactly where it stopped
+    python train_teacher.py ... --out runs/teacher --resume
+
+Writes `<out>/ckpt.pt` (model, pose net, optimiser, scheduler, step, config; every --ckpt-every steps
+and at the end), `<out>/best.pt` (lowest night abs_rel on the validation split), `<out>/log.jsonl`.
+The training loop here (`train`) is also the student's: train_student.py passes its own loss module.
+"""
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+import data
+from evaluate import evaluate_net, summarize
+from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
+from model import DepthNet, PoseNet, save_checkpoint
+
+
+def parse_size(text):
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def add_common_args(p):
+    """Flags shared by the teacher and the student trainers (SPEC §4 defaults)."""
+    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar"])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
+    p.add_argument("--out", required=True, help="run folder: ckpt.pt, best.pt, log.jsonl")
+    p.add_argument("--encoder", default="base", choices=["tiny", "small", "base", "large"])
+    p.add_argument("--init", default="dinov2", choices=["dinov2", "depth-anything-v2-small", "none"])
+    p.add_argument("--weights", default=None, help="hub id or local folder for --init (default: the official one)")
+    p.add_argument("--size", type=parse_size, default=None, help="loss resolution HxW (nuScenes 320x576, RobotCar 320x544)")
+    p.add_argument("--net-size", type=parse_size, default=(518, 784), help="depth-net input HxW, multiples of 14")
+    p.add_argument("--min-depth", type=float, default=0.1)
+    p.add_argument("--max-depth", type=float, default=None, help="default 80 (nuScenes) / 50 (RobotCar)")
+    p.add_argument("--batch-size", type=int, default=4, help="per process")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides --epochs)")
+    p.add_argument("--lr-encoder", type=float, default=5e-6)
+    p.add_argument("--lr-decoder", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--no-color-jitter", action="store_true")
+    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--val-every", type=int, default=None, help="steps between validations (default: each epoch)")
+    p.add_argument("--no-val", action="store_true", help="skip validation (and best.pt)")
+    p.add_argument("--ckpt-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt")
+    p.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted (then --resume)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the depth net")
+    p.add_argument("--tiny", action="store_true", help="tiny random nets, no downloads (tests, smoke runs)")
+    return p
+
+
+def resolve_args(args):
+    """Fill dataset-dependent defaults and the --tiny overrides."""
+    robotcar = args.dataset == "robotcar"
+    args.size = args.size or ((320, 544) if robotcar else (320, 576))
+    args.max_depth = args.max_depth or (50.0 if robotcar else 80.0)
+    if args.tiny:
+        args.encoder, args.init, args.net_size = "tiny", "none", None
+    return args
+
+
+def make_dataset(args, split, **kwargs):
+    """The md4all dataset of `args` for `split` at the loss resolution."""
+    if args.dataset == "robotcar":
+        return data.RobotCarDepth(args.data_root, split="test" if split == "val" else split, size=args.size,
+                                  seed=args.seed, **kwargs)
+    return data.NuScenesDepth(args.data_root, args.version, split, size=args.size, seed=args.seed, **kwargs)
+
+
+def build_depth_net(args):
+    return DepthNet(args.encoder, args.init, args.weights, args.min_depth, args.max_depth, args.net_size)
+
+
+class SelfSupervisedLoss(nn.Module):
+    """md4all teacher objective (SPEC §3): min reprojection with auto-masking + smoothness + velocity."""
+
+    def __init__(self, net, pose, w_smooth=1e-3, w_velocity=0.02):
+        super().__init__()
+        self.net, self.pose, self.w_smooth, self.w_velocity = net, pose, w_smooth, w_velocity
+
+    def forward(self, batch):
+        out = self.net(batch["input"])
+        color, sources = batch["color"], [batch["prev"], batch["next"]]
+        poses = [self.pose(color, source) for source in sources]
+        reprojection, _, _ = reprojection_loss(color, sources, out["depth"], poses, batch["K"])
+        smooth = smoothness_loss(out["disp"], color)
+        velocity = (velocity_loss(poses[0][:, :3, 3], batch["dist_prev"])
+                    + velocity_loss(poses[1][:, :3, 3], batch["dist_next"])) / 2
+        loss = reprojection.mean() + self.w_smooth * smooth + self.w_velocity * velocity
+        return loss, {"reprojection": reprojection.mean(), "smoothness": smooth, "velocity": velocity}
+
+
+class LidarLoss(nn.Module):
+    """Supervised teacher objective (SPEC §3): SILog against LiDAR projected at network resolution."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch):
+        out = self.net(batch["input"])
+        loss = silog_loss(out["depth"], batch["lidar"], self.net.min_depth, self.net.max_depth)
+        return loss, {"silog": loss}
+
+
+class SkipSampler(torch.utils.data.Sampler):
+    """The indices of `sampler` after the first `skip`: resumes mid-epoch on the same order."""
+
+    def __init__(self, sampler, skip):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip:])
+
+    def __len__(self):
+        return len(self.sampler) - self.skip
+
+
+def setup_distributed():
+    """(rank, world size, device): DDP when torchrun set RANK, plain single process otherwise."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if torch.cuda.is_available():
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def all_reduce_sums(values, device):
+    """Sum a list of floats over all ranks (metrics travel as sums and counts)."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def validate(net, dataset, args, rank, world, device):
+    """Per-group md4all metrics of `net` on `dataset`, each rank evaluating a strided shard."""
+    shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(shard, batch_size=args.batch_size, num_workers=args.workers)
+    totals, _ = evaluate_net(net, loader, device, args.min_depth, args.max_depth)
+    groups = ["all", "day-clear", "night", "day-rain"]
+    keys = ["count", "abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
+    flat = all_reduce_sums([totals.get(g, {}).get(k, 0.0) for g in groups for k in keys], device)
+    totals = {g: dict(zip(keys, flat[i * len(keys):(i + 1) * len(keys)])) for i, g in enumerate(groups)}
+    return summarize({g: t for g, t in totals.items() if t["count"] > 0})
+
+
+def param_groups(loss_module, args):
+    """AdamW groups with the SPEC §4 learning rates: encoder, decoder (neck + head), pose net."""
+    net = loss_module.net
+    groups = [{"params": list(net.model.backbone.parameters()), "lr": args.lr_encoder},
+              {"params": list(net.model.neck.parameters()) + list(net.model.head.parameters()), "lr": args.lr_decoder}]
+    if getattr(loss_module, "pose", None) is not None and any(p.requires_grad for p in loss_module.pose.parameters()):
+        groups.append({"params": list(loss_module.pose.parameters()), "lr": args.lr_pose})
+    return groups
+
+
+def checkpoint_parts(loss_module, optimizer, scheduler, step, best, args):
+    net, pose = loss_module.net, getattr(loss_module, "pose", None)
+    trained_pose = pose is not None and any(p.requires_grad for p in pose.parameters())
+    return dict(model=net.state_dict(), config=net.config_dict(),
+                pose=pose.state_dict() if trained_pose else None,
+                pose_config=pose.config_dict() if trained_pose else None,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step, best=best,
+                args={k: v for k, v in vars(args).items() if not callable(v)})
+
+
+def train(args, loss_module, dataset, val_dataset=None):
+    """The training loop of both stages: DDP when under torchrun, bf16 on GPU, atomic checkpoints,
+    exact resume, JSONL log, best checkpoint by night abs_rel."""
+    rank, world, device = setup_distributed()
+    torch.manual_seed(args.seed + rank)
+    master = rank == 0
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path, log_path = os.path.join(args.out, "ckpt.pt"), os.path.join(args.out, "log.jsonl")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
+
+    steps_per_epoch = len(dataset) // (args.batch_size * world)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(dataset)} frames, fewer than --batch-size {args.batch_size} "
+                         f"x {world} processes: lower --batch-size or add data")
+    total = args.steps or args.epochs * steps_per_epoch
+    loss_module.to(device)
+    optimizer = torch.optim.AdamW(param_groups(loss_module, args), weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
+    step, best = 0, math.inf
+    if args.resume:
+        if not os.path.isfile(ckpt_path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start afresh")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        loss_module.net.load_state_dict(ckpt["model"])
+        if ckpt.get("pose") is not None:
+            loss_module.pose.load_state_dict(ckpt["pose"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, best = ckpt["step"], ckpt["best"]
+    elif master and os.path.exists(log_path):
+        os.remove(log_path)  # a fresh run: the old log would mix two runs
+    if args.compile:
+        loss_module.net.model.compile()
+    model = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else loss_module
+    validating = val_dataset is not None and not args.no_val
+    val_every = args.val_every or steps_per_epoch
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+
+    def log(record):
+        if master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(path):
+        if master:
+            save_checkpoint(path, **checkpoint_parts(loss_module, optimizer, scheduler, step, best, args))
+
+    bar = tqdm(total=total, initial=step, disable=not master, desc=os.path.basename(args.out.rstrip("/")),
+               dynamic_ncols=True)
+    sums, count, finite, tick = None, 0, torch.ones((), dtype=torch.bool, device=device), time.time()
+    while step < total and step != args.stop_at:
+        epoch, skip = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=SkipSampler(sampler, skip * args.batch_size),
+                            num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
+                            persistent_workers=False)
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, terms = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            # Accumulate on the device: no host sync per step; NaN is checked when we log or save.
+            values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
+            sums = values if sums is None else sums + values
+            finite &= torch.isfinite(values).all()
+            count += 1
+            bar.update(1)
+            due_log = step % args.log_every == 0 or step == total or step == args.stop_at
+            due_save = step % args.ckpt_every == 0 or step == total or step == args.stop_at
+            if due_log or due_save:
+                if all_reduce_sums([float(not finite)], device)[0] > 0:
+                    raise SystemExit(f"loss became NaN/inf before step {step}; stopped without saving. The last "
+                                     f"good checkpoint is {ckpt_path} (if any): resume from it with a lower "
+                                     f"learning rate, or check the data of this epoch.")
+            if due_log:
+                reduced = all_reduce_sums(sums.tolist() + [count], device)
+                mean = [v / reduced[-1] for v in reduced[:-1]]
+                rate = count * args.batch_size * world / (time.time() - tick)
+                record = dict(step=step, epoch=epoch, loss=mean[0], **dict(zip(terms, mean[1:])),
+                              lr=scheduler.get_last_lr()[0], images_per_s=rate)
+                log(record)
+                bar.set_postfix(loss=f"{mean[0]:.4f}", img_s=f"{rate:.1f}")
+                sums, count, tick = None, 0, time.time()
+            if validating and (step % val_every == 0 or step == total):
+                metrics = validate(loss_module.net, val_dataset, args, rank, world, device)
+                score = metrics.get("night", metrics.get("all"))["abs_rel"]
+                log(dict(step=step, val=metrics))
+                if score < best:
+                    best = score
+                    save(os.path.join(args.out, "best.pt"))
+            if due_save:
+                save(ckpt_path)
+            if step == total or step == args.stop_at:
+                break
+    bar.close()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return step
+
+
+def main(argv=None):
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--supervision", default="self", choices=["self", "lidar"],
+                   help="self: photometric + smoothness + velocity (the paper); lidar: SILog on projected LiDAR")
+    p.add_argument("--pose-init", default="microsoft/resnet-18", help="hub id / folder, or 'none'")
+    p.add_argument("--lr-pose", type=float, default=1e-4)
+    p.add_argument("--w-smooth", type=float, default=1e-3)
+    p.add_argument("--w-velocity", type=float, default=0.02)
+    args = resolve_args(p.parse_args(argv))
+    torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
+    self_supervised = args.supervision == "self"
+    augment = dict(color_jitter=not args.no_color_jitter, flip=not args.no_flip)
+    dataset = make_dataset(args, "train", frames=(-1, 0, 1) if self_supervised else (0,),
+                           with_lidar=not self_supervised, **augment)
+    val_dataset = None if args.no_val else make_dataset(args, "val")
+    net = build_depth_net(args)
+    if self_supervised:
+        pose_init = None if args.tiny or args.pose_init == "none" else args.pose_init
+        pose = PoseNet("tiny" if args.tiny else "resnet18", init=pose_init)
+        loss_module = SelfSupervisedLoss(net, pose, args.w_smooth, args.w_velocity)
+    else:
+        loss_module = LidarLoss(net)
+    train(args, loss_module, dataset, val_dataset)
+
+
+if __name__ == "__main__":
+    main()
