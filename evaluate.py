@@ -1,11 +1,26 @@
-"""Evaluate depth with the md4all protocol (SPEC §5).
+"""Evaluate depth with the md4all protocol (SPEC §5) and print a per-condition table.
 
-Metric core: `compute_depth_metrics` for one image, `average_metrics` per condition,
-`flip_post_process`. Used by the training scripts for validation.
+    python evaluate.py --ckpt runs/student/ckpt.pt --dataset nuscenes --data-root /data/nuscenes --out eval/
+    python evaluate.py --ckpt CKPT --dataset robotcar --data-root /data/robotcar --out eval/   # cap 50 m
+    python evaluate.py --pred-dir other_method/ --dataset nuscenes --data-root /data/nuscenes  # their maps
+    python evaluate.py --ckpt CKPT --dataset folder --data-root my_images/  # .npy depth next to each image
+
+Writes `<out>/metrics.json` (per group and per image), `<out>/metrics.csv` and `--save-vis N` PNGs per
+condition (image | predicted depth | ground-truth points). `--pred-dir` reads `<pred-dir>/<image path
+relative to the data root, extension replaced by .npy>` (depth in metres, any size), so other methods
+are scored on exactly this protocol. The metric core (`compute_depth_metrics`, `average_metrics`,
+`flip_post_process`) is what the training scripts validate with.
 """
+import argparse
+import csv
+import json
+import os
+import tempfile
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from model import disp_to_depth
 
@@ -109,3 +124,137 @@ def evaluate_net(net, loader, device, min_depth=0.1, max_depth=80.0, median_scal
             rows.append({"key": batch["key"][i], "cond": batch["cond"][i], **(m or {})})
     net.train(was_training)
     return metric_totals([r if "abs_rel" in r else None for r in rows], [r["cond"] for r in rows]), rows
+
+
+GROUP_ORDER = ("day-clear", "night", "day-rain", "all")
+
+
+def colorize(depth, max_depth):
+    """(H,W) depth -> (H,W,3) uint8: inverse depth through a dark-blue -> red -> yellow ramp, 0 = black."""
+    inv = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-3), 0.0)
+    x = np.clip((inv - 1.0 / max_depth) / max(np.percentile(inv[depth > 0], 95) if (depth > 0).any() else 1.0,
+                                                1e-6), 0, 1)
+    stops = np.array([[0, 0, 4], [40, 11, 84], [150, 38, 100], [240, 96, 52], [252, 255, 164]], dtype=np.float64)
+    pos = x * (len(stops) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
+    frac = (pos - lo)[..., None]
+    rgb = stops[lo] * (1 - frac) + stops[lo + 1] * frac
+    return np.where((depth > 0)[..., None], rgb, 0).astype(np.uint8)
+
+
+def save_visualisation(path, image, pred, gt, max_depth):
+    """Side-by-side PNG: image | predicted depth | ground-truth points (dilated 3x3 to be visible)."""
+    h, w = gt.shape
+    image = np.array(Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize((w, h)))
+    gt_big = torch.nn.functional.max_pool2d(torch.from_numpy(gt)[None, None], 3, 1, 1)[0, 0].numpy()
+    points = np.where((gt_big > 0)[..., None], colorize(gt_big, max_depth), image // 3)
+    panel = np.concatenate([image, colorize(pred, max_depth), points], axis=1)
+    tmp = path + ".tmp.png"
+    Image.fromarray(panel).save(tmp)
+    os.replace(tmp, path)
+
+
+def write_atomic(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def format_table(summary):
+    """The per-condition table as text."""
+    groups = [g for g in GROUP_ORDER if g in summary] + sorted(set(summary) - set(GROUP_ORDER))
+    lines = [f"{'condition':<10} {'images':>6} " + " ".join(f"{k:>8}" for k in METRIC_NAMES)]
+    for g in groups:
+        m = summary[g]
+        lines.append(f"{g:<10} {m['count']:>6} " + " ".join(f"{m[k]:>8.4f}" for k in METRIC_NAMES))
+    return "\n".join(lines)
+
+
+def load_prediction(pred_dir, rel_path, size):
+    """A precomputed depth map for `rel_path`, resized bilinearly to `size`."""
+    path = os.path.join(pred_dir, os.path.splitext(rel_path)[0] + ".npy")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--pred-dir: no prediction {path} for image {rel_path}; write one .npy depth "
+                                f"map (metres) per image, at the image's relative path")
+    pred = torch.from_numpy(np.load(path).astype(np.float32))[None, None]
+    return F.interpolate(pred, size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+
+
+def make_eval_dataset(args):
+    import data
+    if args.dataset == "nuscenes":
+        return data.NuScenesDepth(args.data_root, args.version, "val", size=args.size)
+    if args.dataset == "robotcar":
+        return data.RobotCarDepth(args.data_root, "test", size=args.size)
+    return data.FolderDepth(args.data_root, size=args.size)
+
+
+def main(argv=None):
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+    from model import load_depth_net
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="checkpoint (.pt) or exported folder of a depth net")
+    p.add_argument("--pred-dir", help="evaluate precomputed .npy depth maps instead of a checkpoint")
+    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--version", default="v1.0-trainval")
+    p.add_argument("--size", default=None, help="network input HxW (default: nuScenes 320x576, RobotCar 320x544)")
+    p.add_argument("--min-depth", type=float, default=0.1)
+    p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes), 50 (RobotCar)")
+    p.add_argument("--median-scaling", action="store_true", help="for relative-depth models")
+    p.add_argument("--flip-pp", action="store_true", help="average with the prediction of the mirrored image")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--save-vis", type=int, default=0, help="PNGs per condition")
+    p.add_argument("--out", default="eval", help="folder for metrics.json, metrics.csv, vis/")
+    args = p.parse_args(argv)
+    if bool(args.ckpt) == bool(args.pred_dir):
+        p.error("pass exactly one of --ckpt (a depth net) or --pred-dir (precomputed depth maps)")
+    args.max_depth = args.max_depth or (50.0 if args.dataset == "robotcar" else 80.0)
+    default_size = {"nuscenes": "320x576", "robotcar": "320x544", "folder": None}[args.dataset]
+    args.size = tuple(int(v) for v in (args.size or default_size).split("x")) if (args.size or default_size) else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = make_eval_dataset(args)
+    net = load_depth_net(args.ckpt, map_location=device).eval() if args.ckpt else None
+    os.makedirs(os.path.join(args.out, "vis"), exist_ok=True)
+    loader = DataLoader(dataset, batch_size=args.batch_size if args.size else 1, num_workers=args.workers)
+    rows, vis_done = [], {}
+    for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
+        if "gt" not in batch:
+            raise ValueError(f"{args.data_root}: items carry no ground truth; a folder needs a .npy depth map "
+                             f"next to each image")
+        gt = batch["gt"]
+        if net is not None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                pred = predict_depth(net, batch["color"].to(device), gt.shape[-2:], args.flip_pp)
+            pred = pred.float().cpu()[:, 0]
+        else:
+            pred = torch.stack([load_prediction(args.pred_dir, path, gt.shape[-2:]) for path in batch["path"]])
+        for i in range(len(gt)):
+            cond = batch["cond"][i] if "cond" in batch else "all"
+            m = compute_depth_metrics(gt[i, 0], pred[i], args.min_depth, args.max_depth, args.median_scaling)
+            rows.append({"path": batch["path"][i], "cond": cond, **({k: float(v) for k, v in m.items()} if m else {})})
+            group = condition_group(cond)
+            if vis_done.get(group, 0) < args.save_vis:
+                vis_done[group] = vis_done.get(group, 0) + 1
+                name = f"{group}_{vis_done[group]:03d}.png"
+                save_visualisation(os.path.join(args.out, "vis", name), batch["color"][i], pred[i].numpy(),
+                                   gt[i, 0].numpy(), args.max_depth)
+    scored = [r if "abs_rel" in r else None for r in rows]
+    summary = summarize(metric_totals(scored, [r["cond"] for r in rows]))
+    if not summary:
+        raise ValueError("no image had a valid ground-truth pixel: check --min-depth / --max-depth and the data")
+    table = format_table(summary)
+    print(table)
+    write_atomic(os.path.join(args.out, "metrics.json"),
+                 json.dumps({"summary": summary, "per_image": rows, "args": vars(args)}, indent=1))
+    lines = [",".join(("condition", "count") + METRIC_NAMES)]
+    lines += [",".join([g, str(m["count"])] + [f"{m[k]:.6f}" for k in METRIC_NAMES]) for g, m in summary.items()]
+    write_atomic(os.path.join(args.out, "metrics.csv"), "\n".join(lines) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -68,3 +68,58 @@ def test_flip_post_process_averages_with_the_mirrored_prediction():
     pred = torch.tensor([[[[1.0, 2.0, 3.0]]]])
     of_flipped = torch.tensor([[[[30.0, 20.0, 10.0]]]])  # the flipped image's prediction, mirrored
     assert torch.equal(flip_post_process(pred, of_flipped), torch.tensor([[[[5.5, 11.0, 16.5]]]]))
+
+
+def test_evaluate_command_writes_table_json_csv_and_pngs(tiny_world, tmp_path, capsys):
+    import json
+    import os
+    import evaluate
+    from model import DepthNet, save_checkpoint
+    torch.manual_seed(0)
+    net = DepthNet("tiny", init="none", net_size=None)
+    save_checkpoint(str(tmp_path / "ckpt.pt"), model=net.state_dict(), config=net.config_dict())
+    summary = evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--data-root", tiny_world, "--size", "56x96",
+                             "--workers", "0", "--save-vis", "2", "--out", str(tmp_path / "eval"), "--flip-pp"])
+    printed = capsys.readouterr().out
+    for group in ("day-clear", "night", "day-rain", "all"):
+        assert group in printed and summary[group]["count"] == (12 if group == "all" else 4)
+    with open(tmp_path / "eval" / "metrics.json") as f:
+        saved = json.load(f)
+    assert saved["summary"]["night"]["abs_rel"] == pytest.approx(summary["night"]["abs_rel"])
+    assert len(saved["per_image"]) == 12
+    with open(tmp_path / "eval" / "metrics.csv") as f:
+        assert f.readline().startswith("condition,count,abs_rel")
+    pngs = sorted(os.listdir(tmp_path / "eval" / "vis"))
+    assert pngs == ["day-clear_001.png", "day-clear_002.png", "day-rain_001.png", "day-rain_002.png",
+                    "night_001.png", "night_002.png"]
+
+
+def test_precomputed_depth_maps_score_as_the_metric_core_averaged_per_image(tiny_world, tmp_path):
+    import os
+    import data
+    import evaluate
+    rng = np.random.default_rng(0)
+    dataset = data.NuScenesDepth(tiny_world, split="val", size=None)
+    per_group = {}
+    for i in range(len(dataset)):
+        item = dataset[i]
+        gt = item["gt"][0].numpy()
+        pred = np.full(gt.shape, 10.0, np.float32) * rng.uniform(0.5, 2.0)
+        path = tmp_path / "pred" / (os.path.splitext(item["path"])[0] + ".npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, pred)
+        m = compute_depth_metrics(gt, pred, 0.1, 80.0)
+        per_group.setdefault(evaluate.condition_group(item["cond"]), []).append(m)
+        per_group.setdefault("all", []).append(m)
+    summary = evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", tiny_world, "--size", "56x96",
+                             "--workers", "0", "--out", str(tmp_path / "eval")])
+    for group, metrics in per_group.items():
+        expected = average_metrics(metrics)
+        for k in ("abs_rel", "rmse", "a1", "count"):
+            assert summary[group][k] == pytest.approx(expected[k]), (group, k)
+
+
+def test_evaluate_needs_exactly_one_source(tiny_world):
+    import evaluate
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data-root", tiny_world])

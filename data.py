@@ -1,0 +1,512 @@
+"""Datasets of the md4all protocol (SPEC §4, §5, §7): nuScenes, Oxford RobotCar, an image folder.
+
+    val = NuScenesDepth('/data/nuscenes', split='val')  # CAM_FRONT key frames of the 150 val scenes
+    train = NuScenesDepth('/data/nuscenes', frames=(-1, 0, 1), color_jitter=True, flip=True,
+                          gdt_root='/data/gdt', gdt_conds=('night', 'rain'))
+    train.set_epoch(epoch)  # before each epoch's DataLoader iterator
+
+Items are dicts of tensors at the network size (H, W). Every random choice of an item (GDT swap,
+condition, flip, jitter) is seeded by (seed, epoch, index): DDP ranks, workers and resumes agree.
+Pixel (u, v) covers [u, u+1) x [v, v+1): a point lands on floor(u), intrinsics scale by W'/W, a
+flip maps cx to W - cx. nuScenes is read from its JSON tables (the devkit pins numpy < 2).
+"""
+import csv
+import glob
+import json
+import math
+import os
+from collections import defaultdict
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+CONDITIONS = ('day-clear', 'day-rain', 'night-clear', 'night-rain')
+CAMERA = 'CAM_FRONT'
+NUSCENES_TABLES = ('scene', 'sample', 'sample_data', 'calibrated_sensor', 'ego_pose', 'sensor')
+SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'splits')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+MIN_SPEED = 0.5  # m/s; md4all drops slower training frames (a static ego gives no parallax)
+# md4all's two RobotCar sequences; the night one is only ever evaluated.
+ROBOTCAR_SEQUENCES = {'2014-12-09-13-21-02': 'day-clear', '2014-12-16-18-44-24': 'night-clear'}
+ROBOTCAR_GT_DIR = 'lms_front_synchronized/vo/time_margin=+-4.0e+06'  # md4all precompute_depth_gt.py
+ROBOTCAR_CROP = 768 / 960  # md4all keeps the top 768 of 960 rows (drops the car's bonnet)
+
+
+def condition_of(description):
+    """Condition label of a nuScenes scene from its description (md4all, SPEC §5)."""
+    text = description.lower()
+    return ('night' if 'night' in text else 'day') + ('-rain' if 'rain' in text else '-clear')
+
+
+def quaternion_to_rotation(q):
+    """3x3 rotation matrix of a unit quaternion given as (w, x, y, z)."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def euler_to_rotation(roll, pitch, yaw):
+    """3x3 rotation Rz(yaw) Ry(pitch) Rx(roll), the RobotCar SDK's euler_to_so3."""
+    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch),
+                              math.cos(yaw), math.sin(yaw))
+    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                     [-sp, cp * sr, cp * cr]])
+
+
+def rigid_transform(record):
+    """4x4 matrix of a nuScenes calibrated_sensor / ego_pose record: sensor -> ego, or ego -> global."""
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = quaternion_to_rotation(record['rotation']), record['translation']
+    return T
+
+
+def scale_intrinsics(K, from_hw, to_hw):
+    """Intrinsics of an image resized from from_hw to to_hw (H, W)."""
+    return np.array(K, dtype=np.float64) * [[to_hw[1] / from_hw[1]], [to_hw[0] / from_hw[0]], [1]]
+
+
+def scatter_depth(u, v, z, hw, nearest=False):
+    """(H, W) float32 map with depth z at integer pixels (u, v), 0 elsewhere; last point or nearest wins."""
+    depth, flat = np.zeros(hw, dtype=np.float32), v * hw[1] + u
+    if nearest:  # far points first, so the nearest is the last one written
+        order = np.argsort(-z, kind='stable')
+        flat, z = flat[order], z[order]
+    # numpy does not promise which repeated fancy-index write survives: pick the last one explicitly
+    _, first_from_end = np.unique(flat[::-1], return_index=True)
+    last = len(flat) - 1 - first_from_end
+    depth.flat[flat[last]] = z[last]
+    return depth
+
+
+def project_to_depth_map(points, K, hw, min_depth=1.0):
+    """nuScenes ground truth (SPEC §5): camera points (3, N) -> map; z > 1 m, 1 px border, last wins."""
+    points = points[:, points[2] > min_depth]
+    uvw = K @ points
+    u, v = uvw[0] / uvw[2], uvw[1] / uvw[2]
+    inside = (u > 1) & (u < hw[1] - 1) & (v > 1) & (v < hw[0] - 1)
+    return scatter_depth(u[inside].astype(np.int64), v[inside].astype(np.int64), points[2, inside], hw)
+
+
+class NuScenesIndex:
+    """The six nuScenes tables of `<dataroot>/<version>/`, read once and indexed by token.
+
+    `key_frames[sample_token][channel]` is the per-channel key-frame index the sample table lacks.
+    Only key frames (all channels) and CAM_FRONT sweeps are kept: no other sweep is ever read.
+    """
+
+    def __init__(self, dataroot, version='v1.0-trainval'):
+        if not os.path.isdir(dataroot):
+            raise FileNotFoundError(f"nuScenes dataroot not found: {dataroot}; pass the folder that holds "
+                                    f"samples/, sweeps/ and {version}/")
+        self.dataroot, self.version, self.folder = dataroot, version, os.path.join(dataroot, version)
+        if not os.path.isdir(self.folder):
+            present = sorted(d for d in os.listdir(dataroot)
+                             if os.path.isfile(os.path.join(dataroot, d, 'sample_data.json')))
+            raise FileNotFoundError(f"nuScenes version folder not found: {self.folder}; version folders in "
+                                    f"{dataroot}: {present or 'none'}. Pass one of them as the version.")
+        tables = {}
+        for name in NUSCENES_TABLES:
+            path = os.path.join(self.folder, name + '.json')
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"nuScenes table missing: {path}; a version folder needs "
+                                        f"{', '.join(t + '.json' for t in NUSCENES_TABLES)}")
+            with open(path) as f:
+                tables[name] = json.load(f)
+        self.scenes = tables['scene']
+        self.sample = {r['token']: r for r in tables['sample']}
+        self.calibrated_sensor = {r['token']: r for r in tables['calibrated_sensor']}
+        channel = {r['token']: r['channel'] for r in tables['sensor']}
+        self.channel = {c['token']: channel[c['sensor_token']] for c in tables['calibrated_sensor']}
+        self.key_frames, self.sample_data = defaultdict(dict), {}
+        for sd in tables['sample_data']:
+            ch = self.channel[sd['calibrated_sensor_token']]
+            if sd['is_key_frame']:
+                self.key_frames[sd['sample_token']][ch] = sd['token']
+            if sd['is_key_frame'] or ch == CAMERA:
+                self.sample_data[sd['token']] = sd
+        needed = {sd['ego_pose_token'] for sd in self.sample_data.values()}
+        self.ego_pose = {r['token']: r for r in tables['ego_pose'] if r['token'] in needed}
+
+    def scene_key_frames(self, scene, channel=CAMERA):
+        """Key-frame sample_data tokens of one channel in a scene, in time order."""
+        tokens, sample_token = [], scene['first_sample_token']
+        while sample_token:
+            if channel in self.key_frames[sample_token]:
+                tokens.append(self.key_frames[sample_token][channel])
+            sample_token = self.sample[sample_token]['next']
+        return tokens
+
+    def neighbour(self, token, step):
+        """The previous (step -1) or next (step +1) sample_data record of the same sensor, or None."""
+        other = self.sample_data[token]['prev' if step < 0 else 'next']
+        return self.sample_data.get(other) if other else None
+
+    def is_moving(self, token):
+        """md4all static-frame filter: mean ego speed to prev and next frame >= 0.5 m/s; needs both."""
+        sd, neighbours = self.sample_data[token], (self.neighbour(token, -1), self.neighbour(token, 1))
+        if None in neighbours:
+            return False
+        here = np.array(self.ego_pose[sd['ego_pose_token']]['translation'])
+        speeds = [np.linalg.norm(here - self.ego_pose[n['ego_pose_token']]['translation'])
+                  / (abs(n['timestamp'] - sd['timestamp']) * 1e-6) for n in neighbours]
+        return float(np.mean(speeds)) >= MIN_SPEED
+
+    def camera_centre(self, token):
+        """Global position of the sensor of a sample_data record."""
+        sd = self.sample_data[token]
+        offset = self.calibrated_sensor[sd['calibrated_sensor_token']]['translation']
+        return (rigid_transform(self.ego_pose[sd['ego_pose_token']]) @ np.r_[offset, 1])[:3]
+
+    def split(self, split, scenes=None):
+        """[(CAM_FRONT key-frame token, condition)] of 'val' (every frame) or 'train' (day-clear, moving).
+
+        Val scenes are those in splits/nuscenes_val.txt (splits/nuscenes_mini_val.txt for v1.0-mini).
+        """
+        if split not in ('train', 'val'):
+            raise ValueError(f"nuScenes split must be 'train' or 'val', got {split!r}")
+        names = {s['name'] for s in self.scenes}
+        unknown = sorted(set(scenes or ()) - names)
+        if unknown:
+            raise ValueError(f"unknown nuScenes scene(s) {unknown} in {self.folder}; "
+                             f"known e.g. {sorted(names)[:5]}")
+        mini = '_mini' if 'mini' in self.version else ''
+        with open(os.path.join(SPLITS_DIR, f'nuscenes{mini}_val.txt')) as f:
+            val = set(f.read().split())
+        chosen = [s for s in self.scenes if (s['name'] in val) == (split == 'val')
+                  and (scenes is None or s['name'] in scenes)]
+        frames = [(t, condition_of(s['description'])) for s in chosen for t in self.scene_key_frames(s)]
+        if split == 'train':
+            frames = [(t, c) for t, c in frames if c == 'day-clear' and self.is_moving(t)]
+        if not frames:
+            raise ValueError(f"empty nuScenes {split} split in {self.folder} ({len(chosen)} scenes chosen; "
+                             f"train keeps day-clear frames moving >= {MIN_SPEED} m/s with a prev and next "
+                             f"frame; val scenes are listed in {SPLITS_DIR})")
+        return frames
+
+    def lidar_points_in_camera(self, cam_token):
+        """(3, N) key-frame LIDAR_TOP points in the camera frame: lidar -> ego -> global -> ego -> camera."""
+        cam = self.sample_data[cam_token]
+        lidar = self.sample_data[self.key_frames[cam['sample_token']]['LIDAR_TOP']]
+        path = os.path.join(self.dataroot, lidar['filename'])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"LiDAR file missing: {path}; download the nuScenes LIDAR_TOP "
+                                    f"sample blobs into {self.dataroot}")
+        points = np.fromfile(path, dtype=np.float32).reshape(-1, 5)[:, :3].T.astype(np.float64)
+        pose = lambda sd: rigid_transform(self.ego_pose[sd['ego_pose_token']])
+        calib = lambda sd: rigid_transform(self.calibrated_sensor[sd['calibrated_sensor_token']])
+        # read right to left: lidar -> ego(t_lidar) -> global -> ego(t_cam) -> camera
+        lidar_to_cam = np.linalg.inv(calib(cam)) @ np.linalg.inv(pose(cam)) @ pose(lidar) @ calib(lidar)
+        return lidar_to_cam[:3, :3] @ points + lidar_to_cam[:3, 3:]
+
+    def lidar_depth_map(self, cam_token, size=None):
+        """LiDAR depth at the camera's full resolution, or at `size` (H, W) with scaled intrinsics."""
+        sd = self.sample_data[cam_token]
+        K = self.calibrated_sensor[sd['calibrated_sensor_token']]['camera_intrinsic']
+        full = (sd['height'], sd['width'])
+        hw = tuple(size) if size else full
+        return project_to_depth_map(self.lidar_points_in_camera(cam_token), scale_intrinsics(K, full, hw), hw)
+
+
+@lru_cache(maxsize=2)
+def load_index(dataroot, version='v1.0-trainval'):
+    """NuScenesIndex, built once per (dataroot, version) and process."""
+    return NuScenesIndex(dataroot, version)
+
+
+def lidar_depth_map(dataroot, version, cam_sample_data_token, size=None):
+    """(H, W) float32 LiDAR depth of a camera key frame (SPEC §5), 0 where no point."""
+    return load_index(dataroot, version).lidar_depth_map(cam_sample_data_token, size)
+
+
+def read_robotcar_intrinsics(path):
+    """K (3x3) and G_camera_image (4x4) of a RobotCar camera model file (first line: fx fy cx cy)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"RobotCar camera model missing: {path}; copy the SDK's models/ folder there")
+    with open(path) as f:
+        rows = [[float(x) for x in line.split()] for line in f if line.strip()]
+    (fx, fy, cx, cy), G = rows[0], np.array(rows[1:5]) if len(rows) >= 5 else np.eye(4)
+    return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), G
+
+
+def robotcar_depth_map(points, K, G_camera_image, hw, max_depth=50.0):
+    """md4all RobotCar ground truth: camera-frame points (3, N) -> (H, W) map, rounded pixel, nearest wins.
+
+    md4all stores points in RobotCar's camera frame (x forward); G_camera_image maps the image frame
+    (z forward) to it, so its inverse comes first, as in the SDK's CameraModel.project. The SDK's
+    bounds 0.5 <= u <= W-1, 0.5 <= v <= H-1 and md4all's rounding are kept for the protocol.
+    """
+    xyz = np.linalg.solve(G_camera_image, np.vstack([points, np.ones((1, points.shape[1]))]))[:3]
+    xyz = xyz[:, xyz[2] > 0]
+    uvw = K @ xyz
+    u, v = uvw[0] / uvw[2], uvw[1] / uvw[2]
+    inside = (u >= 0.5) & (u <= hw[1] - 1) & (v >= 0.5) & (v <= hw[0] - 1)
+    depth = scatter_depth(np.round(u[inside]).astype(np.int64), np.round(v[inside]).astype(np.int64),
+                          xyz[2, inside], hw, nearest=True)
+    depth[depth > max_depth] = 0  # SPEC §5: RobotCar is evaluated up to 50 m
+    return depth
+
+
+def read_vo_positions(path):
+    """(timestamps, (N, 3) positions) by chaining RobotCar VO rows, as the SDK's interpolate_vo_poses.
+
+    Columns: source_timestamp, destination_timestamp, x, y, z, roll, pitch, yaw; a row moves points
+    of the source (later) frame into the destination (earlier) frame.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"RobotCar visual odometry missing: {path}; it ships with each sequence")
+    with open(path) as f:
+        rows = sorted([int(r[0]), int(r[1])] + [float(x) for x in r[2:8]] for r in list(csv.reader(f))[1:])
+    pose, stamps, positions = np.eye(4), [rows[0][1]], [np.zeros(3)]
+    for source, _, x, y, z, roll, pitch, yaw in rows:
+        step = np.eye(4)
+        step[:3, :3], step[:3, 3] = euler_to_rotation(roll, pitch, yaw), (x, y, z)
+        pose = pose @ step
+        stamps.append(source)
+        positions.append(pose[:3, 3].copy())
+    return np.array(stamps), np.array(positions)
+
+
+def robotcar_image_path(sequence, timestamp):
+    """Path of a RobotCar frame relative to the data root."""
+    return f'{sequence}/stereo/left/{timestamp}.png'
+
+
+def read_robotcar_split(data_root, split, sequences=None):
+    """Frames of `<data_root>/splits/<sequence>_<split>*.txt` (md4all: `_train_stride_1.txt`, `_test.txt`).
+
+    One frame a line, whitespace-separated timestamps: `prev target next` (train/val) or `target` (test).
+    'train' reads the day sequences only and drops the timestamps listed in the optional
+    `splits/filter_train_samples.txt` (md4all's filter of overexposed frames).
+    Returns [{'sequence', 'cond', 'target', 'prev', 'next'}] (prev/next None for one-timestamp lines).
+    """
+    sequences, frames, drop = sequences or ROBOTCAR_SEQUENCES, [], set()
+    filter_file = os.path.join(data_root, 'splits', 'filter_train_samples.txt')
+    if split == 'train' and os.path.isfile(filter_file):
+        with open(filter_file) as f:
+            drop = set(f.read().split())
+    for sequence, cond in sequences.items():
+        for path in sorted(glob.glob(os.path.join(data_root, 'splits', f'{sequence}_{split}*.txt'))):
+            with open(path) as f:
+                lines = [line.split() for line in f if line.strip()]
+            for n, stamps in enumerate(lines, 1):
+                if len(stamps) not in (1, 3):
+                    raise ValueError(f"{path}:{n}: expected 'prev target next' or 'target', got {stamps}")
+                prev, target, nxt = stamps if len(stamps) == 3 else (None, stamps[0], None)
+                if target not in drop and (split != 'train' or cond.startswith('day')):
+                    frames.append(dict(sequence=sequence, cond=cond, target=target, prev=prev, next=nxt))
+    if not frames:
+        raise ValueError(f"empty RobotCar {split} split: no lines in {data_root}/splits/<sequence>_{split}"
+                         f"*.txt for sequences {sorted(sequences)}; copy md4all's split files there")
+    return frames
+
+
+def color_jitter(image, brightness, contrast, saturation, hue):
+    """md4all colour jitter in its fixed order; image (3, H, W) in [0, 1], factors drawn per item.
+
+    Hue rotates the chroma plane of YIQ by hue * 360 degrees: luma and greys stay, red turns towards
+    yellow for hue > 0 (as in torchvision), close to torchvision's HSV shift for |hue| <= 0.05.
+    """
+    gray = lambda im: (0.299 * im[0] + 0.587 * im[1] + 0.114 * im[2]).unsqueeze(0)
+    image = (image * brightness).clamp(0, 1)
+    image = (contrast * image + (1 - contrast) * gray(image).mean()).clamp(0, 1)
+    image = (saturation * image + (1 - saturation) * gray(image)).clamp(0, 1)
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    c, s = math.cos(2 * math.pi * hue), -math.sin(2 * math.pi * hue)
+    rotate = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+    return torch.einsum('ij,jhw->ihw', torch.linalg.inv(to_yiq) @ rotate @ to_yiq, image).clamp(0, 1)
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Shared item machinery: lazy image reads, GDT input swap, colour jitter, flip, seeded per item."""
+    crop = 1.0  # share of image rows kept from the top
+
+    def __init__(self, root, size=None, color_jitter=False, flip=False, gdt_root=None, gdt_conds=(),
+                 p_day=2 / 3, seed=0):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"data root not found: {root}; pass the dataset folder")
+        self.root, self.size, self.jitter, self.flip = root, tuple(size) if size else None, color_jitter, flip
+        self.gdt_root, self.gdt_conds, self.p_day = gdt_root, tuple(gdt_conds), p_day
+        self.seed, self.epoch = seed, 0
+        missing = [c for c in self.gdt_conds if not os.path.isdir(os.path.join(gdt_root or '', c))]
+        if gdt_root and (missing or not self.gdt_conds):
+            raise FileNotFoundError(f"GDT folders missing under {gdt_root}: {missing or 'no gdt_conds given'}; "
+                                    "run gdt.py for these conditions or pass the ones it produced")
+
+    def __len__(self):
+        return len(self.items)
+
+    def set_epoch(self, epoch):
+        """Choose the epoch whose random draws the items use. Call it before each epoch's iterator:
+        workers copy the dataset when it starts (persistent_workers=True would keep the old epoch)."""
+        self.epoch = epoch
+
+    def _image(self, path):
+        """(3, H, W) float image in [0, 1], top-cropped and resized to self.size; and its (H, W) before."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image missing: {path}; check that the data root holds the dataset "
+                                    "files (nuScenes: samples/ and sweeps/ blobs)")
+        with Image.open(path) as im:
+            full = (im.height, im.width)
+            im = im.convert('RGB').crop((0, 0, im.width, round(im.height * self.crop)))
+            if self.size:
+                im = im.resize(self.size[::-1], Image.LANCZOS)
+            return torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255, full
+
+    def _intrinsics(self, K, full_hw, image):
+        """K of the full image, for the top-cropped and resized tensor `image`, as float32."""
+        crop_hw = (round(full_hw[0] * self.crop), full_hw[1])  # a top crop keeps cx, cy
+        return torch.tensor(scale_intrinsics(K, crop_hw, image.shape[-2:]), dtype=torch.float32)
+
+    def _augment(self, item, index):
+        """Add `input`, `input_cond` (GDT swap, jitter) and flip the item, from its seeded draws."""
+        draw = np.random.default_rng([self.seed, self.epoch, index]).random(7)
+        image, cond = item['color'], 'day'
+        if self.gdt_root and draw[0] >= self.p_day:
+            cond = self.gdt_conds[int(draw[1] * len(self.gdt_conds))]
+            path = os.path.join(self.gdt_root, cond, item['path'])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"GDT translation missing: {path} ({cond} version of {item['path']}); "
+                                        "run or resume gdt.py on this dataset (it skips finished images)")
+            image = self._image(path)[0]
+        if self.jitter:  # brightness, contrast, saturation in [0.8, 1.2], hue in [-0.05, 0.05]
+            image = color_jitter(image, *(0.8 + 0.4 * draw[3:6]), 0.1 * (draw[6] - 0.5))
+        item['input'], item['input_cond'] = image, cond
+        if self.flip and draw[2] < 0.5:
+            for key in ('color', 'input', 'prev', 'next', 'lidar', 'gt'):
+                if key in item:
+                    item[key] = item[key].flip(-1)
+            if 'K' in item:  # pixel-corner convention: u -> W - u
+                item['K'][0, 2] = item['color'].shape[-1] - item['K'][0, 2]
+        return item
+
+
+class NuScenesDepth(AugmentedDataset):
+    """nuScenes CAM_FRONT key frames of md4all's 'train' or 'val' split (SPEC §4, §5).
+
+    frames=(-1, 0, 1) adds the adjacent CAM_FRONT frames (sweeps) and how far the camera moved to
+    them (dist_prev, dist_next: camera centres from ego_pose and calibration, like md4all's pose).
+    Val items carry `gt`, the full-resolution LiDAR map; with_lidar adds `lidar` at network size.
+    """
+
+    def __init__(self, data_root, version='v1.0-trainval', split='train', size=(320, 576), frames=(0,),
+                 with_lidar=False, scenes=None, **augment):
+        super().__init__(data_root, size, **augment)
+        if split == 'val' and tuple(frames) != (0,):
+            raise ValueError("nuScenes val items have no source frames at scene ends; use frames=(0,)")
+        self.split, self.frames, self.with_lidar = split, frames, with_lidar
+        self.index = load_index(data_root, version)
+        self.items = self.index.split(split, scenes)
+
+    def __getitem__(self, i):
+        token, cond = self.items[i]
+        sd = self.index.sample_data[token]
+        color, full = self._image(os.path.join(self.root, sd['filename']))
+        K = self.index.calibrated_sensor[sd['calibrated_sensor_token']]['camera_intrinsic']
+        item = dict(color=color, K=self._intrinsics(K, full, color), cond=cond, key=token, path=sd['filename'])
+        for step, name in ((-1, 'prev'), (1, 'next')):
+            if step in self.frames:
+                other = self.index.neighbour(token, step)
+                item[name] = self._image(os.path.join(self.root, other['filename']))[0]
+                moved = self.index.camera_centre(token) - self.index.camera_centre(other['token'])
+                item['dist_' + name] = torch.tensor(np.linalg.norm(moved), dtype=torch.float32)
+        if self.with_lidar:
+            item['lidar'] = torch.from_numpy(self.index.lidar_depth_map(token, color.shape[-2:]))[None]
+        if self.split == 'val':
+            item['gt'] = torch.from_numpy(self.index.lidar_depth_map(token))[None]
+        return self._augment(item, i)
+
+
+class RobotCarDepth(AugmentedDataset):
+    """Oxford RobotCar as md4all prepares it (SPEC §7); images and gt keep the top 768 of 960 rows.
+
+    Layout: `<root>/<sequence>/stereo/left/<timestamp>.png`, `<root>/<sequence>/vo/vo.csv`,
+    `<root>/<sequence>/{ROBOTCAR_GT_DIR}/<timestamp>.pcd.bin` (float32, 3 x N, camera frame),
+    `<root>/models/stereo_wide_left.txt`, split files as in read_robotcar_split.
+    """
+    crop = ROBOTCAR_CROP
+
+    def __init__(self, data_root, split='train', size=(320, 544), frames=(0,), with_lidar=False,
+                 sequences=None, max_depth=50.0, **augment):
+        super().__init__(data_root, size, **augment)
+        self.split, self.frames, self.with_lidar, self.max_depth = split, frames, with_lidar, max_depth
+        self.vo = {}
+        self.items = read_robotcar_split(data_root, split, sequences)
+        if set(frames) - {0} and any(f['prev'] is None for f in self.items):
+            raise ValueError(f"RobotCar {split} split has one-timestamp lines; frames={tuple(frames)} needs "
+                             "'prev target next' lines (md4all's *_train_stride_1.txt)")
+        self.K, self.G = read_robotcar_intrinsics(os.path.join(data_root, 'models', 'stereo_wide_left.txt'))
+
+    def _distance(self, sequence, a, b):
+        """Distance (m) the camera moved between two timestamps, from the sequence's VO."""
+        if sequence not in self.vo:
+            self.vo[sequence] = read_vo_positions(os.path.join(self.root, sequence, 'vo', 'vo.csv'))
+        stamps, positions = self.vo[sequence]
+        at = lambda t: np.array([np.interp(int(t), stamps, axis) for axis in positions.T])
+        return torch.tensor(np.linalg.norm(at(a) - at(b)), dtype=torch.float32)
+
+    def __getitem__(self, i):
+        frame = self.items[i]
+        sequence, path = frame['sequence'], robotcar_image_path(frame['sequence'], frame['target'])
+        color, full = self._image(os.path.join(self.root, path))
+        item = dict(color=color, K=self._intrinsics(self.K, full, color), cond=frame['cond'],
+                    key=f"{sequence}/{frame['target']}", path=path)
+        for step, name in ((-1, 'prev'), (1, 'next')):
+            if step in self.frames:
+                item[name] = self._image(os.path.join(self.root, robotcar_image_path(sequence, frame[name])))[0]
+                item['dist_' + name] = self._distance(sequence, frame['target'], frame[name])
+        if self.with_lidar or self.split in ('val', 'test'):
+            gt_path = os.path.join(self.root, sequence, ROBOTCAR_GT_DIR, f"{frame['target']}.pcd.bin")
+            if not os.path.isfile(gt_path):
+                raise FileNotFoundError(f"RobotCar ground-truth points missing: {gt_path}; produce them with "
+                                        f"md4all's data/robotcar/precompute_depth_gt.py (mode {self.split})")
+            points = np.fromfile(gt_path, dtype=np.float32).reshape(3, -1).astype(np.float64)
+        if self.with_lidar:  # at network size: the network K already describes the crop
+            lidar = robotcar_depth_map(points, item['K'].double().numpy(), self.G, color.shape[-2:], self.max_depth)
+            item['lidar'] = torch.from_numpy(lidar)[None]
+        if self.split in ('val', 'test'):
+            gt = robotcar_depth_map(points, self.K, self.G, full, self.max_depth)[:round(full[0] * self.crop)]
+            item['gt'] = torch.from_numpy(gt)[None]
+        return self._augment(item, i)
+
+
+class FolderDepth(AugmentedDataset):
+    """Every .jpg/.jpeg/.png under a folder (recursive); a same-stem .npy depth map becomes `gt`."""
+
+    def __init__(self, root, size=None, **augment):
+        super().__init__(root, size, **augment)
+        self.items = list_images('folder', root)
+
+    def __getitem__(self, i):
+        path = self.items[i]
+        item = dict(color=self._image(os.path.join(self.root, path))[0], key=path, path=path)
+        depth_path = os.path.splitext(os.path.join(self.root, path))[0] + '.npy'
+        if os.path.isfile(depth_path):
+            item['gt'] = torch.from_numpy(np.load(depth_path).astype(np.float32))[None]
+        return self._augment(item, i)
+
+
+def list_images(dataset, data_root, version=None, split='train'):
+    """Sorted image paths relative to data_root: the training targets (what gdt.py translates).
+
+    'nuscenes': CAM_FRONT key frames of the split (train: day-clear, moving); 'robotcar': the day
+    training split (or `split`); 'folder': every .jpg/.jpeg/.png below data_root.
+    """
+    if dataset == 'nuscenes':
+        index = load_index(data_root, version or 'v1.0-trainval')
+        return sorted(index.sample_data[token]['filename'] for token, _ in index.split(split))
+    if dataset == 'robotcar':
+        frames = read_robotcar_split(data_root, split)
+        return sorted(robotcar_image_path(f['sequence'], f['target']) for f in frames)
+    if dataset == 'folder':
+        if not os.path.isdir(data_root):
+            raise FileNotFoundError(f"image folder not found: {data_root}")
+        paths = sorted(os.path.relpath(os.path.join(d, n), data_root) for d, _, names in os.walk(data_root)
+                       for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+        if not paths:
+            raise ValueError(f"no .jpg/.jpeg/.png images under {data_root}")
+        return paths
+    raise ValueError(f"unknown dataset {dataset!r}; use 'nuscenes', 'robotcar' or 'folder'")

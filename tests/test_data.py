@@ -1,0 +1,470 @@
+"""data.py: nuScenes / RobotCar / folder readers, LiDAR ground truth, splits, augmentation."""
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import data
+
+FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'nuscenes_sample')
+CAM_TOKEN = 'e3d495d4ac534d54b321f50006683844'
+CAM_IMAGE = 'samples/CAM_FRONT/n015-2018-07-24-11-22-45+0800__CAM_FRONT__1532402927612460.jpg'
+
+
+# ---------- an independent projection of the real fixture frame ----------
+
+def hamilton(a, b):
+    """Quaternion product a * b, (w, x, y, z)."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return np.array([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw])
+
+
+def rotate(q, points):
+    """Rotate (N, 3) points by q as q * (0, p) * conj(q), one point at a time."""
+    q = np.asarray(q) / np.linalg.norm(q)
+    conj = q * np.array([1, -1, -1, -1])
+    return np.array([hamilton(hamilton(q, np.r_[0, p]), conj)[1:] for p in points])
+
+
+def hand_projection(K, hw):
+    """The fixture's LiDAR map by four explicit steps, written without data.py's helpers."""
+    folder = os.path.join(FIXTURE, 'v1.0-mini')
+    table = lambda name: {r['token']: r for r in json.load(open(os.path.join(folder, name + '.json')))}
+    sd, calib, pose = table('sample_data'), table('calibrated_sensor'), table('ego_pose')
+    cam = sd[CAM_TOKEN]
+    lidar = next(r for r in sd.values() if r['fileformat'] == 'pcd')
+    pts = np.fromfile(os.path.join(FIXTURE, lidar['filename']), np.float32).reshape(-1, 5)[:, :3].astype(float)
+    lc, le = calib[lidar['calibrated_sensor_token']], pose[lidar['ego_pose_token']]
+    ce, cc = pose[cam['ego_pose_token']], calib[cam['calibrated_sensor_token']]
+    pts = rotate(lc['rotation'], pts) + lc['translation']               # lidar -> ego(t_lidar)
+    pts = rotate(le['rotation'], pts) + le['translation']               # -> global
+    pts = rotate(np.array(ce['rotation']) * [1, -1, -1, -1], pts - ce['translation'])  # -> ego(t_cam)
+    pts = rotate(np.array(cc['rotation']) * [1, -1, -1, -1], pts - cc['translation'])  # -> camera
+    depth = np.zeros(hw, np.float32)
+    for x, y, z in pts:
+        u, v = K[0][0] * x / z + K[0][2], K[1][1] * y / z + K[1][2]
+        if z > 1 and 1 < u < hw[1] - 1 and 1 < v < hw[0] - 1:
+            depth[int(v), int(u)] = z  # later points overwrite earlier ones
+    return depth
+
+
+@pytest.fixture(scope='module')
+def fixture_map():
+    return data.lidar_depth_map(FIXTURE, 'v1.0-mini', CAM_TOKEN)
+
+
+def test_quaternion_to_rotation_turns_x_into_y_for_90_degrees_about_z():
+    q = (math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4))
+    assert np.allclose(data.quaternion_to_rotation(q) @ [1, 0, 0], [0, 1, 0])
+    assert np.allclose(data.quaternion_to_rotation((1, 0, 0, 0)), np.eye(3))
+
+
+def test_fixture_lidar_map_has_about_3000_points_between_4_5_and_99_m(fixture_map):
+    assert fixture_map.shape == (900, 1600) and fixture_map.dtype == np.float32
+    valid = fixture_map[fixture_map > 0]
+    assert 2950 <= valid.size <= 3053  # ATTRIBUTION.md: 3,053 points, a few share a pixel
+    assert 4.5 <= valid.min() < 5.0 and 97.0 < valid.max() < 99.0
+
+
+def test_fixture_lidar_map_leaves_the_sky_empty(fixture_map):
+    assert not fixture_map[:190].any()           # above every building and tree top
+    assert not fixture_map[:250, 900:1200].any()  # open sky and clouds above the road
+    assert (fixture_map[700:] > 0).sum() > 300    # the road in front is densely hit
+
+
+def test_fixture_lidar_map_matches_an_independent_projection(fixture_map):
+    K = json.load(open(os.path.join(FIXTURE, 'v1.0-mini', 'calibrated_sensor.json')))[0]['camera_intrinsic']
+    expected = hand_projection(K, (900, 1600))
+    assert ((expected > 0) == (fixture_map > 0)).all()
+    assert np.allclose(expected, fixture_map, atol=1e-4)
+
+
+def test_lidar_map_at_network_size_uses_scaled_intrinsics():
+    small = data.lidar_depth_map(FIXTURE, 'v1.0-mini', CAM_TOKEN, size=(320, 576))
+    calibration = json.load(open(os.path.join(FIXTURE, 'v1.0-mini', 'calibrated_sensor.json')))
+    K = np.array(calibration[0]['camera_intrinsic'])
+    K[0] *= 576 / 1600
+    K[1] *= 320 / 900
+    assert small.shape == (320, 576)
+    assert np.allclose(small, hand_projection(K, (320, 576)), atol=1e-4)
+
+
+def test_lidar_overlay_png_shows_points_on_the_image(fixture_map, tmp_path):
+    image = Image.open(os.path.join(FIXTURE, CAM_IMAGE)).convert('RGB')
+    draw = ImageDraw.Draw(image)
+    for v, u in zip(*np.nonzero(fixture_map)):
+        near = int(255 * min(fixture_map[v, u], 40) / 40)
+        draw.ellipse((u - 2, v - 2, u + 2, v + 2), fill=(255 - near, near, 0))
+    out = tmp_path / 'lidar_on_cam_front.png'
+    image.save(out)
+    assert out.is_file() and Image.open(out).size == (1600, 900)
+
+
+def test_fixture_lidar_map_matches_the_nuscenes_devkit(fixture_map):
+    pytest.importorskip('nuscenes')
+    from nuscenes.utils.data_classes import LidarPointCloud
+    from nuscenes.utils.geometry_utils import view_points
+    from pyquaternion import Quaternion
+    index = data.load_index(FIXTURE, 'v1.0-mini')
+    cam = index.sample_data[CAM_TOKEN]
+    lidar = index.sample_data[index.key_frames[cam['sample_token']]['LIDAR_TOP']]
+    pc = LidarPointCloud.from_file(os.path.join(FIXTURE, lidar['filename']))
+    for record, inverse in ((index.calibrated_sensor[lidar['calibrated_sensor_token']], False),
+                            (index.ego_pose[lidar['ego_pose_token']], False),
+                            (index.ego_pose[cam['ego_pose_token']], True),
+                            (index.calibrated_sensor[cam['calibrated_sensor_token']], True)):
+        if inverse:
+            pc.translate(-np.array(record['translation']))
+            pc.rotate(Quaternion(record['rotation']).rotation_matrix.T)
+        else:
+            pc.rotate(Quaternion(record['rotation']).rotation_matrix)
+            pc.translate(np.array(record['translation']))
+    K = np.array(index.calibrated_sensor[cam['calibrated_sensor_token']]['camera_intrinsic'])
+    uv = view_points(pc.points[:3], K, normalize=True)
+    depth = pc.points[2]
+    keep = (depth > 1) & (uv[0] > 1) & (uv[0] < 1599) & (uv[1] > 1) & (uv[1] < 899)
+    expected = np.zeros((900, 1600), np.float32)
+    expected[uv[1, keep].astype(int), uv[0, keep].astype(int)] = depth[keep]
+    assert np.allclose(expected, fixture_map, atol=1e-4)
+
+
+# ---------- a fake nuScenes tree ----------
+
+CAM_Q = (0.5, -0.5, 0.5, -0.5)  # camera (z forward, x right, y down) -> ego (x forward, y left, z up)
+CAM_K = [[40.0, 0, 40.0], [0, 40.0, 24.0], [0, 0, 1]]
+SCENES = [  # name, description, ego x positions of the CAM_FRONT frames (K = key frame, S = sweep)
+    ('scene-0001', 'Parked cars, turn left', 'SKSKSKSK', [0, 1, 2, 3, 4, 4, 4, 5]),  # 3rd key frame static
+    ('scene-0002', 'Night, parked cars', 'SKSK', [0, 1, 2, 3]),
+    ('scene-0003', 'Night, RAIN, peds', 'KSK', [0, 1, 2]),
+    ('scene-0012', 'Rain, construction', 'KSK', [0, 0, 0]),
+]
+
+
+def save_image(path, colour, size=(80, 48)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = np.zeros((size[1], size[0], 3), np.uint8)
+    image[..., :] = colour
+    image[:, : size[0] // 4] = 255  # a bright left band makes flips visible
+    Image.fromarray(image).save(path)
+
+
+def make_nuscenes(root, version='v1.0-trainval'):
+    """A tiny dataroot: 80x48 camera, LiDAR points straight ahead, ego moving along x at 10 m/s."""
+    tables = {k: [] for k in data.NUSCENES_TABLES}
+    tables['sensor'] = [dict(token='s-cam', channel='CAM_FRONT', modality='camera'),
+                        dict(token='s-lidar', channel='LIDAR_TOP', modality='lidar')]
+    tables['calibrated_sensor'] = [
+        dict(token='c-cam', sensor_token='s-cam', translation=[1.5, 0, 1.5], rotation=CAM_Q,
+             camera_intrinsic=CAM_K),
+        dict(token='c-lidar', sensor_token='s-lidar', translation=[0, 0, 1.8], rotation=[1, 0, 0, 0],
+             camera_intrinsic=[])]
+    # 10 m and 20 m ahead of the camera, 0.1 m right of and below its axis (lidar sits 0.3 m higher)
+    points = np.array([[11.5, -0.1, -0.4, 0, 0], [21.5, -0.1, -0.4, 0, 0]], np.float32)
+    for s, (name, description, kinds, xs) in enumerate(SCENES):
+        samples = [f'{name}-sample{i}' for i, k in enumerate(kinds) if k == 'K']
+        tables['scene'].append(dict(token=name, name=name, description=description, log_token='log',
+                                    nbr_samples=len(samples), first_sample_token=samples[0],
+                                    last_sample_token=samples[-1]))
+        tokens = [f'{name}-cam{i}' for i in range(len(kinds))]
+        for i, (kind, x) in enumerate(zip(kinds, xs)):
+            stamp = 10 ** 9 * s + 100_000 * i
+            tables['ego_pose'].append(dict(token=f'{tokens[i]}-pose', timestamp=stamp, translation=[x, 0, 0],
+                                           rotation=[1, 0, 0, 0]))
+            folder = 'samples' if kind == 'K' else 'sweeps'
+            filename = f'{folder}/CAM_FRONT/{tokens[i]}.png'
+            save_image(os.path.join(root, filename), (20 * i, 40 * s, 100))
+            tables['sample_data'].append(dict(
+                token=tokens[i], sample_token=f'{name}-sample{i}' if kind == 'K' else '',
+                ego_pose_token=f'{tokens[i]}-pose',
+                calibrated_sensor_token='c-cam', timestamp=stamp, fileformat='png', is_key_frame=kind == 'K',
+                height=48, width=80, filename=filename, prev=tokens[i - 1] if i else '',
+                next=tokens[i + 1] if i + 1 < len(kinds) else ''))
+            if kind == 'K':
+                j = samples.index(f'{name}-sample{i}')
+                tables['sample'].append(dict(token=samples[j], timestamp=stamp, scene_token=name,
+                                             prev=samples[j - 1] if j else '',
+                                             next=samples[j + 1] if j + 1 < len(samples) else ''))
+                lidar_file = f'samples/LIDAR_TOP/{tokens[i]}.pcd.bin'
+                os.makedirs(os.path.join(root, 'samples/LIDAR_TOP'), exist_ok=True)
+                points.tofile(os.path.join(root, lidar_file))
+                tables['sample_data'].append(dict(
+                    token=f'{tokens[i]}-lidar', sample_token=samples[j], ego_pose_token=f'{tokens[i]}-pose',
+                    calibrated_sensor_token='c-lidar', timestamp=stamp, fileformat='pcd', is_key_frame=True,
+                    height=0, width=0, filename=lidar_file, prev='', next=''))
+    os.makedirs(os.path.join(root, version))
+    for name, rows in tables.items():
+        with open(os.path.join(root, version, name + '.json'), 'w') as f:
+            json.dump(rows, f)
+    return str(root)
+
+
+@pytest.fixture
+def nusc(tmp_path):
+    data.load_index.cache_clear()
+    return make_nuscenes(tmp_path / 'nusc')
+
+
+def test_condition_labels_come_from_the_scene_description():
+    assert data.condition_of('Night, RAIN, peds') == 'night-rain'
+    assert data.condition_of('Rain, construction') == 'day-rain'
+    assert data.condition_of('nighttime drive') == 'night-clear'
+    assert data.condition_of('Parked cars') == 'day-clear'
+
+
+def test_val_split_keeps_every_key_frame_of_val_scenes_with_its_condition(nusc):
+    frames = data.load_index(nusc).split('val')
+    assert frames == [('scene-0003-cam0', 'night-rain'), ('scene-0003-cam2', 'night-rain'),
+                      ('scene-0012-cam0', 'day-rain'), ('scene-0012-cam2', 'day-rain')]
+
+
+def test_train_split_drops_night_static_and_frames_without_neighbours(nusc):
+    # scene-0001 key frames: cam1, cam3 move at 10 m/s; cam5 is static (0 m/s to both neighbours);
+    # cam7 has no next frame; scene-0002 is night
+    assert [t for t, _ in data.load_index(nusc).split('train')] == ['scene-0001-cam1', 'scene-0001-cam3']
+    assert data.list_images('nuscenes', nusc) == ['samples/CAM_FRONT/scene-0001-cam1.png',
+                                                  'samples/CAM_FRONT/scene-0001-cam3.png']
+
+
+def test_training_item_carries_neighbours_scaled_intrinsics_and_distances(nusc):
+    item = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), with_lidar=True)[1]
+    assert item['key'] == 'scene-0001-cam3' and item['cond'] == 'day-clear'
+    for key in ('color', 'input', 'prev', 'next'):
+        assert item[key].shape == (3, 24, 40) and item[key].dtype == torch.float32
+    assert torch.allclose(item['K'], torch.tensor([[20.0, 0, 20], [0, 20, 12], [0, 0, 1]]))
+    # ego x: prev sweep at 2 m, target at 3 m, next sweep at 4 m
+    assert item['dist_prev'].item() == pytest.approx(1.0) and item['dist_next'].item() == pytest.approx(1.0)
+    assert item['prev'][0, 0, -1] * 255 == pytest.approx(40, abs=1)  # the sweep before: red = 20 * 2
+    # both LiDAR points land on pixel (20, 12): u = 20 + 20 * 0.1 / z, v = 12 + 20 * 0.1 / z; the later wins
+    assert item['lidar'].shape == (1, 24, 40) and item['lidar'][0, 12, 20] == pytest.approx(20.0)
+    assert (item['lidar'] > 0).sum() == 1 and 'gt' not in item and item['input_cond'] == 'day'
+    assert torch.equal(item['input'], item['color'])
+
+
+def test_val_item_has_full_resolution_gt(nusc):
+    item = data.NuScenesDepth(nusc, split='val', size=(24, 40))[0]
+    assert item['gt'].shape == (1, 48, 80) and item['gt'][0, 24, 40] == pytest.approx(20.0)
+    assert item['cond'] == 'night-rain' and item['path'] == 'samples/CAM_FRONT/scene-0003-cam0.png'
+
+
+def test_flip_mirrors_images_maps_and_principal_point_together(nusc):
+    plain = data.NuScenesDepth(nusc, size=(24, 40), with_lidar=True)
+    flipping = data.NuScenesDepth(nusc, size=(24, 40), with_lidar=True, flip=True)
+    flipped = []
+    for epoch in range(8):
+        flipping.set_epoch(epoch)
+        item, ref = flipping[0], plain[0]
+        if torch.equal(item['color'], ref['color']):
+            assert torch.equal(item['K'], ref['K'])
+            continue
+        flipped.append(epoch)
+        assert torch.equal(item['color'], ref['color'].flip(-1))
+        assert torch.equal(item['lidar'], ref['lidar'].flip(-1))
+        assert item['K'][0, 2].item() == pytest.approx(40 - ref['K'][0, 2].item())
+    assert 0 < len(flipped) < 8
+
+
+def test_items_are_reproducible_from_seed_epoch_and_index(nusc):
+    kwargs = dict(size=(24, 40), color_jitter=True, flip=True, seed=3)
+    a, b = data.NuScenesDepth(nusc, **kwargs), data.NuScenesDepth(nusc, **kwargs)
+    a.set_epoch(5)
+    b.set_epoch(5)
+    assert torch.equal(a[1]['input'], b[1]['input'])
+    b.set_epoch(6)
+    assert not torch.equal(a[1]['input'], b[1]['input'])
+
+
+def test_color_jitter_changes_input_only_and_neutral_factors_change_nothing(nusc):
+    item = data.NuScenesDepth(nusc, size=(24, 40), color_jitter=True)[0]
+    plain = data.NuScenesDepth(nusc, size=(24, 40))[0]
+    assert torch.equal(item['color'], plain['color']) and not torch.equal(item['input'], item['color'])
+    image = torch.rand(3, 6, 7)
+    assert torch.allclose(data.color_jitter(image, 1.0, 1.0, 1.0, 0.0), image, atol=1e-5)
+    grey = torch.full((3, 2, 2), 0.4)
+    assert torch.allclose(data.color_jitter(grey, 1.0, 1.0, 1.0, 0.05), grey, atol=1e-5)
+    red = torch.zeros(3, 1, 1)
+    red[0] = 0.8
+    shifted = data.color_jitter(red, 1.0, 1.0, 1.0, 0.05)[:, 0, 0]
+    assert shifted[0] > 0.7 and shifted[1] > 0.05 and shifted[2] == 0  # red turns towards orange
+
+
+def test_gdt_swap_replaces_input_with_the_translation_at_rate_one_minus_p_day(nusc, tmp_path):
+    gdt = tmp_path / 'gdt'
+    for cond, colour in (('night', 0), ('rain', 50)):
+        for token in ('scene-0001-cam1', 'scene-0001-cam3'):
+            save_image(str(gdt / cond / f'samples/CAM_FRONT/{token}.png'), (colour, colour, colour))
+    ds = data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(gdt), gdt_conds=('night', 'rain'), p_day=0.5)
+    conds = []
+    for epoch in range(40):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        conds.append(item['input_cond'])
+        if item['input_cond'] == 'day':
+            assert torch.equal(item['input'], item['color'])
+        else:
+            grey = 0 if item['input_cond'] == 'night' else 50
+            assert item['input'][0, 0, -1].item() == pytest.approx(grey / 255)
+            assert item['color'][2, 0, -1].item() == pytest.approx(100 / 255)  # color stays the day frame
+    assert 10 < conds.count('day') < 30 and conds.count('night') > 3 and conds.count('rain') > 3
+
+
+def test_missing_gdt_translation_names_the_file_and_gdt_py(nusc, tmp_path):
+    (tmp_path / 'gdt' / 'night').mkdir(parents=True)
+    ds = data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',),
+                            p_day=0.0)
+    with pytest.raises(FileNotFoundError, match=r'night/samples/CAM_FRONT/scene-0001-cam1.png.*gdt\.py'):
+        ds[0]
+    with pytest.raises(FileNotFoundError, match='rain'):
+        data.NuScenesDepth(nusc, gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night', 'rain'))
+
+
+def test_nuscenes_errors_name_the_path_and_the_fix(nusc, tmp_path):
+    with pytest.raises(FileNotFoundError, match='dataroot not found'):
+        data.NuScenesIndex(str(tmp_path / 'nowhere'))
+    with pytest.raises(FileNotFoundError, match=r"v1\.0-mini.*\['v1\.0-trainval'\]"):
+        data.NuScenesIndex(nusc, 'v1.0-mini')
+    with pytest.raises(ValueError, match=r"unknown nuScenes scene.*scene-9999"):
+        data.NuScenesDepth(nusc, scenes=['scene-9999'])
+    with pytest.raises(ValueError, match='empty nuScenes train split'):
+        data.NuScenesDepth(nusc, scenes=['scene-0002'])
+    os.remove(os.path.join(nusc, 'samples/CAM_FRONT/scene-0001-cam1.png'))
+    with pytest.raises(FileNotFoundError, match='image missing.*scene-0001-cam1.png'):
+        data.NuScenesDepth(nusc, size=(24, 40))[0]
+    os.remove(os.path.join(nusc, 'samples/LIDAR_TOP/scene-0001-cam3.pcd.bin'))
+    with pytest.raises(FileNotFoundError, match='LiDAR file missing.*scene-0001-cam3.pcd.bin'):
+        data.lidar_depth_map(nusc, 'v1.0-trainval', 'scene-0001-cam3')
+    os.remove(os.path.join(nusc, 'v1.0-trainval', 'ego_pose.json'))
+    with pytest.raises(FileNotFoundError, match=r'table missing.*ego_pose\.json'):
+        data.NuScenesIndex(nusc)
+
+
+def test_fixture_train_split_is_empty_because_its_frame_has_no_neighbours():
+    with pytest.raises(ValueError, match='empty nuScenes train split'):
+        data.list_images('nuscenes', FIXTURE, 'v1.0-mini')
+
+
+# ---------- a fake RobotCar tree ----------
+
+DAY, NIGHT = '2014-12-09-13-21-02', '2014-12-16-18-44-24'
+RC_K = (983.044006 / 16, 983.044006 / 16, 643.646973 / 16, 493.378998 / 16)  # 60x80 = 960x1280 / 16
+RC_POINTS = np.array([[10, 0, 0], [20, 0, 0], [5, 1, 0.5], [60, 0, -1], [5, 0, 2], [-5, 0, 0]], np.float32).T
+
+
+def make_robotcar(root):
+    """Sequences of 60x80 frames, md4all split files, VO with a 90 degree turn, gt points (x forward)."""
+    os.makedirs(root / 'models')
+    (root / 'models' / 'stereo_wide_left.txt').write_text(
+        ' '.join(f'{v:.6f}' for v in RC_K) + '\n0 0 1 0\n1 0 0 0\n0 1 0 0\n0 0 0 1\n')
+    (root / 'splits').mkdir()
+    (root / 'splits' / f'{DAY}_train_stride_1.txt').write_text('100 200 300\n200 300 400\n')
+    (root / 'splits' / f'{DAY}_test.txt').write_text('200\n')
+    (root / 'splits' / f'{NIGHT}_test.txt').write_text('1000\n')
+    for sequence, stamps in ((DAY, (100, 200, 300, 400)), (NIGHT, (1000,))):
+        for t in stamps:
+            save_image(str(root / sequence / 'stereo' / 'left' / f'{t}.png'), (t % 256, 0, 0), size=(80, 60))
+        gt_dir = root / sequence / data.ROBOTCAR_GT_DIR
+        gt_dir.mkdir(parents=True)
+        for t in stamps:
+            RC_POINTS.tofile(gt_dir / f'{t}.pcd.bin')
+    (root / DAY / 'vo').mkdir()
+    with open(root / DAY / 'vo' / 'vo.csv', 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['source_timestamp', 'destination_timestamp', 'x', 'y', 'z', 'roll', 'pitch', 'yaw'])
+        writer.writerow([300, 200, 1, 0, 0, 0, 0, math.pi / 2])  # rows need not be in time order
+        writer.writerow([200, 100, 1, 0, 0, 0, 0, 0])
+        writer.writerow([400, 300, 2, 0, 0, 0, 0, 0])
+    return str(root)
+
+
+@pytest.fixture
+def robotcar(tmp_path):
+    return make_robotcar(tmp_path / 'robotcar')
+
+
+def test_robotcar_gt_lands_on_hand_computed_pixels_nearest_wins_crop_and_cap(robotcar):
+    item = data.RobotCarDepth(robotcar, split='test', size=(24, 40))[0]
+    gt = item['gt'][0]
+    assert gt.shape == (48, 80)  # top 0.8 of 60 rows
+    # image frame = (y, z, x) of the camera frame; u = f*y/x + cx, v = f*z/x + cy, rounded
+    f, cx, cy = RC_K[0], RC_K[2], RC_K[3]
+    assert (round(cx), round(cy)) == (40, 31) and gt[31, 40] == pytest.approx(10.0)  # 10 m beats 20 m
+    assert (round(f * 1 / 5 + cx), round(f * 0.5 / 5 + cy)) == (53, 37) and gt[37, 53] == pytest.approx(5.0)
+    assert gt[round(cy - f / 60), 40] == 0  # 60 m is beyond the 50 m cap
+    assert (gt > 0).sum() == 2  # (5, 0, 2) falls below the crop, (-5, 0, 0) is behind
+    assert torch.allclose(item['K'], torch.tensor([[f / 2, 0, cx / 2], [0, f / 2, cy / 2], [0, 0, 1]]))
+
+
+def test_robotcar_lidar_at_network_size_lands_on_scaled_pixels(robotcar):
+    item = data.RobotCarDepth(robotcar, size=(24, 40), with_lidar=True)[0]
+    f, cx, cy = RC_K[0] / 2, RC_K[2] / 2, RC_K[3] / 2  # 48x80 crop -> 24x40
+    lidar = item['lidar'][0]
+    assert lidar[round(cy), round(cx)] == pytest.approx(10.0)
+    assert lidar[round(f * 0.5 / 5 + cy), round(f / 5 + cx)] == pytest.approx(5.0)
+    assert (lidar > 0).sum() == 2 and 'gt' not in item
+
+
+def test_robotcar_splits_read_day_train_and_both_test_sequences(robotcar, tmp_path):
+    assert data.list_images('robotcar', robotcar) == [f'{DAY}/stereo/left/{t}.png' for t in (200, 300)]
+    test = data.RobotCarDepth(robotcar, split='test')
+    assert [(test[i]['key'], test[i]['cond']) for i in range(2)] == [(f'{DAY}/200', 'day-clear'),
+                                                                     (f'{NIGHT}/1000', 'night-clear')]
+    (tmp_path / 'robotcar' / 'splits' / 'filter_train_samples.txt').write_text('300\n')
+    assert data.list_images('robotcar', robotcar) == [f'{DAY}/stereo/left/200.png']
+    with pytest.raises(ValueError, match="needs 'prev target next'"):
+        data.RobotCarDepth(robotcar, split='test', frames=(-1, 0, 1))
+    with pytest.raises(ValueError, match='empty RobotCar val split'):
+        data.RobotCarDepth(robotcar, split='val')
+
+
+def test_robotcar_vo_chains_relative_poses(robotcar):
+    stamps, positions = data.read_vo_positions(os.path.join(robotcar, DAY, 'vo', 'vo.csv'))
+    assert list(stamps) == [100, 200, 300, 400]
+    assert np.allclose(positions, [[0, 0, 0], [1, 0, 0], [2, 0, 0], [2, 2, 0]])
+
+
+def test_robotcar_training_item_has_neighbours_and_vo_distances(robotcar):
+    item = data.RobotCarDepth(robotcar, size=(24, 40), frames=(-1, 0, 1))[1]
+    assert item['key'] == f'{DAY}/300' and item['prev'].shape == (3, 24, 40) and 'gt' not in item
+    assert item['prev'][0, 0, -1] * 255 == pytest.approx(200, abs=1)  # frame 200 is coloured red = 200
+    assert item['next'][0, 0, -1] * 255 == pytest.approx(400 % 256, abs=1)
+    assert item['dist_prev'].item() == pytest.approx(1.0) and item['dist_next'].item() == pytest.approx(2.0)
+
+
+def test_robotcar_missing_files_name_the_path(robotcar):
+    os.remove(os.path.join(robotcar, NIGHT, data.ROBOTCAR_GT_DIR, '1000.pcd.bin'))
+    with pytest.raises(FileNotFoundError, match='1000.pcd.bin.*precompute_depth_gt'):
+        data.RobotCarDepth(robotcar, split='test')[1]
+    os.remove(os.path.join(robotcar, 'models', 'stereo_wide_left.txt'))
+    with pytest.raises(FileNotFoundError, match='stereo_wide_left.txt'):
+        data.RobotCarDepth(robotcar)
+
+
+# ---------- folders ----------
+
+def test_folder_dataset_finds_images_recursively_with_optional_npy_depth(tmp_path):
+    save_image(str(tmp_path / 'a' / 'x.png'), (10, 20, 30))
+    save_image(str(tmp_path / 'a' / 'b' / 'y.JPG'), (10, 20, 30))
+    np.save(tmp_path / 'a' / 'x.npy', np.full((48, 80), 7.0))
+    (tmp_path / 'a' / 'notes.txt').write_text('not an image')
+    assert data.list_images('folder', str(tmp_path / 'a')) == ['b/y.JPG', 'x.png']
+    ds = data.FolderDepth(str(tmp_path / 'a'), size=(12, 20))
+    assert len(ds) == 2 and 'gt' not in ds[0] and ds[0]['color'].shape == (3, 12, 20)
+    assert ds[1]['gt'].shape == (1, 48, 80) and ds[1]['gt'].dtype == torch.float32 and 'K' not in ds[1]
+    assert data.FolderDepth(str(tmp_path / 'a'))[1]['color'].shape == (3, 48, 80)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='no .jpg/.jpeg/.png images'):
+        data.list_images('folder', str(tmp_path / 'empty'))
+
+
+def test_dataloader_collates_items_in_a_worker_process(nusc):
+    ds = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), color_jitter=True, flip=True)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)))
+    assert batch['color'].shape == (2, 3, 24, 40) and batch['K'].shape == (2, 3, 3)
+    assert batch['dist_prev'].shape == (2,) and batch['key'] == ['scene-0001-cam1', 'scene-0001-cam3']
+    assert torch.equal(batch['input'][1], ds[1]['input'])  # the worker drew what the main process draws

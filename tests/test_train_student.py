@@ -1,0 +1,95 @@
+"""train_student.py: the student objective, the frozen parts, the day / translated swap."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+import train_student
+import train_teacher
+from model import DepthNet, DinoFeatures, PoseNet
+from train_student import StudentLoss
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    train_teacher.main(["--tiny", "--data-root", tiny_world, "--size", "56x96", "--batch-size", "2",
+                        "--workers", "0", "--out", str(out), "--steps", "2", "--no-val"])
+    return str(out / "ckpt.pt")
+
+
+@pytest.fixture(scope="module")
+def gdt_root(tiny_world, tmp_path_factory):
+    """A stand-in translation folder: each training frame darkened (night) or greyed (rain)."""
+    root = tmp_path_factory.mktemp("gdt")
+    for rel in data.list_images("nuscenes", tiny_world):
+        image = np.asarray(Image.open(os.path.join(tiny_world, rel)), dtype=np.float32)
+        for cond, out in (("night", image * 0.3), ("rain", image * 0.5 + 60)):
+            path = root / cond / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(path)
+    return str(root)
+
+
+def student_args(world, teacher, gdt, out, *extra):
+    return ["--tiny", "--data-root", world, "--size", "56x96", "--batch-size", "2", "--workers", "0",
+            "--teacher", teacher, "--gdt-root", gdt, "--out", str(out), "--no-val", *extra]
+
+
+@pytest.mark.parametrize("extra", [[], ["--teacher-mask", "none", "--w-sem", "0"], ["--teacher-mask", "printed"]])
+def test_student_trains_with_each_ablation(tiny_world, teacher_ckpt, gdt_root, tmp_path, extra):
+    train_student.main(student_args(tiny_world, teacher_ckpt, gdt_root, tmp_path, "--steps", "2",
+                                    "--log-every", "1", *extra))
+    with open(tmp_path / "log.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 2 and all(np.isfinite(r["loss"]) for r in records)
+    assert ("semantic" in records[0]) == ("--w-sem" not in extra)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["pose"] is None
+
+
+def test_student_gradients_reach_neither_teacher_nor_dinov2(tiny_world):
+    torch.manual_seed(0)
+    student, teacher = DepthNet("tiny", init="none", net_size=None), DepthNet("tiny", init="none", net_size=None)
+    pose, dino = PoseNet("tiny", init=None), DinoFeatures("tiny", net_size=None)
+    loss_module = StudentLoss(student, teacher, pose, dino, "reliable", 1.0)
+    dataset = data.NuScenesDepth(tiny_world, size=(56, 96), frames=(-1, 0, 1))
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    loss, terms = loss_module(batch)
+    loss.backward()
+    assert terms["semantic"] > 0 and terms["teacher"] >= 0
+    assert all(p.grad is None for m in (teacher, pose, dino) for p in m.parameters())
+    assert student.model.backbone.encoder.layer[0].mlp.fc1.weight.grad.abs().sum() > 0
+
+
+def test_day_translated_swap_follows_p_day_and_the_teacher_always_sees_day(tiny_world, gdt_root):
+    day = data.NuScenesDepth(tiny_world, size=(28, 48))
+    mixed = data.NuScenesDepth(tiny_world, size=(28, 48), gdt_root=gdt_root, gdt_conds=("night", "rain"),
+                               p_day=2 / 3, seed=3)
+    draws = []
+    for epoch in range(25):
+        mixed.set_epoch(epoch)
+        for i in range(len(mixed)):
+            item = mixed[i]
+            assert torch.equal(item["color"], day[i]["color"])  # what the teacher gets
+            if item["input_cond"] == "day":
+                assert torch.equal(item["input"], item["color"])
+            else:
+                assert not torch.equal(item["input"], item["color"])
+            draws.append(item["input_cond"])
+    n = len(draws)
+    share = draws.count("day") / n
+    # binomial standard error at n ~ 200: 0.033; 4 sigma bounds
+    assert abs(share - 2 / 3) < 4 * (2 / 9 / n) ** 0.5, share
+    assert draws.count("night") > 0.1 * n and draws.count("rain") > 0.1 * n  # 1/6 each expected
+
+
+def test_missing_translation_names_the_file(tiny_world, tmp_path):
+    (tmp_path / "night").mkdir()
+    dataset = data.NuScenesDepth(tiny_world, size=(28, 48), gdt_root=str(tmp_path), gdt_conds=("night",), p_day=0.0)
+    with pytest.raises(FileNotFoundError, match="gdt.py"):
+        dataset[0]

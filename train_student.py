@@ -1,0 +1,98 @@
+"""Train the SSD student (SPEC §3-4): day images and their GDT translations, teacher + semantic loss.
+
+    # CPU smoke run (after synthetic.py, gdt.py and train_teacher.py on the synthetic world)
+    python train_student.py --tiny --data-root world --size 90x160 --teacher runs/teacher/ckpt.pt \
+        --gdt-root gdt --conds night,rain --steps 20 --out runs/student
+    # the paper's setting on one GPU / on 8 GPUs
+    python train_student.py --data-root /data/nuscenes --teacher runs/teacher/ckpt.pt \
+        --gdt-root /data/gdt --conds night,rain --out runs/student
+    torchrun --standalone --nproc_per_node=8 train_student.py ...same flags...
+
+The student sees the day frame with probability --p-day, else its translation into a condition drawn
+uniformly from --conds. The frozen teacher sees the day frame; its pose network reconstructs the
+target from the (day) source frames with both depths to tell where the teacher is reliable. A frozen
+pretrained DINOv2 on the day frame anchors the student's encoder features (semantic loss).
+
+Table 3 ablations: GDT vs classic translation: point --gdt-root at `gdt.py --backend classic` output;
+teacher loss vs plain distillation: --teacher-mask none; semantic loss off: --w-sem 0.
+Checkpoints, --resume, DDP, bf16, logging: the same loop as train_teacher.py.
+"""
+import argparse
+
+import torch
+import torch.nn as nn
+
+from losses import TEACHER_MASKS, distillation, reprojection_loss, semantic_loss, teacher_loss
+from model import DinoFeatures, load_depth_net, load_pose_net
+from train_teacher import add_common_args, build_depth_net, make_dataset, resolve_args, train
+
+
+class StudentLoss(nn.Module):
+    """Teacher loss (reliability-masked distillation) + w_sem x semantic loss (SPEC §3)."""
+
+    def __init__(self, net, teacher, teacher_pose, dino, mask="reliable", w_sem=1.0):
+        super().__init__()
+        if mask not in TEACHER_MASKS:
+            raise ValueError(f"--teacher-mask {mask!r} is unknown; choose one of {TEACHER_MASKS}")
+        self.net, self.teacher, self.teacher_pose, self.dino = net, teacher, teacher_pose, dino
+        self.mask, self.w_sem = mask, w_sem
+        for frozen in (teacher, teacher_pose, dino):
+            if frozen is not None:
+                frozen.requires_grad_(False).eval()
+
+    def forward(self, batch):
+        out = self.net(batch["input"])
+        color = batch["color"]
+        with torch.no_grad():
+            target = self.teacher(color)
+        distill = distillation(out["scaled_disp"], target["scaled_disp"])
+        pe_teacher = pe_student = None
+        if self.mask != "none":
+            # Where does the teacher's depth explain the day frames better than the student's?
+            with torch.no_grad():
+                sources = [batch["prev"], batch["next"]]
+                poses = [self.teacher_pose(color, source) for source in sources]
+                pe_teacher = reprojection_loss(color, sources, target["depth"], poses, batch["K"], automask=False)[0]
+                pe_student = reprojection_loss(color, sources, out["depth"], poses, batch["K"], automask=False)[0]
+        loss_teacher = teacher_loss(distill, pe_teacher, pe_student, self.mask)
+        terms = {"teacher": loss_teacher}
+        loss = loss_teacher
+        if self.w_sem > 0:
+            terms["semantic"] = semantic_loss(out["tokens"], self.dino(color))
+            loss = loss + self.w_sem * terms["semantic"]
+        return loss, terms
+
+
+def main(argv=None):
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--teacher", required=True, help="teacher checkpoint from train_teacher.py")
+    p.add_argument("--gdt-root", default=None, help="gdt.py output folder (<root>/<cond>/<relative path>)")
+    p.add_argument("--conds", default="night,rain", help="translated conditions to draw from")
+    p.add_argument("--p-day", type=float, default=2 / 3,
+                   help="probability of the day frame (the paper: |C|/(|C|+1); md4all: 1/(|C|+1))")
+    p.add_argument("--teacher-mask", default="reliable", choices=TEACHER_MASKS,
+                   help="reliable: distil where the teacher reprojects better (the paper's text); printed: the "
+                        "printed inequality; none: plain md4all distillation")
+    p.add_argument("--w-sem", type=float, default=1.0, help="semantic loss weight (0 = off)")
+    p.add_argument("--sem-weights", default=None, help="frozen DINOv2 for the semantic loss (default: official id)")
+    p.add_argument("--init-from-teacher", action="store_true", help="start from the teacher's weights")
+    args = resolve_args(p.parse_args(argv))
+    torch.manual_seed(args.seed)
+    conds = tuple(c for c in args.conds.split(",") if c) if args.gdt_root else ()
+    dataset = make_dataset(args, "train", frames=(0,) if args.teacher_mask == "none" else (-1, 0, 1),
+                           color_jitter=not args.no_color_jitter, flip=not args.no_flip,
+                           gdt_root=args.gdt_root, gdt_conds=conds, p_day=args.p_day)
+    val_dataset = None if args.no_val else make_dataset(args, "val")
+    teacher = load_depth_net(args.teacher)
+    pose = None if args.teacher_mask == "none" else load_pose_net(args.teacher)
+    net = build_depth_net(args)
+    if args.init_from_teacher:
+        net.load_state_dict(teacher.state_dict())
+    dino = None
+    if args.w_sem > 0:
+        dino = DinoFeatures(args.encoder, None if args.tiny else args.sem_weights, args.net_size)
+    train(args, StudentLoss(net, teacher, pose, dino, args.teacher_mask, args.w_sem), dataset, val_dataset)
+
+
+if __name__ == "__main__":
+    main()
