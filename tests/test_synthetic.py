@@ -1,0 +1,223 @@
+"""synthetic.py: the world is a nuScenes dataroot that the real reader (data.py) reads as generated."""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'nuscenes_sample', 'v1.0-mini')
+TINY = dict(train_day=2, train_night=0, train_rain=0, val_day=1, val_night=1, val_rain=1, keyframes=4,
+            size=(90, 160), seed=3)
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    return synthetic.render_world(str(tmp_path_factory.mktemp('world') / 'w'), **TINY)
+
+
+def table(root, name):
+    with open(os.path.join(root, synthetic.VERSION, name + '.json')) as f:
+        return json.load(f)
+
+
+def key_cameras(root):
+    return [sd for sd in table(root, 'sample_data') if sd['is_key_frame'] and sd['fileformat'] == 'jpg']
+
+
+def plan():
+    return synthetic.plan_world(**{k: v for k, v in TINY.items() if k != 'size'})
+
+
+def key_frames_by_scene(root):
+    """{scene name: [key-frame CAM_FRONT records in time order]} from the tables."""
+    names = {s['token']: s['name'] for s in table(root, 'scene')}
+    scene_of = {s['token']: names[s['scene_token']] for s in table(root, 'sample')}
+    frames = {}
+    for cam in sorted(key_cameras(root), key=lambda c: c['timestamp']):
+        frames.setdefault(scene_of[cam['sample_token']], []).append(cam)
+    return frames
+
+
+def test_tables_have_the_real_nuscenes_fields_and_link_consistently(world):
+    for name in synthetic.TABLES:  # same columns as the real v1.0 tables of the fixture
+        with open(os.path.join(FIXTURE, name + '.json')) as f:
+            assert set(table(world, name)[0]) == set(json.load(f)[0]), name
+    tabs = {name: table(world, name) for name in synthetic.TABLES}
+    tokens = [r['token'] for name in synthetic.TABLES if name != 'ego_pose' for r in tabs[name]]
+    assert len(tokens) == len(set(tokens)) and all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
+    samples = {s['token']: s for s in tabs['sample']}
+    for scene in tabs['scene']:
+        chain, token = [], scene['first_sample_token']
+        while token:
+            chain.append(samples[token])
+            assert samples[token]['scene_token'] == scene['token']
+            token = samples[token]['next']
+        assert len(chain) == scene['nbr_samples'] == 4 and chain[-1]['token'] == scene['last_sample_token']
+        assert [s['timestamp'] for s in chain] == sorted(s['timestamp'] for s in chain)
+    by_token = {sd['token']: sd for sd in tabs['sample_data']}
+    for sd in tabs['sample_data']:
+        assert os.path.isfile(os.path.join(world, sd['filename']))
+        if sd['next']:
+            nxt = by_token[sd['next']]
+            assert nxt['prev'] == sd['token'] and nxt['timestamp'] > sd['timestamp']
+            assert nxt['calibrated_sensor_token'] == sd['calibrated_sensor_token']
+        if sd['is_key_frame'] and sd['fileformat'] == 'pcd':  # the sample's time is its lidar sweep's
+            assert samples[sd['sample_token']]['timestamp'] == sd['timestamp']
+            assert os.path.getsize(os.path.join(world, sd['filename'])) % 20 == 0  # float32 x 5
+    cams = key_cameras(world)
+    assert len(cams) == len(tabs['sample']) == 5 * 4
+    assert all(samples[c['sample_token']]['timestamp'] - c['timestamp'] == synthetic.LIDAR_DELAY_US for c in cams)
+    with Image.open(os.path.join(world, cams[0]['filename'])) as image:
+        assert image.size == (160, 90)
+
+
+def test_val_scenes_take_official_val_names_and_train_scenes_others(world):
+    with open(os.path.join(ROOT, 'splits', 'nuscenes_val.txt')) as f:
+        val = {line.strip() for line in f if line.strip()}
+    with open(os.path.join(world, synthetic.VERSION, 'scenes.json')) as f:
+        scenes = json.load(f)['scenes']
+    assert [(s['name'] in val) for s in scenes] == [s['split'] == 'val' for s in scenes]
+    assert Counter((s['split'], s['condition']) for s in scenes) == {
+        ('train', 'day'): 2, ('val', 'day'): 1, ('val', 'night'): 1, ('val', 'rain'): 1}
+
+
+def test_reader_labels_conditions_and_drops_the_stopped_frames(world):
+    index = data.NuScenesIndex(world, synthetic.VERSION)
+    assert Counter(c for _, c in index.split('val')) == {'day-clear': 4, 'night-clear': 4, 'day-rain': 4}
+    with open(os.path.join(world, synthetic.VERSION, 'scenes.json')) as f:
+        scenes = json.load(f)['scenes']
+    static = {(s['name'], k) for s in scenes for k in s['static_keyframes']}
+    assert static == {('scene-0001', 2)}  # the first day-clear training scene stops
+    frames = key_frames_by_scene(world)
+    expected = sorted(cam['filename'] for name in ('scene-0001', 'scene-0002')
+                      for k, cam in enumerate(frames[name]) if (name, k) not in static)
+    assert data.list_images('nuscenes', world, synthetic.VERSION, 'train') == expected and len(expected) == 7
+
+
+def test_projected_lidar_depth_equals_rendered_depth(world):
+    errors = []
+    for cam in key_cameras(world):
+        lidar = data.lidar_depth_map(world, synthetic.VERSION, cam['token'])
+        name = os.path.basename(cam['filename'])[:-4] + '.npy'
+        rendered = np.load(os.path.join(world, 'depth', 'CAM_FRONT', name))
+        assert lidar.shape == rendered.shape == (90, 160) and (lidar > 0).sum() > 200
+        hit = lidar > 0
+        errors.append(np.abs(lidar[hit] - rendered[hit]) / np.maximum(rendered[hit], 1e-3))
+    errors = np.concatenate(errors)  # pixels quantise the ground's depth gradient; occlusion edges differ
+    assert np.median(errors) < 0.01 and (errors < 0.05).mean() > 0.9
+
+
+def test_lidar_points_lie_exactly_on_the_surfaces_the_camera_sees(world):
+    tabs = {name: {r['token']: r for r in table(world, name)} for name in ('ego_pose', 'calibrated_sensor')}
+    lidars = {sd['sample_token']: sd for sd in table(world, 'sample_data') if sd['fileformat'] == 'pcd'}
+    scenes = {s['name']: s for s in plan()}
+    record = lambda name, key: synthetic.rigid(tabs[name][key]['translation'], tabs[name][key]['rotation'])
+    pose = lambda sd: record('ego_pose', sd['ego_pose_token']) @ record('calibrated_sensor',
+                                                                       sd['calibrated_sensor_token'])
+    agree = []
+    for name, cam in [(name, cam) for name, cams in key_frames_by_scene(world).items() for cam in cams[::2]]:
+        lidar = lidars[cam['sample_token']]
+        points = np.fromfile(os.path.join(world, lidar['filename']), np.float32).reshape(-1, 5)[:, :3]
+        T = np.linalg.inv(pose(cam)) @ pose(lidar)
+        p = points @ T[:3, :3].T + T[:3, 3]  # lidar -> ego(t_lidar) -> global -> ego(t_cam) -> camera
+        p = p[p[:, 2] > 1]
+        K = np.array(tabs['calibrated_sensor'][cam['calibrated_sensor_token']]['camera_intrinsic'])
+        assert np.allclose(K, synthetic.intrinsics((90, 160)))
+        dirs = (p / p[:, 2:]) @ pose(cam)[:3, :3].T  # camera rays through the points' exact projections
+        t = synthetic.cast_rays(scenes[name], pose(cam)[:3, 3], dirs[None], lambda c: (0, 1, 0, len(p)))[0][0]
+        assert np.all(t < p[:, 2] * (1 + 1e-5))  # no camera ray passes behind a lidar point: same geometry
+        agree.append(np.abs(t - p[:, 2]) < 1e-5 * p[:, 2])  # float32 files: rendering precision
+    agree = np.concatenate(agree)
+    assert len(agree) > 5000 and agree.mean() > 0.85  # the rest is hidden from the camera (parallax)
+
+
+def test_ego_poses_follow_the_planned_trajectory(world):
+    poses = {p['token']: p for p in table(world, 'ego_pose')}
+    scene, keys = plan()[0], key_frames_by_scene(world)['scene-0001']  # moves, stands still at key frame 2, moves
+    xyz = np.array([poses[sd['ego_pose_token']]['translation'] for sd in keys])
+    for sd in keys:
+        translation, rotation = synthetic.ego_pose(scene, sd['timestamp'])
+        assert np.allclose(poses[sd['ego_pose_token']]['translation'], translation, atol=1e-9)
+        assert np.allclose(poses[sd['ego_pose_token']]['rotation'], rotation, atol=1e-12)
+        assert np.isclose(synthetic.road_coords(scene, *translation[:2])[1], synthetic.LANE)  # in its lane
+    s = np.interp([(sd['timestamp'] - scene['base']) * 1e-6 for sd in keys], scene['t_grid'], scene['s_grid'])
+    step = np.linalg.norm(np.diff(xyz, axis=0), axis=1)  # chords of a >= 220 m radius arc ~ its lengths,
+    assert np.allclose(step, np.diff(s) * (1 - scene['kappa'] * synthetic.LANE), atol=1e-3)  # off the centre line
+    assert step[0] > 2 and step[1] < 1e-9 and step[2] < 1e-9  # stopped from key frame 1 to 3
+    assert np.all(xyz[:, 2] == 0) and len({tuple(p['translation']) for p in poses.values()}) > 30
+
+
+def test_night_is_dark_and_noisy_and_rain_low_in_contrast(world):
+    images = {}
+    for scene in plan():
+        for sd in key_frames_by_scene(world)[scene['name']]:
+            images.setdefault(scene['condition'], []).append(
+                np.asarray(Image.open(os.path.join(world, sd['filename'])), np.float32) / 255)
+            depth = np.load(os.path.join(world, 'depth', 'CAM_FRONT', os.path.basename(sd['filename'])[:-4] + '.npy'))
+            assert depth[-1].min() > 1.5 and depth.max() > 40  # road from a few metres to far buildings
+    images = {c: np.stack(ims) for c, ims in images.items()}
+    mean = {c: im.mean() for c, im in images.items()}
+    assert mean['night'] < 0.5 * mean['day'] and mean['rain'] > 0.8 * mean['day']
+    contrast = {c: im.mean(-1).std(axis=(1, 2)).mean() for c, im in images.items()}
+    assert contrast['rain'] < 0.8 * contrast['day']
+    noise = {c: np.abs(np.diff(im.mean(-1), axis=2)).mean() for c, im in images.items()}
+    assert noise['night'] > noise['day'] > noise['rain']  # sensor noise at night, blur in the rain
+
+
+def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
+    small = dict(train_day=1, train_night=1, train_rain=0, val_day=0, val_night=0, val_rain=0, keyframes=2,
+                 size=(36, 64))
+    worlds = [synthetic.render_world(str(tmp_path / name), seed=seed, workers=w, **small)
+              for name, seed, w in (('a', 0, 1), ('b', 0, 2), ('c', 1, 1))]
+    files = lambda root: sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns)
+    read = lambda root, name: Path(root, name).read_bytes()
+    assert files(worlds[0]) == files(worlds[1]) and len(files(worlds[0])) == 2 * (5 + 2 + 2) + 7 + 1
+    assert all(read(worlds[0], name) == read(worlds[1], name) for name in files(worlds[0]))  # any worker count
+    jpgs = [[name for name in files(root) if name.endswith('.jpg')] for root in (worlds[0], worlds[2])]
+    assert len(jpgs[0]) == len(jpgs[1]) == 10
+    assert all(read(worlds[0], a) != read(worlds[2], b) for a, b in zip(*jpgs))  # log names carry the seed
+
+
+def test_rerun_resumes_and_foreign_or_other_settings_folders_are_refused(tmp_path):
+    small = dict(train_day=1, train_night=0, train_rain=0, val_day=0, val_night=0, val_rain=0, keyframes=2,
+                 size=(36, 64))
+    root = synthetic.render_world(str(tmp_path / 'w'), **small)
+    image = sorted(os.listdir(os.path.join(root, 'samples', 'CAM_FRONT')))[0]
+    with open(os.path.join(root, 'samples', 'CAM_FRONT', image), 'rb') as f:
+        original = f.read()
+    os.remove(os.path.join(root, 'samples', 'CAM_FRONT', image))
+    lidar = os.path.join(root, 'samples', 'LIDAR_TOP', os.listdir(os.path.join(root, 'samples', 'LIDAR_TOP'))[0])
+    before = os.stat(lidar).st_mtime_ns
+    synthetic.render_world(root, **small)
+    with open(os.path.join(root, 'samples', 'CAM_FRONT', image), 'rb') as f:
+        assert f.read() == original
+    assert os.stat(lidar).st_mtime_ns == before  # finished files are kept, not rendered again
+    assert not [n for d, _, ns in os.walk(root) for n in ns if '.tmp' in n]
+    with pytest.raises(FileExistsError, match='other|these settings'):
+        synthetic.render_world(root, **dict(small, seed=5))
+    (tmp_path / 'photos').mkdir()
+    (tmp_path / 'photos' / 'cat.jpg').write_bytes(b'x')
+    with pytest.raises(FileExistsError, match='not a synthetic world'):
+        synthetic.render_world(str(tmp_path / 'photos'), **small)
+    with pytest.raises(ValueError, match='keyframes'):
+        synthetic.render_world(str(tmp_path / 'new'), **dict(small, keyframes=1))
+
+
+def test_cli_writes_a_readable_world_and_rejects_a_bad_size(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, 'synthetic.py'), '--out', str(tmp_path / 'cli'), '--keyframes', '2',
+           '--train-day', '1', '--train-night', '0', '--train-rain', '0', '--val-day', '0', '--val-night', '0',
+           '--val-rain', '0', '--workers', '1']
+    done = subprocess.run(cmd + ['--size', '36', '64'], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [s['name'] for s in table(str(tmp_path / 'cli'), 'scene')] == ['scene-0001']
+    bad = subprocess.run(cmd + ['--size', '36x64'], capture_output=True, text=True)
+    assert bad.returncode == 2 and '--size' in bad.stderr
