@@ -1,0 +1,131 @@
+"""Tiny random stand-ins for every model GDT loads (SPEC §1), written in the hub repositories' own
+layouts so `gdt.py --tiny` loads them back through the same code as the real ids.
+
+Shapes follow OFFLINE-NOTES.md: they run in well under a second at 64-128 px with 2 steps on CPU.
+The caption model is a tiny BLIP (BLIP-base layout) whichever captioner is asked for: a tiny BLIP-2
+needs a tiny OPT and Q-Former for no extra coverage, and both load through the same Auto class.
+"""
+import atexit
+import os
+import shutil
+import tempfile
+
+import torch
+
+TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "car", "street", "road",
+              "on", "the", "with", "city", "building", "trees", "parked", "driving", "down", "of"]
+
+
+def clip_tokenizer():
+    """A byte-level CLIP tokenizer built without the hub (OFFLINE-NOTES: vocab dict + no merges)."""
+    from transformers import CLIPTokenizer
+    # GPT-2 / CLIP byte-to-symbol table: printable bytes map to themselves, the rest to 256 + n
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = [b for b in range(256) if b not in printable]
+    symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(len(extra))]
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def ip_adapter_state_dict(unet, image_embed_dim, tokens=4):
+    """An `ip-adapter_sd15.bin`-shaped state dict for `unet`: the image projection to `tokens`
+    context tokens and one to_k_ip / to_v_ip pair per cross-attention layer (keys 1, 3, 5, ...:
+    the numbering diffusers expects)."""
+    dim = unet.config.cross_attention_dim
+    image_proj = {"proj.weight": torch.randn(dim * tokens, image_embed_dim) * 0.05,
+                  "proj.bias": torch.zeros(dim * tokens), "norm.weight": torch.ones(dim), "norm.bias": torch.zeros(dim)}
+    ip_adapter, key = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = unet.get_submodule(name[: -len(".processor")]).to_k.out_features
+        ip_adapter[f"{key}.to_k_ip.weight"] = torch.randn(hidden, dim) * 0.05
+        ip_adapter[f"{key}.to_v_ip.weight"] = torch.randn(hidden, dim) * 0.05
+        key += 2
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def save_tiny_sd(root):
+    """Tiny SD 1.5 (UNet, VAE, CLIP text encoder + tokenizer, UniPC), ControlNet and IP-Adapter
+    (CLIP vision encoder + weights), saved as `root/{sd,controlnet,ip_adapter}` hub-style folders."""
+    from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel,
+                           UniPCMultistepScheduler)
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+    tokenizer = clip_tokenizer()
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        norm_num_groups=8)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                        num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=77,
+                                        bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1))
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, projection_dim=32,
+                                                            num_attention_heads=4, num_hidden_layers=2,
+                                                            image_size=32, patch_size=8))
+    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                            scheduler=UniPCMultistepScheduler(steps_offset=1), safety_checker=None,
+                            feature_extractor=CLIPImageProcessor(size=32, crop_size=32),
+                            requires_safety_checker=False).save_pretrained(os.path.join(root, "sd"))
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32)).save_pretrained(
+        os.path.join(root, "controlnet"))
+    vision.save_pretrained(os.path.join(root, "ip_adapter", "models", "image_encoder"))
+    torch.save(ip_adapter_state_dict(unet, vision.config.projection_dim),
+               os.path.join(root, "ip_adapter", "models", "ip-adapter_sd15.bin"))
+
+
+def save_tiny_depth(folder):
+    """Tiny Depth-Anything (DINOv2 backbone of 4 layers feeding the 4-level DPT head) + processor."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+    backbone = Dinov2Config(hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
+                            patch_size=14, image_size=56, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=48, neck_hidden_sizes=[8, 16, 24, 32],
+                                 fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                      resample=3).save_pretrained(folder)
+
+
+def save_tiny_blip(folder):
+    """Tiny BLIP captioner (BLIP-base layout: vision encoder + text decoder, BERT tokenizer)."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(TINY_WORDS)}, model_max_length=32, bos_token="[DEC]")
+    text = dict(vocab_size=len(TINY_WORDS), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=32, bos_token_id=5, pad_token_id=0, sep_token_id=3,
+                eos_token_id=3)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=16)
+    config = BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+
+
+def save_tiny_models(root=None):
+    """Write every tiny model under `root` once (seeded, so the same files every time) and return
+    the local paths to use in place of the hub ids. No root: a temp folder removed at exit."""
+    if root is None:
+        root = tempfile.mkdtemp(prefix="gdt-tiny-")
+        atexit.register(shutil.rmtree, root, True)
+    root = os.path.abspath(root)
+    if not os.path.exists(os.path.join(root, "complete")):
+        # written beside root and renamed into place: torchrun ranks sharing one --tiny DIR never
+        # load half-written files; the first rank to finish wins, the others drop their copy
+        tmp = f"{root}.tmp{os.getpid()}"
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            save_tiny_sd(tmp)
+            save_tiny_depth(os.path.join(tmp, "depth"))
+            save_tiny_blip(os.path.join(tmp, "blip"))
+        open(os.path.join(tmp, "complete"), "w").close()
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            shutil.rmtree(tmp)
+    return {"sd_model": os.path.join(root, "sd"), "controlnet": os.path.join(root, "controlnet"),
+            "ip_adapter": os.path.join(root, "ip_adapter"), "depth_model": os.path.join(root, "depth"),
+            "caption_model": os.path.join(root, "blip")}
