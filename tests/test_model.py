@@ -138,3 +138,16 @@ def test_pose_net_imagenet_init_duplicates_and_halves_the_first_filters(tmp_path
     w3 = rgb.embedder.embedder.convolution.weight
     w6 = pose.encoder.embedder.embedder.convolution.weight
     assert torch.allclose(w6, torch.cat([w3, w3], 1) / 2)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = DepthNet("tiny", init="none", net_size=None)
+    checkpointed = DepthNet("tiny", init="none", net_size=None)
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.model.activation_checkpointing_enable()  # train_teacher.py --grad-ckpt
+    x = torch.rand(1, 3, 56, 84)
+    for net in (plain, checkpointed):
+        net(x)["depth"].mean().backward()
+    w = lambda n: n.model.backbone.encoder.layer[0].mlp.fc1.weight.grad  # noqa: E731
+    assert checkpointed.model.is_activation_checkpointing and torch.allclose(w(plain), w(checkpointed), atol=1e-6)
