@@ -173,9 +173,7 @@ class NuScenesIndex:
         if unknown:
             raise ValueError(f"unknown nuScenes scene(s) {unknown} in {self.folder}; "
                              f"known e.g. {sorted(names)[:5]}")
-        mini = '_mini' if 'mini' in self.version else ''
-        with open(os.path.join(SPLITS_DIR, f'nuscenes{mini}_val.txt')) as f:
-            val = set(f.read().split())
+        val = val_scene_names(self.version)
         chosen = [s for s in self.scenes if (s['name'] in val) == (split == 'val')
                   and (scenes is None or s['name'] in scenes)]
         frames = [(t, condition_of(s['description'])) for s in chosen for t in self.scene_key_frames(s)]
@@ -487,6 +485,25 @@ class FolderDepth(AugmentedDataset):
         if os.path.isfile(depth_path):
             item['gt'] = torch.from_numpy(np.load(depth_path).astype(np.float32))[None]
         return self._augment(item, i)
+
+
+def val_scene_names(version):
+    """The official validation scene names (the md4all / SSD test scenes) of a nuScenes version."""
+    mini = '_mini' if 'mini' in version else ''
+    with open(os.path.join(SPLITS_DIR, f'nuscenes{mini}_val.txt')) as f:
+        return set(f.read().split())
+
+
+def condition_frames(data_root, version, cond):
+    """CAM_FRONT key frames (paths) of the training scenes whose description names `cond` ('night',
+    'rain'): GDT's real style references (SPEC §1), frames depth training never uses."""
+    index, val = load_index(data_root, version), val_scene_names(version)
+    paths = sorted(index.sample_data[t]['filename'] for s in index.scenes
+                   if s['name'] not in val and cond in s['description'].lower() for t in index.scene_key_frames(s))
+    if not paths:
+        raise ValueError(f"no training scene in {data_root} ({version}) is described as '{cond}': pass real "
+                         f"'{cond}' images with --style-dir {cond}=DIR, or --no-ip-adapter")
+    return paths
 
 
 def list_images(dataset, data_root, version=None, split='train'):

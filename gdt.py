@@ -238,7 +238,14 @@ class Translator:
 
 
 def style_folders(args):
-    """cond -> reference images: `--style-dir COND=DIR` per condition, or `--style-dir DIR` with DIR/<cond>/."""
+    """cond -> reference images: `--style-dir COND=DIR` per condition, `--style-dir DIR` with DIR/<cond>/,
+    or `--style-dir data`: the nuScenes training scenes of the condition (the paper's choice)."""
+    if args.style_dir == ["data"]:
+        if args.dataset != "nuscenes":
+            raise ValueError("--style-dir data draws from nuScenes night / rain training scenes: use --dataset "
+                             "nuscenes, or pass --style-dir COND=DIR")
+        return {c: [os.path.join(args.data_root, p) for p in data.condition_frames(args.data_root, args.version, c)]
+                for c in args.cond}
     folders = {}
     for entry in args.style_dir or []:
         cond, _, folder = entry.partition("=")
@@ -361,7 +368,8 @@ def parse_args(argv=None):
                    help="or Intel/dpt-hybrid-midas: a transformers depth model predicting relative inverse depth")
     p.add_argument("--depth-tiles", type=int, default=1, help="N: refine the depth on an NxN grid of tiles")
     p.add_argument("--control-dir", help="precomputed depth maps DIR/<key>.png instead of --depth-model")
-    p.add_argument("--style-dir", action="append", help="DIR holding DIR/<cond>/, or COND=DIR (repeatable)")
+    p.add_argument("--style-dir", action="append",
+                   help="DIR holding DIR/<cond>/, COND=DIR (repeatable), or 'data' (nuScenes train scenes of the cond)")
     p.add_argument("--no-ip-adapter", action="store_true")
     p.add_argument("--ip-adapter", default="h94/IP-Adapter")
     p.add_argument("--ip-adapter-weight", default="models/ip-adapter_sd15.bin", help="+ image_encoder/ beside it")

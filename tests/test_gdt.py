@@ -276,3 +276,22 @@ def test_unreachable_model_id_fails_at_once_naming_it_and_the_alternatives(world
 def test_output_inside_the_dataset_is_refused(world):
     with pytest.raises(ValueError, match="inside --data-root"):
         gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(world / "data" / "gdt")])
+
+
+def test_style_references_can_come_from_the_datasets_own_night_and_rain_training_scenes(tiny_world):
+    import data
+    args = gdt.parse_args(["--dataset", "nuscenes", "--data-root", tiny_world, "--out", "unused",
+                           "--cond", "night", "rain", "--style-dir", "data"])
+    styles = gdt.style_folders(args)
+    index = data.load_index(tiny_world)
+    for cond in ("night", "rain"):
+        scenes = {index.sample[index.sample_data[t]["sample_token"]]["scene_token"] for t in
+                  (next(k for k, v in index.sample_data.items() if v["filename"] == os.path.relpath(p, tiny_world))
+                   for p in styles[cond])}
+        described = {s["token"]: s for s in index.scenes}
+        assert len(styles[cond]) == 4  # the 4 key frames of the one training scene of that condition
+        assert all(cond in described[s]["description"].lower() and described[s]["name"] not in
+                   data.val_scene_names("v1.0-trainval") for s in scenes)
+    with pytest.raises(ValueError, match="snow"):
+        gdt.style_folders(gdt.parse_args(["--dataset", "nuscenes", "--data-root", tiny_world, "--out", "unused",
+                                          "--cond", "snow", "--style-dir", "data"]))
