@@ -161,11 +161,14 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
+def ordered_groups(summary):
+    return [g for g in GROUP_ORDER if g in summary] + sorted(set(summary) - set(GROUP_ORDER))
+
+
 def format_table(summary):
     """The per-condition table as text."""
-    groups = [g for g in GROUP_ORDER if g in summary] + sorted(set(summary) - set(GROUP_ORDER))
     lines = [f"{'condition':<10} {'images':>6} " + " ".join(f"{k:>8}" for k in METRIC_NAMES)]
-    for g in groups:
+    for g in ordered_groups(summary):
         m = summary[g]
         lines.append(f"{g:<10} {m['count']:>6} " + " ".join(f"{m[k]:>8.4f}" for k in METRIC_NAMES))
     return "\n".join(lines)
@@ -251,7 +254,8 @@ def main(argv=None):
     write_atomic(os.path.join(args.out, "metrics.json"),
                  json.dumps({"summary": summary, "per_image": rows, "args": vars(args)}, indent=1))
     lines = [",".join(("condition", "count") + METRIC_NAMES)]
-    lines += [",".join([g, str(m["count"])] + [f"{m[k]:.6f}" for k in METRIC_NAMES]) for g, m in summary.items()]
+    lines += [",".join([g, str(summary[g]["count"])] + [f"{summary[g][k]:.6f}" for k in METRIC_NAMES])
+              for g in ordered_groups(summary)]
     write_atomic(os.path.join(args.out, "metrics.csv"), "\n".join(lines) + "\n")
     return summary
 

@@ -114,7 +114,7 @@ class DepthNet(nn.Module):
     """DINOv2 + DPT depth network returning md4all disparity and metric depth at the input size."""
 
     def __init__(self, encoder="base", init="dinov2", weights=None, min_depth=0.1, max_depth=80.0,
-                 net_size=(518, 784), hf_config=None):
+                 net_size=(518, 784), hf_config=None, init_depth=None):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"--encoder {encoder!r} is unknown; choose one of {sorted(ENCODERS)}")
@@ -131,6 +131,11 @@ class DepthNet(nn.Module):
         else:
             config = DepthAnythingConfig.from_dict(hf_config) if hf_config else depth_anything_config(encoder)
             self.model = DepthAnythingForDepthEstimation(config)
+            # A fresh DPT head as the Depth-Anything code builds it (PyTorch's default init), not transformers'
+            # N(0, 0.02): with that, activations shrink layer by layer and the head's ReLUs can all die at once.
+            for module in [*self.model.neck.modules(), *self.model.head.modules()]:
+                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                    module.reset_parameters()
         if init == "dinov2":
             if encoder == "tiny" and weights is None:
                 raise ValueError("--encoder tiny has no pretrained DINOv2: pass --init none or --weights DIR")
@@ -143,6 +148,15 @@ class DepthNet(nn.Module):
         # no skip input): frozen, so DDP need not search for unused parameters every step.
         self.model.backbone.embeddings.mask_token.requires_grad_(False)
         self.model.neck.fusion_stage.layers[0].residual_layer1.requires_grad_(False)
+        if init_depth:
+            self.start_at_depth(init_depth)
+
+    @torch.no_grad()
+    def start_at_depth(self, depth):
+        """Set the head's last bias so a fresh net predicts about `depth` metres everywhere (md4all's
+        sigmoid 0.5 means 0.2 m: with metric velocity supervision a from-scratch net can stall there)."""
+        s = (1 / depth - 1 / self.max_depth) / (1 / self.min_depth - 1 / self.max_depth)
+        self.model.head.conv3.bias.fill_(float(np.log(s / (1 - s))))
 
     def config_dict(self):
         """Everything needed to rebuild this net from a checkpoint alone."""

@@ -68,6 +68,8 @@ def add_common_args(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the depth net")
+    p.add_argument("--init-depth", type=float, default=None,
+                   help="start a fresh head at this depth (m) instead of md4all's 0.2 m (helps from-scratch nets)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the encoder: less memory, ~30%% slower")
     p.add_argument("--tiny", action="store_true", help="tiny random nets, no downloads (tests, smoke runs)")
     return p
@@ -92,7 +94,8 @@ def make_dataset(args, split, **kwargs):
 
 
 def build_depth_net(args):
-    net = DepthNet(args.encoder, args.init, args.weights, args.min_depth, args.max_depth, args.net_size)
+    net = DepthNet(args.encoder, args.init, args.weights, args.min_depth, args.max_depth, args.net_size,
+                   init_depth=args.init_depth)
     if args.grad_ckpt:
         net.model.activation_checkpointing_enable()
     return net

@@ -151,3 +151,12 @@ def test_activation_checkpointing_gives_the_same_gradients():
         net(x)["depth"].mean().backward()
     w = lambda n: n.model.backbone.encoder.layer[0].mlp.fc1.weight.grad  # noqa: E731
     assert checkpointed.model.is_activation_checkpointing and torch.allclose(w(plain), w(checkpointed), atol=1e-6)
+
+
+def test_a_fresh_head_starts_at_the_requested_depth_and_varies_over_the_image():
+    torch.manual_seed(0)
+    net = DepthNet("tiny", init="none", net_size=None, init_depth=10.0)
+    out = net(torch.rand(1, 3, 56, 84))
+    assert out["depth"].median().item() == pytest.approx(10.0, rel=0.05)
+    # PyTorch-default init of the DPT head: the disparity is not a constant (no dead ReLUs at the start)
+    assert out["disp"].std() > 1e-5
