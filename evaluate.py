@@ -12,7 +12,6 @@ are scored on exactly this protocol. The metric core (`compute_depth_metrics`, `
 `flip_post_process`) is what the training scripts validate with.
 """
 import argparse
-import csv
 import json
 import os
 import tempfile

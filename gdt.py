@@ -275,7 +275,7 @@ def build_translator(args):
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation, AutoModelForImageTextToText, AutoProcessor
     def load(load_fn, name, alternative="", **kwargs):
         return from_pretrained_or_explain(load_fn, name, alternative + "--tiny for random tiny models", **kwargs)
-    captioner = depth = None
+    captioner = None
     if args.captioner != "none":
         model = load(AutoModelForImageTextToText.from_pretrained, args.caption_model, "--captioner none or ",
                      dtype=dtype)
@@ -289,6 +289,8 @@ def build_translator(args):
             pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
             out = depth_model(pixel_values=pixels.to(device, dtype)).predicted_depth[:, None].float()
             return F.interpolate(out, size=(image.height, image.width), mode="bicubic")[0, 0].cpu().numpy()
+    else:
+        depth = None
     controlnet = load(ControlNetModel.from_pretrained, args.controlnet, dtype=dtype)
     pipeline = StableDiffusionControlNetImg2ImgPipeline if args.strength else StableDiffusionControlNetPipeline
     pipe = load(pipeline.from_pretrained, args.sd_model, controlnet=controlnet, safety_checker=None,
@@ -300,6 +302,12 @@ def build_translator(args):
         pipe.set_ip_adapter_scale(args.ip_scale)
         pipe.prepare_ip_adapter_image_embeds = per_sample_ip_adapter_embeds
     pipe.to(device)
+    if device.type == "cuda":  # NHWC convolutions feed tensor cores without layout transposes
+        for module in (pipe.unet, pipe.controlnet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
+    if args.compile:
+        pipe.unet.compile()
+        pipe.controlnet.compile()
     pipe.set_progress_bar_config(disable=True)
     # Images per model call. CPU: one, as BLAS/oneDNN pick kernels by batch size (a batched image differs in its last
     # bits from itself alone) and one image fills the cores. GPU: --batch-size, padded to it in translate_batch.
@@ -385,6 +393,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on GPU, else fp32")
     p.add_argument("--tiny", nargs="?", const="", help="random tiny models (written to DIR, reused if there)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet (GPU, long runs)")
     p.add_argument("--benchmark", action="store_true", help="print images/s on the first batch; write nothing")
     args = p.parse_args(argv)
     args.caption_model = args.caption_model or CAPTION_MODELS.get(args.captioner)

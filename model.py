@@ -192,9 +192,10 @@ class DinoFeatures(nn.Module):
     """Frozen pretrained DINOv2 giving the last-layer patch tokens of the day image (semantic loss)."""
 
     def __init__(self, encoder="base", weights=None, net_size=(518, 784)):
+        """weights: hub id or folder (default: the official DINOv2 of `encoder`); 'none': random (tests, benchmarks)."""
         super().__init__()
         self.net_size = tuple(net_size) if net_size else None
-        if weights is None and encoder == "tiny":
+        if weights == "none" or (weights is None and encoder == "tiny"):
             self.dino = Dinov2Model(dinov2_config("tiny"))
         else:
             self.dino = from_pretrained_or_explain(Dinov2Model.from_pretrained, weights or ENCODERS[encoder]["hub"],

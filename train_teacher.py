@@ -235,7 +235,7 @@ def train(args, loss_module, dataset, val_dataset=None):
     elif master and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run: the old log would mix two runs
     if args.compile:
-        loss_module.net.model.compile()
+        loss_module.net.compile()  # in place: state-dict keys unchanged
     model = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else loss_module
     validating = val_dataset is not None and not args.no_val

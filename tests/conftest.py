@@ -17,3 +17,13 @@ def tiny_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     return str(synthetic.render_world(str(root / "world"), train_day=2, train_night=1, train_rain=1, val_day=1,
                                       val_night=1, val_rain=1, keyframes=4, sweeps=1, size=(72, 128), seed=0))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on shared cores spinning OpenMP threads cost 10x."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

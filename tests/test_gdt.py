@@ -16,12 +16,8 @@ SOURCES = {"a.png": ((48, 80), "RGB"), "sub/b.png": ((60, 60), "L"), "sub/c.jpg"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models are too small to gain from threads, and on shared cores spinning threads cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

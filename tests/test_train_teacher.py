@@ -101,7 +101,8 @@ def test_two_process_torchrun_gives_a_checkpoint_plain_python_loads(tiny_world, 
     assert result.returncode == 0, result.stderr[-3000:]
     net, pose = load_depth_net(str(tmp_path / "ckpt.pt")), load_pose_net(str(tmp_path / "ckpt.pt"))
     with torch.no_grad():
-        assert net(torch.rand(1, 3, 56, 96))["depth"].shape == (1, 1, 56, 96)
+        x = torch.rand(1, 3, 56, 96)
+        assert net(x)["depth"].shape == (1, 1, 56, 96) and pose(x, x).shape == (1, 4, 4)
     with open(tmp_path / "log.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert records[-1]["val"]["all"]["count"] == 12  # both ranks' shards, reduced as sums and counts
