@@ -122,6 +122,14 @@ class DepthNet(nn.Module):
             raise ValueError(f"--init {init!r} is unknown; choose one of {INITS}")
         self.encoder, self.min_depth, self.max_depth = encoder, min_depth, max_depth
         self.net_size = tuple(net_size) if net_size else None
+        backbone = None
+        if init == "dinov2":  # load first: an unreachable id fails before the random init of a big net
+            if encoder == "tiny" and weights is None:
+                raise ValueError("--encoder tiny has no pretrained DINOv2: pass --init none or --weights DIR")
+            backbone = from_pretrained_or_explain(
+                Dinov2Backbone.from_pretrained, weights or ENCODERS[encoder]["hub"],
+                "--init none (random encoder)", out_indices=ENCODERS[encoder]["taps"],
+                reshape_hidden_states=False)
         if init == "depth-anything-v2-small":
             if encoder != "small":
                 raise ValueError("--init depth-anything-v2-small loads a ViT-S net: use --encoder small")
@@ -136,13 +144,7 @@ class DepthNet(nn.Module):
             for module in [*self.model.neck.modules(), *self.model.head.modules()]:
                 if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                     module.reset_parameters()
-        if init == "dinov2":
-            if encoder == "tiny" and weights is None:
-                raise ValueError("--encoder tiny has no pretrained DINOv2: pass --init none or --weights DIR")
-            backbone = from_pretrained_or_explain(
-                Dinov2Backbone.from_pretrained, weights or ENCODERS[encoder]["hub"],
-                "--init none (random encoder)", out_indices=ENCODERS[encoder]["taps"],
-                reshape_hidden_states=False)
+        if backbone is not None:
             self.model.backbone.load_state_dict(backbone.state_dict())
         # Parameters no forward pass uses (masked-image pretraining token; the first fusion block has
         # no skip input): frozen, so DDP need not search for unused parameters every step.
