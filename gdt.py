@@ -1,9 +1,12 @@
 """GDT: generative day -> night / rain / snow / fog translation of the training images (SPEC §1).
 
-    python gdt.py --dataset nuscenes --data-root /data/nuscenes --out /data/gdt --cond night rain
-        --style-dir /data/styles          # (one line) real reference images in /data/styles/{night,rain}/
+    python gdt.py --dataset nuscenes --data-root /data/nuscenes --out /data/gdt --cond night rain \
+        --style-dir data     # IP-Adapter references: the train split's own night / rain scenes (the paper)
+    python gdt.py --dataset folder --data-root my_images --out gdt --cond night --style-dir night=real_night/
     torchrun --standalone --nproc_per_node=8 gdt.py ...   # same flags: frames split over the ranks
-    python gdt.py --backend classic ... | --tiny --steps 2 --size 64x64 ... | --benchmark ...
+    python gdt.py --backend classic ... | --tiny --steps 2 --size 64x64 ...  # no-model baseline | offline smoke run
+
+Speed: `python bench.py --only gdt` (ours vs the naive per-image pipeline, BENCHMARKS.md).
 
 Writes `<out>/<cond>/<path relative to --data-root>` (the source's format, size and mode) and a
 JSONL record per image to `<out>/<cond>/manifest.rank<r>.jsonl` (an output's last record wins).
@@ -17,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -394,7 +396,6 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on GPU, else fp32")
     p.add_argument("--tiny", nargs="?", const="", help="random tiny models (written to DIR, reused if there)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet (GPU, long runs)")
-    p.add_argument("--benchmark", action="store_true", help="print images/s on the first batch; write nothing")
     args = p.parse_args(argv)
     args.caption_model = args.caption_model or CAPTION_MODELS.get(args.captioner)
     size = tuple(int(v) for v in args.size.lower().split("x") if v.isdigit())
@@ -406,24 +407,8 @@ def parse_args(argv=None):
     return args
 
 
-def benchmark(args):
-    """Print images/s of translate_batch on the first --batch-size frames, after one warm-up batch."""
-    keys = data.list_images(args.dataset, args.data_root, args.version, args.split)[:args.batch_size]
-    translator, images = build_translator(args), [load_image(os.path.join(args.data_root, k)) for k in keys]
-    translate_batch(translator, images, keys, args.cond[0])  # warm-up: kernels, allocator, style cache
-    start = time.perf_counter()
-    translate_batch(translator, images, keys, args.cond[0])
-    rate = len(images) / (time.perf_counter() - start)
-    detail = f"{args.steps} steps at {args.size[0]}x{args.size[1]}, {args.dtype}, " if translator.pipe else ""
-    print(f"benchmark: {rate:.3f} images/s ({args.backend}, {args.cond[0]}, {detail}batch of {len(keys)} "
-          f"{images[0].height}x{images[0].width} images, {translator.device})")
-    return rate
-
-
 def main(argv=None):
     args = parse_args(argv)
-    if args.benchmark:
-        return benchmark(args)
     if Path(args.out).resolve().is_relative_to(Path(args.data_root).resolve()):
         raise ValueError(f"--out {args.out} is inside --data-root {args.data_root}: GDT never writes into the dataset")
     keys = data.list_images(args.dataset, args.data_root, args.version, args.split)
