@@ -93,7 +93,7 @@ def metric_totals(per_image, conds):
     for metrics, cond in zip(per_image, conds):
         if metrics is None:
             continue
-        for group in (condition_group(cond), "all"):
+        for group in {condition_group(cond), "all"}:  # a set: a folder's frames are in 'all' only, once
             t = totals.setdefault(group, dict.fromkeys(METRIC_NAMES, 0.0) | {"count": 0})
             t["count"] += 1
             for k in METRIC_NAMES:
@@ -106,22 +106,32 @@ def summarize(totals):
     return {g: {"count": t["count"], **{k: t[k] / t["count"] for k in METRIC_NAMES}} for g, t in totals.items()}
 
 
-def evaluate_net(net, loader, device, min_depth=0.1, max_depth=80.0, median_scaling=False, flip_pp=False,
+def net_predictor(net, device, flip_pp=False):
+    """predict(batch) -> (B, Hgt, Wgt) depth of `net` on the batch's `color`, at the ground-truth size."""
+    def predict(batch):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = predict_depth(net, batch["color"].to(device, non_blocking=True), batch["gt"].shape[-2:], flip_pp)
+        return pred.float().cpu()[:, 0]
+    return predict
+
+
+def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=False, on_image=None,
                  progress=False):
-    """Run `net` over a loader of items with `color`, `gt` and `cond`; return (totals, per-image rows)."""
+    """Score `predict(batch)` against each item's `gt`: (totals per group, one row per image).
+    `on_image(batch, i, pred_i, row)` sees every image (visualisations)."""
     from tqdm import tqdm
-    was_training = net.training
-    net.eval()
     rows = []
     for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
-        gt = batch["gt"]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = predict_depth(net, batch["color"].to(device, non_blocking=True), gt.shape[-2:], flip_pp)
-        pred = pred.float().cpu()
-        for i in range(len(gt)):
-            m = compute_depth_metrics(gt[i, 0], pred[i, 0], min_depth, max_depth, median_scaling)
-            rows.append({"key": batch["key"][i], "cond": batch["cond"][i], **(m or {})})
-    net.train(was_training)
+        if "gt" not in batch:
+            raise ValueError("items carry no ground truth `gt`: a folder needs a .npy depth map next to each image")
+        pred = predict(batch)
+        for i in range(len(pred)):
+            m = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
+            row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all",
+                   **({k: float(v) for k, v in m.items()} if m else {})}
+            rows.append(row)
+            if on_image:
+                on_image(batch, i, pred[i], row)
     return metric_totals([r if "abs_rel" in r else None for r in rows], [r["cond"] for r in rows]), rows
 
 
@@ -194,7 +204,6 @@ def make_eval_dataset(args):
 
 def main(argv=None):
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
     from model import load_depth_net
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (.pt) or exported folder of a depth net")
@@ -219,33 +228,24 @@ def main(argv=None):
     args.size = tuple(int(v) for v in (args.size or default_size).split("x")) if (args.size or default_size) else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = make_eval_dataset(args)
-    net = load_depth_net(args.ckpt, map_location=device).eval() if args.ckpt else None
-    os.makedirs(os.path.join(args.out, "vis"), exist_ok=True)
     loader = DataLoader(dataset, batch_size=args.batch_size if args.size else 1, num_workers=args.workers)
-    rows, vis_done = [], {}
-    for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
-        if "gt" not in batch:
-            raise ValueError(f"{args.data_root}: items carry no ground truth; a folder needs a .npy depth map "
-                             f"next to each image")
-        gt = batch["gt"]
-        if net is not None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                pred = predict_depth(net, batch["color"].to(device), gt.shape[-2:], args.flip_pp)
-            pred = pred.float().cpu()[:, 0]
-        else:
-            pred = torch.stack([load_prediction(args.pred_dir, path, gt.shape[-2:]) for path in batch["path"]])
-        for i in range(len(gt)):
-            cond = batch["cond"][i] if "cond" in batch else "all"
-            m = compute_depth_metrics(gt[i, 0], pred[i], args.min_depth, args.max_depth, args.median_scaling)
-            rows.append({"path": batch["path"][i], "cond": cond, **({k: float(v) for k, v in m.items()} if m else {})})
-            group = condition_group(cond)
-            if vis_done.get(group, 0) < args.save_vis:
-                vis_done[group] = vis_done.get(group, 0) + 1
-                name = f"{group}_{vis_done[group]:03d}.png"
-                save_visualisation(os.path.join(args.out, "vis", name), batch["color"][i], pred[i].numpy(),
-                                   gt[i, 0].numpy(), args.max_depth)
-    scored = [r if "abs_rel" in r else None for r in rows]
-    summary = summarize(metric_totals(scored, [r["cond"] for r in rows]))
+    if args.ckpt:
+        predict = net_predictor(load_depth_net(args.ckpt, map_location=device).eval(), device, args.flip_pp)
+    else:
+        def predict(batch):
+            return torch.stack([load_prediction(args.pred_dir, p, batch["gt"].shape[-2:]) for p in batch["path"]])
+    os.makedirs(os.path.join(args.out, "vis"), exist_ok=True)
+    vis_done = {}
+
+    def save_some(batch, i, pred, row):  # the first --save-vis images of each condition
+        group = condition_group(row["cond"])
+        if vis_done.get(group, 0) < args.save_vis:
+            vis_done[group] = vis_done.get(group, 0) + 1
+            save_visualisation(os.path.join(args.out, "vis", f"{group}_{vis_done[group]:03d}.png"),
+                               batch["color"][i], pred.numpy(), batch["gt"][i, 0].numpy(), args.max_depth)
+    totals, rows = score_loader(loader, predict, args.min_depth, args.max_depth, args.median_scaling, save_some,
+                                progress=True)
+    summary = summarize(totals)
     if not summary:
         raise ValueError("no image had a valid ground-truth pixel: check --min-depth / --max-depth and the data")
     table = format_table(summary)

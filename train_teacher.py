@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import data
-from evaluate import evaluate_net, summarize
+from evaluate import net_predictor, score_loader, summarize
 from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
 from model import DepthNet, PoseNet, save_checkpoint
 
@@ -172,7 +172,9 @@ def validate(net, dataset, args, rank, world, device):
     """Per-group md4all metrics of `net` on `dataset`, each rank evaluating a strided shard."""
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     loader = DataLoader(shard, batch_size=args.batch_size, num_workers=args.workers)
-    totals, _ = evaluate_net(net, loader, device, args.min_depth, args.max_depth)
+    was_training = net.training
+    totals, _ = score_loader(loader, net_predictor(net.eval(), device), args.min_depth, args.max_depth)
+    net.train(was_training)
     groups = ["all", "day-clear", "night", "day-rain"]
     keys = ["count", "abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
     flat = all_reduce_sums([totals.get(g, {}).get(k, 0.0) for g in groups for k in keys], device)

@@ -123,3 +123,22 @@ def test_evaluate_needs_exactly_one_source(tiny_world):
     import evaluate
     with pytest.raises(SystemExit):
         evaluate.main(["--data-root", tiny_world])
+
+
+def test_a_folder_of_images_with_npy_depth_is_scored_and_one_without_is_refused(tmp_path):
+    import evaluate
+    from PIL import Image
+    from model import DepthNet, save_checkpoint
+    net = DepthNet("tiny", init="none", net_size=None)
+    save_checkpoint(str(tmp_path / "ckpt.pt"), model=net.state_dict(), config=net.config_dict())
+    (tmp_path / "images").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "images" / f"{name}.png")
+        np.save(tmp_path / "images" / f"{name}.npy", np.full((40, 60), 12.0, np.float32))
+    summary = evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--dataset", "folder", "--data-root",
+                             str(tmp_path / "images"), "--workers", "0", "--out", str(tmp_path / "eval")])
+    assert summary["all"]["count"] == 2
+    (tmp_path / "images" / "a.npy").unlink()
+    with pytest.raises(ValueError, match="npy"):
+        evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--dataset", "folder", "--data-root",
+                       str(tmp_path / "images"), "--workers", "0", "--out", str(tmp_path / "eval2")])
