@@ -106,3 +106,15 @@ def test_two_process_torchrun_gives_a_checkpoint_plain_python_loads(tiny_world, 
     with open(tmp_path / "log.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert records[-1]["val"]["all"]["count"] == 12  # both ranks' shards, reduced as sums and counts
+
+
+def test_robotcar_self_supervised_run_trains_and_validates_day_and_night(tmp_path):
+    from test_data import make_robotcar  # the fake md4all RobotCar tree of the data tests
+    root = make_robotcar(tmp_path / "robotcar")
+    train_teacher.main(["--tiny", "--dataset", "robotcar", "--data-root", root, "--size", "24x40",
+                        "--batch-size", "1", "--workers", "0", "--out", str(tmp_path / "run"), "--steps", "2",
+                        "--val-every", "2"])
+    with open(tmp_path / "run" / "log.jsonl") as f:
+        val = [r["val"] for r in map(json.loads, f) if "val" in r][0]
+    assert val["day-clear"]["count"] == 1 and val["night"]["count"] == 1
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["config"]["max_depth"] == 50.0
