@@ -10,6 +10,7 @@ condition, flip, jitter) is seeded by (seed, epoch, index): DDP ranks, workers a
 Pixel (u, v) covers [u, u+1) x [v, v+1): a point lands on floor(u), intrinsics scale by W'/W, a
 flip maps cx to W - cx. nuScenes is read from its JSON tables (the devkit pins numpy < 2).
 """
+import argparse
 import csv
 import glob
 import json
@@ -32,6 +33,15 @@ MIN_SPEED = 0.5  # m/s; md4all drops slower training frames (a static ego gives 
 ROBOTCAR_SEQUENCES = {'2014-12-09-13-21-02': 'day-clear', '2014-12-16-18-44-24': 'night-clear'}
 ROBOTCAR_GT_DIR = 'lms_front_synchronized/vo/time_margin=+-4.0e+06'  # md4all precompute_depth_gt.py
 ROBOTCAR_CROP = 768 / 960  # md4all keeps the top 768 of 960 rows (drops the car's bonnet)
+
+
+def parse_size(text):
+    """'HxW' (a command-line image size) -> (H, W) ints."""
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:  # argparse prints an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(f"image size {text!r}: give HxW, e.g. 320x576") from None
+    return h, w
 
 
 def condition_of(description):

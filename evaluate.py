@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import data
 from model import disp_to_depth
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
@@ -194,7 +195,6 @@ def load_prediction(pred_dir, rel_path, size):
 
 
 def make_eval_dataset(args):
-    import data
     if args.dataset == "nuscenes":
         return data.NuScenesDepth(args.data_root, args.version, "val", size=args.size)
     if args.dataset == "robotcar":
@@ -211,7 +211,8 @@ def main(argv=None):
     p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"])
     p.add_argument("--data-root", required=True)
     p.add_argument("--version", default="v1.0-trainval")
-    p.add_argument("--size", default=None, help="network input HxW (default: nuScenes 320x576, RobotCar 320x544)")
+    p.add_argument("--size", type=data.parse_size, default=None,
+                   help="network input HxW (default: nuScenes 320x576, RobotCar 320x544, folder: image size)")
     p.add_argument("--min-depth", type=float, default=0.1)
     p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes), 50 (RobotCar)")
     p.add_argument("--median-scaling", action="store_true", help="for relative-depth models")
@@ -224,8 +225,7 @@ def main(argv=None):
     if bool(args.ckpt) == bool(args.pred_dir):
         p.error("pass exactly one of --ckpt (a depth net) or --pred-dir (precomputed depth maps)")
     args.max_depth = args.max_depth or (50.0 if args.dataset == "robotcar" else 80.0)
-    default_size = {"nuscenes": "320x576", "robotcar": "320x544", "folder": None}[args.dataset]
-    args.size = tuple(int(v) for v in (args.size or default_size).split("x")) if (args.size or default_size) else None
+    args.size = args.size or {"nuscenes": (320, 576), "robotcar": (320, 544), "folder": None}[args.dataset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = make_eval_dataset(args)
     loader = DataLoader(dataset, batch_size=args.batch_size if args.size else 1, num_workers=args.workers)

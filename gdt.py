@@ -390,7 +390,7 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--control-scale", type=float, default=1.0)
     p.add_argument("--strength", type=float, help="img2img from the day image instead of from noise")
-    p.add_argument("--size", default="576x1024", help="HxW generated (multiples of 8), resized back")
+    p.add_argument("--size", type=data.parse_size, default=(576, 1024), help="HxW generated (multiples of 8), resized back")
     p.add_argument("--night-ratio", type=float, default=0.40, help="night mean / day mean; 0: off")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on GPU, else fp32")
@@ -398,10 +398,8 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet (GPU, long runs)")
     args = p.parse_args(argv)
     args.caption_model = args.caption_model or CAPTION_MODELS.get(args.captioner)
-    size = tuple(int(v) for v in args.size.lower().split("x") if v.isdigit())
-    if len(size) != 2 or any(v <= 0 or v % 8 for v in size):
-        p.error(f"--size {args.size}: give HxW, both multiples of 8 (e.g. 576x1024)")
-    args.size = size
+    if any(v <= 0 or v % 8 for v in args.size):
+        p.error("--size: give HxW, both multiples of 8 (e.g. 576x1024)")
     if args.strength is not None and not (0 < args.strength <= 1 and args.steps * args.strength >= 1):
         p.error("--strength must be in (0, 1] with --steps x --strength >= 1 (else no denoising step runs)")
     return args

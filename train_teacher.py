@@ -32,11 +32,6 @@ from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
 from model import DepthNet, PoseNet, save_checkpoint
 
 
-def parse_size(text):
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
-
-
 def add_common_args(p):
     """Flags shared by the teacher and the student trainers (SPEC §4 defaults)."""
     p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar"])
@@ -46,8 +41,8 @@ def add_common_args(p):
     p.add_argument("--encoder", default="base", choices=["tiny", "small", "base", "large"])
     p.add_argument("--init", default="dinov2", choices=["dinov2", "depth-anything-v2-small", "none"])
     p.add_argument("--weights", default=None, help="hub id or local folder for --init (default: the official one)")
-    p.add_argument("--size", type=parse_size, default=None, help="loss resolution HxW (nuScenes 320x576, RobotCar 320x544)")
-    p.add_argument("--net-size", type=parse_size, default=(518, 784), help="depth-net input HxW, multiples of 14")
+    p.add_argument("--size", type=data.parse_size, default=None, help="loss resolution HxW (nuScenes 320x576, RobotCar 320x544)")
+    p.add_argument("--net-size", type=data.parse_size, default=(518, 784), help="depth-net input HxW, multiples of 14")
     p.add_argument("--min-depth", type=float, default=0.1)
     p.add_argument("--max-depth", type=float, default=None, help="default 80 (nuScenes) / 50 (RobotCar)")
     p.add_argument("--batch-size", type=int, default=4, help="per process")

@@ -1,4 +1,5 @@
 """data.py: nuScenes / RobotCar / folder readers, LiDAR ground truth, splits, augmentation."""
+import argparse
 import csv
 import json
 import math
@@ -468,3 +469,9 @@ def test_dataloader_collates_items_in_a_worker_process(nusc):
     assert batch['color'].shape == (2, 3, 24, 40) and batch['K'].shape == (2, 3, 3)
     assert batch['dist_prev'].shape == (2,) and batch['key'] == ['scene-0001-cam1', 'scene-0001-cam3']
     assert torch.equal(batch['input'][1], ds[1]['input'])  # the worker drew what the main process draws
+
+
+def test_image_sizes_parse_from_hxw_and_bad_ones_say_the_format():
+    assert data.parse_size('320x576') == (320, 576) and data.parse_size('90X160') == (90, 160)
+    with pytest.raises(argparse.ArgumentTypeError, match='HxW'):
+        data.parse_size('320')
