@@ -1,10 +1,14 @@
-"""A synthetic driving world, ray-cast with numpy, written as a nuScenes dataroot that data.py reads (SPEC §7).
+"""A synthetic driving world, ray-cast with numpy, written as a nuScenes dataroot that data.py reads (docs/method.md §7).
 
     python synthetic.py --out world      # 5 train + 3 val scenes (day-clear, night, rain), 320x180
     python synthetic.py --out tiny --size 90 160 --keyframes 4 --train-night 0 --workers 1
+    python synthetic.py --out world12 --sweeps 5   # a 12 Hz camera like nuScenes CAM_FRONT (learning check)
 
-Curved streets with box buildings, parked and oncoming cars and lamp posts; the ego drives its lane (and
-stops in the first day-clear train scene: static frames for md4all's filter). Night: lamps, headlights, lit
+Curved streets with box buildings, parked and oncoming cars and lamp posts; the ego drives its lane at about 6-11
+m/s (and stops in the first day-clear train scene: static frames for md4all's filter). Key frames come at
+2 Hz with --sweeps camera frames between them: 1 (4 Hz, about 2 m apart) is fast to render; 5 is nuScenes'
+12 Hz (about 0.5-0.9 m), which self-supervised learning needs. Cars carry detail along their length (paint,
+door gaps, pillars, wheels), so the photometric loss can see their depth. Night: lamps, headlights, lit
 windows, glare, noise; rain: overcast, wet road, streaks, blur; descriptions say "Night" / "Rain" as in
 nuScenes. Val scenes are named from splits/nuscenes_val.txt, train scenes outside it. Deterministic from
 --seed, atomic files, a rerun resumes. Also written: v1.0-trainval/scenes.json (what was generated) and
@@ -223,6 +227,29 @@ def stripe(x, w, fp):
     return np.clip(np.minimum(x + fp / 2, w / 2) - np.maximum(x - fp / 2, -w / 2), 0, None) / fp
 
 
+def car_albedo(lx, ly, z, axis, size, col, fp, seed):
+    """Car paint with detail that changes ALONG the car (mottling, door gaps, pillars, wheels): plain or
+    horizontally banded sides let the image flow along them as the ego passes, hiding their depth."""
+    L, W, h = size.T
+    u = np.where(axis == 0, ly, lx)  # across the nose / tail, along the sides and the roof
+    paint = col * (0.8 + 0.5 * fbm(u, np.where(axis == 2, ly, z), fp, seed + 7, (1.2, 0.35, 0.1)))[:, None]
+    paint += 0.12 * fbm(u + 17, z, fp, seed + 11, (0.6, 0.2))[:, None]  # dirt and reflections, seen on any colour
+    side = axis == 1
+    doors = sum(stripe(lx - c * L, 0.05, fp) for c in (0.22, 0.5, 0.76))  # door and bonnet gaps
+    handles = sum(stripe(lx - c * L, 0.18, fp) for c in (0.42, 0.68)) * stripe(z - 0.62 * h, 0.05, fp)
+    trim = stripe(z - 0.48 * h, 0.05, fp)
+    paint *= 1 - 0.7 * (np.clip(doors + handles, 0, 1) * side * (z > 0.3) * (z < 0.62 * h) + trim * (axis != 2))[:, None]
+    pillar = sum(stripe(u - c * np.where(side, L, W), w, fp) for c, w in ((0.27, 0.12), (0.52, 0.1), (0.78, 0.2)))
+    glass = (z > 0.62 * h) & (z < 0.93 * h) & (axis != 2) & (np.clip(pillar, 0, 1) * side < 0.5)
+    glass_tint = np.array([.07, .09, .11]) * (1 + 1.5 * fbm(u, z, fp, seed + 13, (0.8, 0.25)))[:, None]
+    cx = np.where(lx < L / 2, 0.85, L - 0.85)  # wheel centres 0.85 m from either end, 0.33 m up
+    r, spoke = np.hypot(lx - cx, z - 0.33), np.cos(5 * np.arctan2(z - 0.33, lx - cx))
+    wheel = side & (r < 0.33)  # tyre, a five-spoke rim and its hub; elsewhere below 0.35 m a dark sill
+    grey = np.where(r < 0.06, 0.3, np.where(r < 0.2, 0.5 + 0.2 * spoke, 0.04 + 0.03 * (r > 0.3)))
+    under = np.where(wheel, grey, 0.04)[:, None] * np.ones(3)
+    return np.select([glass[:, None], ((z < 0.35) | wheel)[:, None]], [glass_tint, under], np.clip(paint, 0, 1))
+
+
 def surface(scene, P, obj, face, fp):
     """Albedo and night emission at hit points: road, paving, grass, facades, cars, posts."""
     alb, emit, seed = np.zeros((len(P), 3)), np.zeros((len(P), 3)), scene['tex_seed']
@@ -244,9 +271,10 @@ def surface(scene, P, obj, face, fp):
     lit = value_noise(np.floor(a / 2.8) * 7.3 + k * 31.1, np.floor(z / 3.2) * 5.1, seed) > 0.55
     wall = col * (0.88 + 0.3 * fbm(a + 50 * k, z, f, seed + 3))[:, None] * np.where(axis == 2, 0.75, 1)[:, None]
     wall = wall * (1 - win[:, None]) + win[:, None] * [.13, .16, .21]
-    glass = (z > 0.62 * h) & (z < 0.93 * h) & (axis != 2)
-    car = np.where(glass[:, None], [.07, .09, .11], np.where((z < 0.35)[:, None], [.04, .04, .04], col))
-    alb[b] = np.select([(kind == 0)[:, None], (kind == 1)[:, None]], [wall, car], col)
+    c = kind == 1
+    car = col.copy()
+    car[c] = car_albedo(lx[c], ly[c], z[c], axis[c], bx['size'][k[c]], col[c], f[c], seed + k[c] % 64)
+    alb[b] = np.where((kind == 0)[:, None], wall, car)
     rear = (kind == 1) & (face[b] == 1) & (z > 0.45 * h) & (z < 0.6 * h) & (np.minimum(ly, bx['size'][k, 1] - ly) < .4)
     emit[b] = (win * lit * (kind == 0))[:, None] * [1.0, .75, .4] + rear[:, None] * [1.0, .08, .04]  # tail lights
     return alb, emit
@@ -436,7 +464,7 @@ def main(argv=None):
     p.add_argument('--out', dest='out_root', required=True, help='dataroot to write: new, empty, or one to resume')
     p.add_argument('--size', type=int, nargs=2, default=(180, 320), metavar=('H', 'W'), help='nuScenes: 900 1600')
     p.add_argument('--keyframes', type=int, default=10, help='key frames per scene (2 Hz)')
-    p.add_argument('--sweeps', type=int, default=1, help='camera sweeps between two key frames')
+    p.add_argument('--sweeps', type=int, default=1, help='camera sweeps between two key frames (5: 12 Hz)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1), help='rendering processes')
     for split, cond in [(s, c) for s in ('train', 'val') for c in ('day', 'night', 'rain')]:

@@ -221,3 +221,38 @@ def test_cli_writes_a_readable_world_and_rejects_a_bad_size(tmp_path):
     assert [s['name'] for s in table(str(tmp_path / 'cli'), 'scene')] == ['scene-0001']
     bad = subprocess.run(cmd + ['--size', '36x64'], capture_output=True, text=True)
     assert bad.returncode == 2 and '--size' in bad.stderr
+
+
+def test_car_sides_vary_along_the_car_so_their_depth_shows_in_the_flow():
+    L, h = 4.4, 1.6
+    lx = np.linspace(0.05, L - 0.05, 400)  # one line along a side at door height, below the windows
+    n = len(lx)
+    size, col = np.tile([L, 1.8, h], (n, 1)), np.tile([.6, .08, .07], (n, 1))
+    albedo = lambda z, axis, fp: synthetic.car_albedo(lx, np.zeros(n), np.full(n, z), np.full(n, axis), size,
+                                                      col, np.full(n, fp), seed=4)
+    side = albedo(0.6, 1, 0.01)
+    assert side.shape == (n, 3) and np.all((side >= 0) & (side <= 1))
+    red = side[:, 0]
+    assert red.std() > 0.15 * red.mean()  # mottling, door gaps: not a plain or banded side
+    assert np.abs(np.diff(red)).max() > 0.2  # sharp door gaps, not only smooth noise
+    wheel_row = albedo(0.33, 1, 0.01).mean(1)  # through both wheel centres: bright rims in a dark tyre and sill
+    rims = (np.abs(lx - 0.85) < 0.15) | (np.abs(lx - (L - 0.85)) < 0.15)
+    assert wheel_row[rims].mean() > 0.35 and wheel_row[np.abs(lx - L / 2) < 0.5].max() < 0.1
+    far = albedo(0.6, 1, 0.5)  # seen from far (0.5 m per pixel): fine detail fades instead of aliasing
+    assert np.abs(np.diff(far[:, 0])).mean() < np.abs(np.diff(red)).mean()
+    assert np.array_equal(side, albedo(0.6, 1, 0.01))  # deterministic
+
+
+def test_sweeps_make_a_12_hz_camera_that_moves_under_a_metre_between_frames():
+    for sweeps, hz in ((1, 4), (5, 12)):
+        scene = synthetic.plan_world(2, 0, 0, 0, 0, 0, keyframes=6, sweeps=sweeps, seed=2)[1]  # the 1st stops
+        times = np.array([ts for ts, _ in scene['cameras']])
+        keys = [ts for ts, key in scene['cameras'] if key]
+        assert np.allclose(np.diff(times), 1e6 / hz, atol=1) and np.allclose(np.diff(keys), 5e5, atol=1)
+        assert len(keys) == 6 and times[0] < keys[0] and times[-1] > keys[-1]  # a sweep before and after
+        xy = np.array([synthetic.ego_pose(scene, ts)[0][:2] for ts in times])
+        step = np.linalg.norm(np.diff(xy, axis=0), axis=1)
+        speed = np.interp((times[1:] - scene['base']) * 1e-6, scene['t_grid'], np.gradient(scene['s_grid'], 1e-3))
+        assert np.allclose(step, speed / hz, rtol=0.1)  # 6-11 m/s driven
+        if sweeps == 5:  # nuScenes CAM_FRONT: 12 Hz, under a metre a frame at town speed
+            assert 0.45 < np.median(step) < 0.95 and step.max() < 1.05
