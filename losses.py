@@ -140,7 +140,12 @@ def reprojection_loss(target, sources, depth, poses, K, automask=True):
 
 
 def smoothness_loss(disp, image):
-    """Edge-aware smoothness of mean-normalised disparity, |grad d*| e^{-|grad I|} (SPEC §3)."""
+    """Edge-aware smoothness of mean-normalised disparity, |grad d*| e^{-|grad I|} (SPEC §3).
+
+    md4all feeds it the scaled disparity 1/depth (DepthNet's `scaled_disp`), not the sigmoid output.
+    """
+    # float32: bf16 would give most neighbouring pixels the same disparity, and a zero or noisy gradient.
+    disp, image = _at_least_float32(disp, image)
     d = disp / (disp.mean((2, 3), keepdim=True) + 1e-7)
     grad_d_x = (d[..., :, :-1] - d[..., :, 1:]).abs()
     grad_d_y = (d[..., :-1, :] - d[..., 1:, :]).abs()

@@ -41,16 +41,20 @@ DEPTH_ANYTHING_V2_SMALL = "depth-anything/Depth-Anything-V2-Small-hf"
 RESNET18 = "microsoft/resnet-18"
 
 
+class ModelUnavailable(RuntimeError):
+    """A model id or folder that cannot be loaded here (the message says which and how to fix it)."""
+
+
 def from_pretrained_or_explain(load_fn, name_or_path, hint, **kwargs):
     """Call `load_fn(name_or_path, **kwargs)`; fail fast with the id and the fix when it is not
     reachable (no hub, not in the cache, not a local folder), instead of ~25 s of retries."""
     name_or_path = str(name_or_path)
 
     def explain(cause):
-        return RuntimeError(
+        return ModelUnavailable(
             f"could not load '{name_or_path}' ({cause}). It is neither a local folder nor in the "
             f"Hugging Face cache, and the hub is not reachable from here. Download it where you have "
-            f"network (`huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR "
+            f"network (`hf download {name_or_path} --local-dir DIR`) and pass DIR "
             f"instead, or use {hint}.")
 
     if os.path.isdir(name_or_path) or os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -165,23 +169,76 @@ class DepthNet(nn.Module):
         return dict(encoder=self.encoder, min_depth=self.min_depth, max_depth=self.max_depth,
                     net_size=self.net_size, hf_config=self.model.config.to_dict())
 
-    def forward(self, images):
-        """images (B,3,H,W) in [0,1] -> dict of disp, scaled_disp, depth (B,1,H,W) and the
-        last-layer patch tokens (B,N,C) of the encoder."""
-        h, w = images.shape[-2:]
+    def forward(self, images, out_size="input"):
+        """images (B,3,H,W) in [0,1] -> dict of disp, scaled_disp, depth (B,1,h,w) and the last-layer
+        patch tokens (B,N,C) of the encoder.
+
+        out_size: "input" gives the maps at the size of `images`; "network" at the head's own output
+        resolution (what the md4all evaluation upsamples, docs/method.md §5); (h, w) resizes to that size
+        (the loss resolution in training).
+        """
         x = to_network_input(images, self.net_size)
         ph, pw = x.shape[-2] // 14, x.shape[-1] // 14
         features = self.model.backbone(x).feature_maps
-        disp = self.model.head(self.model.neck(list(features), ph, pw), ph, pw).unsqueeze(1)
-        if disp.shape[-2:] != (h, w):
-            disp = F.interpolate(disp, size=(h, w), mode="bilinear", align_corners=False)
-        scaled_disp, depth = disp_to_depth(disp, self.min_depth, self.max_depth)
+        disp = self.sigmoid_disparity(self.model.neck(list(features), ph, pw), ph, pw)
+        # Under bf16 autocast the sigmoid output has 8 bits of mantissa: most neighbouring pixels would get
+        # the same disparity and the smoothness gradient would be noise. Everything from here is float32.
+        with torch.autocast(disp.device.type, enabled=False):
+            size = images.shape[-2:] if out_size == "input" else disp.shape[-2:] if out_size == "network" else out_size
+            if tuple(disp.shape[-2:]) != tuple(size):
+                disp = F.interpolate(disp, size=tuple(size), mode="bilinear", align_corners=False)
+            scaled_disp, depth = disp_to_depth(disp, self.min_depth, self.max_depth)
         return {"disp": disp, "scaled_disp": scaled_disp, "depth": depth, "tokens": features[-1][:, 1:]}
+
+    def sigmoid_disparity(self, fused, ph, pw):
+        """The DPT head (transformers' DepthAnythingDepthEstimationHead, written out) with its last 1x1
+        convolution and sigmoid in float32: (B,1,14ph,14pw) md4all sigmoid disparity s in (0, 1)."""
+        return torch.sigmoid(self.head_logits(fused, ph, pw))
+
+    def head_logits(self, fused, ph, pw):
+        """The head's output before the sigmoid, float32 (B,1,14ph,14pw)."""
+        head = self.model.head
+        x = head.conv1(fused[head.head_in_index])
+        x = F.interpolate(x, (ph * 14, pw * 14), mode="bilinear", align_corners=True)
+        x = head.activation1(head.conv2(x))
+        with torch.autocast(x.device.type, enabled=False):
+            return head.conv3(x.float())
+
+    @torch.no_grad()
+    def calibrate_head(self, images, depth=10.0, near_ratio=4.0):
+        """Rescale the last convolution so that on `images` the median pixel starts at `depth` metres and
+        the nearest tenth at `depth / near_ratio`. Returns the (scale, shift) applied to its output.
+
+        Why: Depth-Anything-V2's released head ends in a ReLU and outputs relative disparities well above 1;
+        under our sigmoid those saturate (s near 1, depth near min_depth) and the gradients vanish. An affine
+        map of the pre-activation keeps what the head learned (its ordering of near and far) and moves it to
+        a sensible metric start.
+        """
+        x = to_network_input(images, self.net_size)
+        ph, pw = x.shape[-2] // 14, x.shape[-1] // 14
+        z = self.head_logits(self.model.neck(list(self.model.backbone(x).feature_maps), ph, pw), ph, pw).flatten()
+        z_mid, z_near = torch.quantile(z.double(), 0.5).item(), torch.quantile(z.double(), 0.9).item()
+
+        def logit(d):
+            s = (1 / d - 1 / self.max_depth) / (1 / self.min_depth - 1 / self.max_depth)
+            return float(np.log(s / (1 - s)))
+
+        target_mid, target_near = logit(depth), logit(depth / near_ratio)
+        scale = (target_near - target_mid) / (z_near - z_mid) if z_near - z_mid > 1e-6 else 0.0
+        shift = target_mid - scale * z_mid
+        conv = self.model.head.conv3
+        conv.weight.mul_(scale)
+        conv.bias.mul_(scale).add_(shift)
+        return scale, shift
 
     @torch.no_grad()
     def infer(self, image):
         """A PIL image (or HxWx3 uint8 array) -> (H, W) float32 depth in metres."""
-        x = torch.from_numpy(np.array(image.convert("RGB") if hasattr(image, "convert") else image))
+        x = np.array(image.convert("RGB") if hasattr(image, "convert") else image)
+        if x.ndim != 3 or x.shape[2] != 3:
+            raise ValueError(f"DepthNet.infer takes an RGB image (a PIL image or an (H, W, 3) uint8 array), got an "
+                             f"array of shape {x.shape}; for a grey image use np.stack([a] * 3, -1)")
+        x = torch.from_numpy(x)
         x = x.permute(2, 0, 1)[None].float().div(255).to(next(self.parameters()).device)
         was_training = self.training
         self.eval()
@@ -198,7 +255,7 @@ class DinoFeatures(nn.Module):
         super().__init__()
         self.net_size = tuple(net_size) if net_size else None
         if weights == "none" or (weights is None and encoder == "tiny"):
-            self.dino = Dinov2Model(dinov2_config("tiny"))
+            self.dino = Dinov2Model(dinov2_config(encoder))  # random, but of the student's width
         else:
             self.dino = from_pretrained_or_explain(Dinov2Model.from_pretrained, weights or ENCODERS[encoder]["hub"],
                                                    "--w-sem 0 (no semantic loss)")
@@ -231,6 +288,15 @@ def pose_to_matrix(axis_angle, translation):
     T[:, :3, :3] = rotation_from_axis_angle(axis_angle)
     T[:, :3, 3] = translation
     return T
+
+
+def invert_transform(T):
+    """Inverse of rigid transforms (B,4,4): [R^T, -R^T t; 0 1], exact and float32-safe."""
+    R, t = T[:, :3, :3].float(), T[:, :3, 3:].float()
+    inv = torch.eye(4, device=T.device, dtype=torch.float32).repeat(len(T), 1, 1)
+    inv[:, :3, :3] = R.transpose(1, 2)
+    inv[:, :3, 3:] = -R.transpose(1, 2) @ t
+    return inv
 
 
 def resnet_config(size):
@@ -292,7 +358,22 @@ def _read(path_or_dict):
     if not os.path.isfile(path_or_dict):
         raise FileNotFoundError(f"checkpoint {path_or_dict} does not exist: pass the .pt file a training "
                                 f"script wrote (e.g. runs/teacher/ckpt.pt)")
-    return torch.load(path_or_dict, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path_or_dict, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated zip, a file of another kind: say which file it was
+        raise ValueError(f"checkpoint {path_or_dict} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                         f"it is truncated or not a .pt file a training script wrote") from e
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path_or_dict} holds a {type(ckpt).__name__}, not a training checkpoint")
+    return ckpt
+
+
+def checkpoint_kind(ckpt):
+    """'student', 'teacher (self-supervised)' or 'teacher (lidar)' from a checkpoint's saved arguments."""
+    args = ckpt.get("args") or {}
+    if "teacher" in args:
+        return "student"
+    return f"teacher ({'lidar' if args.get('supervision') == 'lidar' else 'self-supervised'})"
 
 
 def load_depth_net(path_or_dict, map_location="cpu"):
@@ -308,7 +389,8 @@ def load_depth_net(path_or_dict, map_location="cpu"):
         return net.to(map_location)
     ckpt = _read(path_or_dict)
     if "model" not in ckpt or "config" not in ckpt:
-        raise KeyError("checkpoint has no 'model' / 'config' entries: it was not written by this project")
+        raise KeyError(f"checkpoint {path_or_dict if isinstance(path_or_dict, str) else ''} has no 'model' / "
+                       f"'config' entries: it was not written by this project's training scripts")
     net = DepthNet(init="none", **ckpt["config"])
     net.load_state_dict(ckpt["model"])
     return net.to(map_location)
@@ -318,8 +400,10 @@ def load_pose_net(path_or_dict, map_location="cpu"):
     """Rebuild the PoseNet stored in a training checkpoint."""
     ckpt = _read(path_or_dict)
     if ckpt.get("pose") is None:
-        raise KeyError("checkpoint holds no pose network: it comes from --supervision lidar training; "
-                       "the teacher loss needs a self-supervised teacher")
+        name = path_or_dict if isinstance(path_or_dict, str) else "the checkpoint"
+        raise KeyError(f"{name} holds no pose network: it is a {checkpoint_kind(ckpt)} checkpoint, and the teacher "
+                       f"loss needs a self-supervised teacher's (train_teacher.py --supervision self); with a "
+                       f"LiDAR teacher use --teacher-mask none")
     pose = PoseNet(init=None, **ckpt["pose_config"])
     pose.load_state_dict(ckpt["pose"])
     return pose.to(map_location)
@@ -334,3 +418,10 @@ def export_pretrained(net, folder):
     with open(os.path.join(folder, "ssd_config.json"), "w") as f:
         json.dump(dict(cfg, disparity_to_depth="depth = 1 / (1/max_depth + (1/min_depth - 1/max_depth) * s)"),
                   f, indent=2)
+    # What pipeline("depth-estimation", folder) needs to prepare an image the way this net saw it.
+    h, w = net.net_size or (518, 784)
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+        json.dump(dict(image_processor_type="DPTImageProcessor", do_resize=True, size={"height": h, "width": w},
+                       keep_aspect_ratio=False, ensure_multiple_of=14, resample=3, do_rescale=True,
+                       rescale_factor=1 / 255, do_normalize=True, image_mean=list(IMAGENET_MEAN),
+                       image_std=list(IMAGENET_STD), do_pad=False), f, indent=2)

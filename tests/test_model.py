@@ -160,3 +160,111 @@ def test_a_fresh_head_starts_at_the_requested_depth_and_varies_over_the_image():
     assert out["depth"].median().item() == pytest.approx(10.0, rel=0.05)
     # PyTorch-default init of the DPT head: the disparity is not a constant (no dead ReLUs at the start)
     assert out["disp"].std() > 1e-5
+
+
+def test_output_size_input_network_or_given():
+    torch.manual_seed(0)
+    net = DepthNet("tiny", init="none", net_size=(56, 98)).eval()
+    x = torch.rand(1, 3, 40, 70)
+    with torch.no_grad():
+        assert net(x)["depth"].shape == (1, 1, 40, 70)
+        native = net(x, out_size="network")
+        assert native["disp"].shape == (1, 1, 56, 98)  # the head's own resolution, no interpolation
+        resized = net(x, out_size=(20, 35))
+    assert resized["depth"].shape == (1, 1, 20, 35)
+    expected = torch.nn.functional.interpolate(native["disp"], size=(20, 35), mode="bilinear", align_corners=False)
+    assert torch.allclose(resized["disp"], expected, atol=1e-7)
+
+
+def test_under_bf16_autocast_disparity_and_smoothness_stay_float32():
+    from losses import smoothness_loss
+    torch.manual_seed(0)
+    net = DepthNet("tiny", init="none", net_size=None, init_depth=20.0)
+    x = torch.rand(1, 3, 56, 84)
+    grads = []
+    for autocast in (False, True):
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = net(x, out_size=(40, 60))
+            loss = smoothness_loss(out["scaled_disp"], torch.nn.functional.interpolate(x, (40, 60)))
+        assert out["disp"].dtype == out["scaled_disp"].dtype == out["depth"].dtype == loss.dtype == torch.float32
+        if autocast:  # bf16 sigmoid output would make most horizontal neighbours equal
+            same = (out["disp"][..., 1:] == out["disp"][..., :-1]).float().mean()
+            assert same < 0.2
+        loss.backward()
+        grads.append(net.model.head.conv2.weight.grad.flatten().clone())
+    # the encoder runs in bf16, so gradients are close, not equal; a bf16 head gave cosine ~0.1
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.9
+
+
+def test_calibration_moves_a_saturated_relative_head_to_the_requested_start():
+    torch.manual_seed(0)
+    net = DepthNet("tiny", init="none", net_size=None).eval()
+    with torch.no_grad():  # a relative head's outputs are far above 1: the sigmoid saturates
+        net.model.head.conv3.weight.mul_(100)
+        net.model.head.conv3.bias.add_(50)
+    x = torch.rand(2, 3, 56, 84)
+
+    def logits():
+        features = list(net.model.backbone(model.to_network_input(x)).feature_maps)
+        return net.head_logits(net.model.neck(features, 4, 6), 4, 6)
+
+    with torch.no_grad():
+        assert net(x)["depth"].median() < 0.11  # everything at min_depth: no gradient to learn from
+        before = logits()
+        scale, shift = net.calibrate_head(x, depth=10.0, near_ratio=4.0)
+        after, depth = logits(), net(x)["depth"]
+    assert depth.median().item() == pytest.approx(10.0, rel=1e-3)
+    assert torch.quantile(depth.flatten(), 0.1).item() == pytest.approx(2.5, rel=1e-3)
+    # an affine map with a positive scale: the head's ordering of near and far is kept
+    assert scale > 0 and torch.allclose(after, scale * before + shift, rtol=1e-4, atol=1e-3)
+
+
+def test_invert_transform_undoes_a_rigid_motion():
+    T = pose_to_matrix(torch.tensor([[0.1, -0.2, 0.3]]), torch.tensor([[1.0, 2.0, 3.0]]))
+    assert torch.allclose(model.invert_transform(T) @ T, torch.eye(4)[None], atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", ["small", "base"])
+def test_random_semantic_dinov2_has_the_student_width(encoder):
+    with torch.device("meta"):  # full-size configs, no memory
+        dino = DinoFeatures(encoder, weights="none")
+    assert dino.dino.config.hidden_size == model.ENCODERS[encoder]["hidden"]
+
+
+def test_infer_rejects_a_single_channel_array_with_a_clear_message(tiny_net):
+    with pytest.raises(ValueError, match=r"RGB image.*\(4, 6\)"):
+        tiny_net.infer(np.zeros((4, 6), dtype=np.uint8))
+
+
+def test_truncated_or_foreign_checkpoint_names_the_file(tiny_net, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), model=tiny_net.state_dict(), config=tiny_net.config_dict())
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cut\.pt cannot be read.*truncated"):
+        load_depth_net(str(tmp_path / "cut.pt"))
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(KeyError, match=r"other\.pt has no 'model'"):
+        load_depth_net(str(tmp_path / "other.pt"))
+
+
+def test_pose_net_request_says_what_the_checkpoint_is(tmp_path):
+    save_checkpoint(str(tmp_path / "s.pt"), pose=None, args={"teacher": "t.pt"})
+    with pytest.raises(KeyError, match="student checkpoint"):
+        load_pose_net(str(tmp_path / "s.pt"))
+    save_checkpoint(str(tmp_path / "l.pt"), pose=None, args={"supervision": "lidar"})
+    with pytest.raises(KeyError, match=r"teacher \(lidar\) checkpoint.*--teacher-mask none"):
+        load_pose_net(str(tmp_path / "l.pt"))
+
+
+def test_offline_hint_names_the_current_download_command():
+    with pytest.raises(RuntimeError, match="hf download facebook/dinov2-base --local-dir DIR"):
+        DepthNet("base", init="dinov2")
+
+
+def test_export_opens_in_the_transformers_depth_pipeline(tiny_net, tmp_path):
+    from transformers import pipeline
+    export_pretrained(tiny_net, str(tmp_path / "export"))
+    pipe = pipeline("depth-estimation", model=str(tmp_path / "export"))
+    out = pipe(Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 100, 3), dtype=np.uint8)))
+    assert out["predicted_depth"].ndim >= 2 and np.isfinite(out["predicted_depth"].numpy()).all()
