@@ -1,12 +1,14 @@
 """Datasets of the md4all protocol (SPEC §4, §5, §7): nuScenes, Oxford RobotCar, an image folder.
 
     val = NuScenesDepth('/data/nuscenes', split='val')  # CAM_FRONT key frames of the 150 val scenes
-    train = NuScenesDepth('/data/nuscenes', frames=(-1, 0, 1), color_jitter=True, flip=True,
+    train = NuScenesDepth('/data/nuscenes', frames=(-1, 0, 1), net_size=(518, 784), color_jitter=True, flip=True,
                           gdt_root='/data/gdt', gdt_conds=('night', 'rain'))
     train.set_epoch(epoch)  # before each epoch's DataLoader iterator
 
-Items are dicts of tensors at the network size (H, W). Every random choice of an item (GDT swap,
-condition, flip, jitter) is seeded by (seed, epoch, index): DDP ranks, workers and resumes agree.
+Items are dicts of tensors: `color`, `prev`, `next` (un-jittered, photometric loss) and their
+jittered `*_aug` twins (pose net) at the loss size `size`; `input` (what the depth net sees: GDT
+swap, jitter) at `net_size`, resized once from the full frame. Every random choice of an item (GDT
+swap, condition, flip, jitter) is seeded by (seed, epoch, index): DDP ranks, workers and resumes agree.
 Pixel (u, v) covers [u, u+1) x [v, v+1): a point lands on floor(u), intrinsics scale by W'/W, a
 flip maps cx to W - cx. nuScenes is read from its JSON tables (the devkit pins numpy < 2).
 """
@@ -21,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 CONDITIONS = ('day-clear', 'day-rain', 'night-clear', 'night-rain')
 CAMERA = 'CAM_FRONT'
@@ -240,6 +242,18 @@ def read_robotcar_intrinsics(path):
     return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), G
 
 
+def read_robotcar_points(path, split='test'):
+    """(3, N) float64 camera-frame points of an md4all RobotCar ground-truth file (float32, 3 rows of N)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"RobotCar ground-truth points missing: {path}; produce them with "
+                                f"md4all's data/robotcar/precompute_depth_gt.py (mode {split})")
+    points = np.fromfile(path, dtype=np.float32)
+    if points.size % 3:
+        raise ValueError(f"RobotCar ground-truth file {path} holds {points.size} float32 values, not 3 rows of "
+                         "N points: it is truncated; produce it again with md4all's precompute_depth_gt.py")
+    return points.reshape(3, -1).astype(np.float64)
+
+
 def robotcar_depth_map(points, K, G_camera_image, hw, max_depth=50.0):
     """md4all RobotCar ground truth: camera-frame points (3, N) -> (H, W) map, rounded pixel, nearest wins.
 
@@ -313,32 +327,68 @@ def read_robotcar_split(data_root, split, sequences=None):
 
 
 def color_jitter(image, brightness, contrast, saturation, hue):
-    """md4all colour jitter in its fixed order; image (3, H, W) in [0, 1], factors drawn per item.
+    """torchvision's ColorJitter with given factors on a PIL RGB image, in md4all's fixed order.
 
-    Hue rotates the chroma plane of YIQ by hue * 360 degrees: luma and greys stay, red turns towards
-    yellow for hue > 0 (as in torchvision), close to torchvision's HSV shift for |hue| <= 0.05.
+    md4all jitters the resized PIL frames before ToTensor, so this is torchvision's PIL path:
+    brightness, contrast (towards the mean grey) and saturation (towards each pixel's grey) are
+    uint8 blends; hue adds int(hue * 255) to the 8-bit HSV hue, wrapping round the colour circle.
+    md4all applies the four in this order every time (not ColorJitter's random order).
     """
-    gray = lambda im: (0.299 * im[0] + 0.587 * im[1] + 0.114 * im[2]).unsqueeze(0)
-    image = (image * brightness).clamp(0, 1)
-    image = (contrast * image + (1 - contrast) * gray(image).mean()).clamp(0, 1)
-    image = (saturation * image + (1 - saturation) * gray(image)).clamp(0, 1)
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    c, s = math.cos(2 * math.pi * hue), -math.sin(2 * math.pi * hue)
-    rotate = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]])
-    return torch.einsum('ij,jhw->ihw', torch.linalg.inv(to_yiq) @ rotate @ to_yiq, image).clamp(0, 1)
+    image = ImageEnhance.Brightness(image).enhance(brightness)
+    image = ImageEnhance.Contrast(image).enhance(contrast)
+    image = ImageEnhance.Color(image).enhance(saturation)
+    shift = int(hue * 255)  # torchvision truncates towards zero
+    if shift == 0:  # no shift: skip the lossy 8-bit HSV round trip torchvision would make
+        return image
+    h, s, v = image.convert('HSV').split()
+    h = Image.fromarray(np.asarray(h) + np.uint8(shift % 256))  # uint8 addition wraps round the circle
+    return Image.merge('HSV', (h, s, v)).convert('RGB')
+
+
+def to_tensor(image):
+    """(3, H, W) float32 in [0, 1] of a PIL RGB image."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+
+
+def read_gdt_rejected(folder):
+    """Relative paths that gdt.py recorded as rejected in `<folder>/manifest.rank*.jsonl` (last record wins)."""
+    status = {}
+    for manifest in sorted(glob.glob(os.path.join(folder, 'manifest.rank*.jsonl'))):
+        with open(manifest) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a killed run
+                    continue
+                output = record.get('output', '')
+                if os.path.isabs(output) or output.startswith(folder.rstrip(os.sep) + os.sep):
+                    output = os.path.relpath(output, folder)  # records of older runs hold the full path
+                status[os.path.normpath(output)] = record.get('status', 'ok')
+    return {path for path, s in status.items() if s == 'rejected'}
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
-    """Shared item machinery: lazy image reads, GDT input swap, colour jitter, flip, seeded per item."""
-    crop = 1.0  # share of image rows kept from the top
+    """Shared item machinery: lazy image reads, GDT input swap, colour jitter, flip, seeded per item.
 
-    def __init__(self, root, size=None, color_jitter=False, flip=False, gdt_root=None, gdt_conds=(),
-                 p_day=2 / 3, seed=0):
+    fast_decode=True decodes each frame once for all the sizes it is needed at, and decodes JPEGs at
+    1/2, 1/4 or 1/8 scale (PIL draft, DCT scaling) when every size is at most that share of the frame,
+    then resizes with Lanczos. fast_decode=False decodes at full resolution for every tensor (the
+    reference). On nuScenes' 1600x900 CAM_FRONT fixture frame at 320x576 the two differ by at most
+    0.047 (12/255) and on average 0.0015 (in [0, 1] units); PNGs and sizes above half the frame are
+    bit-identical.
+    """
+    crop = 1.0  # share of image rows kept from the top
+    dataset = 'folder'  # gdt.py's --dataset for this reader
+
+    def __init__(self, root, size=None, net_size=None, color_jitter=False, flip=False, gdt_root=None,
+                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"data root not found: {root}; pass the dataset folder")
         self.root, self.size, self.jitter, self.flip = root, tuple(size) if size else None, color_jitter, flip
+        self.net_size = tuple(net_size) if net_size else None
         self.gdt_root, self.gdt_conds, self.p_day = gdt_root, tuple(gdt_conds), p_day
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.fast_decode = seed, 0, fast_decode
+        self.gdt_rejected, self.gdt_fallbacks = {}, {}
         missing = [c for c in self.gdt_conds if not os.path.isdir(os.path.join(gdt_root or '', c))]
         if gdt_root and (missing or not self.gdt_conds):
             raise FileNotFoundError(f"GDT folders missing under {gdt_root}: {missing or 'no gdt_conds given'}; "
@@ -349,47 +399,151 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch):
         """Choose the epoch whose random draws the items use. Call it before each epoch's iterator:
-        workers copy the dataset when it starts (persistent_workers=True would keep the old epoch)."""
+        workers copy the dataset when it starts (persistent workers need EpochSampler instead)."""
         self.epoch = epoch
 
-    def _image(self, path):
-        """(3, H, W) float image in [0, 1], top-cropped and resized to self.size; and its (H, W) before."""
+    def _check_gdt(self, paths):
+        """Every translation the items may draw exists or is recorded as rejected (then the day image
+        stands in, counted in gdt_fallbacks); anything else fails now, not hours into training."""
+        if not self.gdt_root:
+            return
+        missing = []
+        for cond in self.gdt_conds:
+            folder = os.path.join(self.gdt_root, cond)
+            rejected = read_gdt_rejected(folder)
+            absent = [p for p in paths if not os.path.isfile(os.path.join(folder, p))]
+            self.gdt_rejected[cond] = {p for p in absent if os.path.normpath(p) in rejected}
+            self.gdt_fallbacks[cond] = len(self.gdt_rejected[cond])
+            missing += [os.path.join(folder, p) for p in absent if p not in self.gdt_rejected[cond]]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} GDT translations missing under {self.gdt_root}, e.g. {', '.join(missing[:3])}; "
+                f"make them with: python gdt.py --dataset {self.dataset} --data-root {self.root} "
+                f"--out {self.gdt_root} --cond {' '.join(self.gdt_conds)} (it skips finished images)")
+
+    def _open(self, path):
+        """The PIL image at `path`, header read; a missing or unreadable file names itself."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image missing: {path}; check that the data root holds the dataset "
                                     "files (nuScenes: samples/ and sweeps/ blobs)")
-        with Image.open(path) as im:
+        try:
+            return Image.open(path)
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"image unreadable: {path} ({e}); replace the file from the dataset download") from e
+
+    def _decode(self, path, sizes):
+        """PIL RGB images of `path` top-cropped and Lanczos-resized to each (H, W) in sizes (None: no
+        resize), and the frame's full (H, W). The fast path decodes once, at reduced scale if it can."""
+        if not self.fast_decode:  # the reference: a full decode per output
+            return [self._decode_full(path, size) for size in sizes], self._decode_full(path, None, True)
+        with self._open(path) as im:
             full = (im.height, im.width)
-            im = im.convert('RGB').crop((0, 0, im.width, round(im.height * self.crop)))
-            if self.size:
-                im = im.resize(self.size[::-1], Image.LANCZOS)
-            return torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255, full
+            if None not in sizes:  # DCT scaling only where every output is at most half, a quarter...
+                im.draft('RGB', (max(s[1] for s in sizes), math.ceil(max(s[0] for s in sizes) / self.crop)))
+            frame = self._load_rgb(im, path)
+        resized = {}
+        for size in dict.fromkeys(sizes):
+            resized[size] = frame if size is None or size == frame.size[::-1] else frame.resize(size[::-1], Image.LANCZOS)
+        return [resized[s] for s in sizes], full
 
-    def _intrinsics(self, K, full_hw, image):
-        """K of the full image, for the top-cropped and resized tensor `image`, as float32."""
+    def _decode_full(self, path, size, full_hw=False):
+        """One output the reference way: full decode, RGB, crop, Lanczos (or the full (H, W))."""
+        with self._open(path) as im:
+            if full_hw:
+                return im.height, im.width
+            frame = self._load_rgb(im, path)
+        return frame if size is None else frame.resize(size[::-1], Image.LANCZOS)
+
+    def _load_rgb(self, im, path):
+        """The decoded, top-cropped RGB frame; a truncated or corrupt file names itself."""
+        try:
+            frame = im.convert('RGB') if im.mode != 'RGB' else im.copy()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"image unreadable: {path} ({e}); the file is truncated or corrupt: "
+                             "replace it from the dataset download") from e
+        keep = round(frame.height * self.crop)
+        return frame if keep == frame.height else frame.crop((0, 0, frame.width, keep))
+
+    def _intrinsics(self, K, full_hw, hw):
+        """K of the full image, for the top-cropped image resized to hw, as float32."""
         crop_hw = (round(full_hw[0] * self.crop), full_hw[1])  # a top crop keeps cx, cy
-        return torch.tensor(scale_intrinsics(K, crop_hw, image.shape[-2:]), dtype=torch.float32)
+        return torch.tensor(scale_intrinsics(K, crop_hw, hw), dtype=torch.float32)
 
-    def _augment(self, item, index):
-        """Add `input`, `input_cond` (GDT swap, jitter) and flip the item, from its seeded draws."""
-        draw = np.random.default_rng([self.seed, self.epoch, index]).random(7)
-        image, cond = item['color'], 'day'
-        if self.gdt_root and draw[0] >= self.p_day:
-            cond = self.gdt_conds[int(draw[1] * len(self.gdt_conds))]
-            path = os.path.join(self.gdt_root, cond, item['path'])
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"GDT translation missing: {path} ({cond} version of {item['path']}); "
+    def _draws(self, index):
+        """The item's seeded draws: input condition (GDT swap), flip, jitter factors (md4all's ranges).
+        `index` is an int (the epoch of set_epoch) or an (epoch, index) pair from EpochSampler."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        u = np.random.default_rng([self.seed, epoch, index]).random(7)
+        cond = self.gdt_conds[int(u[1] * len(self.gdt_conds))] if self.gdt_root and u[0] >= self.p_day else 'day'
+        # brightness, contrast, saturation in [0.8, 1.2], hue in [-0.05, 0.05]
+        jitter = (*(0.8 + 0.4 * u[3:6]), 0.1 * (u[6] - 0.5)) if self.jitter else None
+        return index, dict(cond=cond, flip=self.flip and u[2] < 0.5, jitter=jitter)
+
+    def _target(self, path, relative, draws):
+        """color, color_aug, input, input_cond of the target frame and its full (H, W).
+
+        `input` is resized once from the full frame (or its GDT translation) to net_size (size when
+        None); the jitter of color_aug and input uses the item's factors (md4all: pose and depth nets
+        see jittered frames, the photometric loss the plain ones).
+        """
+        net = self.net_size or self.size
+        cond = draws['cond']
+        if cond != 'day' and relative in self.gdt_rejected.get(cond, ()):
+            cond = 'day'  # gdt.py rejected this translation: the day frame stands in
+        if cond == 'day':
+            (color, image), full = self._decode(path, [self.size, net])
+        else:
+            gdt_path = os.path.join(self.gdt_root, cond, relative)
+            if not os.path.isfile(gdt_path):
+                raise FileNotFoundError(f"GDT translation missing: {gdt_path} ({cond} version of {relative}); "
                                         "run or resume gdt.py on this dataset (it skips finished images)")
-            image = self._image(path)[0]
-        if self.jitter:  # brightness, contrast, saturation in [0.8, 1.2], hue in [-0.05, 0.05]
-            image = color_jitter(image, *(0.8 + 0.4 * draw[3:6]), 0.1 * (draw[6] - 0.5))
-        item['input'], item['input_cond'] = image, cond
-        if self.flip and draw[2] < 0.5:
-            for key in ('color', 'input', 'prev', 'next', 'lidar', 'gt'):
+            (color,), full = self._decode(path, [self.size])
+            (image,), _ = self._decode(gdt_path, [net])
+        item = dict(color=to_tensor(color), input_cond=cond)
+        item['color_aug'] = self._jittered(color, draws, item['color'])
+        item['input'] = self._jittered(image, draws, None)
+        return item, full
+
+    def _source(self, path, draws):
+        """A neighbouring frame at the loss size: plain (photometric loss) and jittered (pose net)."""
+        (frame,), _ = self._decode(path, [self.size])
+        plain = to_tensor(frame)
+        return plain, self._jittered(frame, draws, plain)
+
+    def _jittered(self, image, draws, plain):
+        """Tensor of the PIL image with the item's jitter; `plain` (or a fresh tensor) without jitter."""
+        if draws['jitter'] is None:
+            return plain if plain is not None else to_tensor(image)
+        return to_tensor(color_jitter(image, *draws['jitter']))
+
+    def _flip(self, item, draws):
+        """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u)."""
+        if draws['flip']:
+            for key in ('color', 'color_aug', 'input', 'prev', 'prev_aug', 'next', 'next_aug', 'lidar', 'gt'):
                 if key in item:
                     item[key] = item[key].flip(-1)
-            if 'K' in item:  # pixel-corner convention: u -> W - u
+            if 'K' in item:
                 item['K'][0, 2] = item['color'].shape[-1] - item['K'][0, 2]
         return item
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """(epoch, index) pairs of a sampler's indices: items draw their epoch's augmentation even in
+    persistent workers, which keep the dataset copy they started with. Call set_epoch per epoch."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        if hasattr(self.sampler, 'set_epoch'):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
 
 
 class NuScenesDepth(AugmentedDataset):
@@ -397,8 +551,9 @@ class NuScenesDepth(AugmentedDataset):
 
     frames=(-1, 0, 1) adds the adjacent CAM_FRONT frames (sweeps) and how far the camera moved to
     them (dist_prev, dist_next: camera centres from ego_pose and calibration, like md4all's pose).
-    Val items carry `gt`, the full-resolution LiDAR map; with_lidar adds `lidar` at network size.
+    Val items carry `gt`, the full-resolution LiDAR map; with_lidar adds `lidar` at the loss size.
     """
+    dataset = 'nuscenes'
 
     def __init__(self, data_root, version='v1.0-trainval', split='train', size=(320, 576), frames=(0,),
                  with_lidar=False, scenes=None, **augment):
@@ -408,24 +563,27 @@ class NuScenesDepth(AugmentedDataset):
         self.split, self.frames, self.with_lidar = split, frames, with_lidar
         self.index = load_index(data_root, version)
         self.items = self.index.split(split, scenes)
+        self._check_gdt([self.index.sample_data[token]['filename'] for token, _ in self.items])
 
     def __getitem__(self, i):
+        i, draws = self._draws(i)
         token, cond = self.items[i]
         sd = self.index.sample_data[token]
-        color, full = self._image(os.path.join(self.root, sd['filename']))
+        item, full = self._target(os.path.join(self.root, sd['filename']), sd['filename'], draws)
         K = self.index.calibrated_sensor[sd['calibrated_sensor_token']]['camera_intrinsic']
-        item = dict(color=color, K=self._intrinsics(K, full, color), cond=cond, key=token, path=sd['filename'])
+        hw = item['color'].shape[-2:]
+        item.update(K=self._intrinsics(K, full, hw), cond=cond, key=token, path=sd['filename'])
         for step, name in ((-1, 'prev'), (1, 'next')):
             if step in self.frames:
                 other = self.index.neighbour(token, step)
-                item[name] = self._image(os.path.join(self.root, other['filename']))[0]
+                item[name], item[name + '_aug'] = self._source(os.path.join(self.root, other['filename']), draws)
                 moved = self.index.camera_centre(token) - self.index.camera_centre(other['token'])
                 item['dist_' + name] = torch.tensor(np.linalg.norm(moved), dtype=torch.float32)
         if self.with_lidar:
-            item['lidar'] = torch.from_numpy(self.index.lidar_depth_map(token, color.shape[-2:]))[None]
+            item['lidar'] = torch.from_numpy(self.index.lidar_depth_map(token, hw))[None]
         if self.split == 'val':
             item['gt'] = torch.from_numpy(self.index.lidar_depth_map(token))[None]
-        return self._augment(item, i)
+        return self._flip(item, draws)
 
 
 class RobotCarDepth(AugmentedDataset):
@@ -433,9 +591,10 @@ class RobotCarDepth(AugmentedDataset):
 
     Layout: `<root>/<sequence>/stereo/left/<timestamp>.png`, `<root>/<sequence>/vo/vo.csv`,
     `<root>/<sequence>/{ROBOTCAR_GT_DIR}/<timestamp>.pcd.bin` (float32, 3 x N, camera frame),
-    `<root>/models/stereo_wide_left.txt`, split files as in read_robotcar_split.
+    `<root>/models/stereo_wide_left.txt`, split and filter files as in read_robotcar_split.
     """
     crop = ROBOTCAR_CROP
+    dataset = 'robotcar'
 
     def __init__(self, data_root, split='train', size=(320, 544), frames=(0,), with_lidar=False,
                  sequences=None, max_depth=50.0, **augment):
@@ -447,6 +606,7 @@ class RobotCarDepth(AugmentedDataset):
             raise ValueError(f"RobotCar {split} split has one-timestamp lines; frames={tuple(frames)} needs "
                              "'prev target next' lines (md4all's *_train_stride_1.txt)")
         self.K, self.G = read_robotcar_intrinsics(os.path.join(data_root, 'models', 'stereo_wide_left.txt'))
+        self._check_gdt([robotcar_image_path(f['sequence'], f['target']) for f in self.items])
 
     def _distance(self, sequence, a, b):
         """Distance (m) the camera moved between two timestamps, from the sequence's VO."""
@@ -457,28 +617,28 @@ class RobotCarDepth(AugmentedDataset):
         return torch.tensor(np.linalg.norm(at(a) - at(b)), dtype=torch.float32)
 
     def __getitem__(self, i):
+        i, draws = self._draws(i)
         frame = self.items[i]
         sequence, path = frame['sequence'], robotcar_image_path(frame['sequence'], frame['target'])
-        color, full = self._image(os.path.join(self.root, path))
-        item = dict(color=color, K=self._intrinsics(self.K, full, color), cond=frame['cond'],
-                    key=f"{sequence}/{frame['target']}", path=path)
+        item, full = self._target(os.path.join(self.root, path), path, draws)
+        hw = item['color'].shape[-2:]
+        item.update(K=self._intrinsics(self.K, full, hw), cond=frame['cond'], key=f"{sequence}/{frame['target']}",
+                    path=path)
         for step, name in ((-1, 'prev'), (1, 'next')):
             if step in self.frames:
-                item[name] = self._image(os.path.join(self.root, robotcar_image_path(sequence, frame[name])))[0]
+                source = os.path.join(self.root, robotcar_image_path(sequence, frame[name]))
+                item[name], item[name + '_aug'] = self._source(source, draws)
                 item['dist_' + name] = self._distance(sequence, frame['target'], frame[name])
         if self.with_lidar or self.split in ('val', 'test'):
             gt_path = os.path.join(self.root, sequence, ROBOTCAR_GT_DIR, f"{frame['target']}.pcd.bin")
-            if not os.path.isfile(gt_path):
-                raise FileNotFoundError(f"RobotCar ground-truth points missing: {gt_path}; produce them with "
-                                        f"md4all's data/robotcar/precompute_depth_gt.py (mode {self.split})")
-            points = np.fromfile(gt_path, dtype=np.float32).reshape(3, -1).astype(np.float64)
-        if self.with_lidar:  # at network size: the network K already describes the crop
-            lidar = robotcar_depth_map(points, item['K'].double().numpy(), self.G, color.shape[-2:], self.max_depth)
+            points = read_robotcar_points(gt_path, self.split)
+        if self.with_lidar:  # at the loss size: its K already describes the crop
+            lidar = robotcar_depth_map(points, item['K'].double().numpy(), self.G, hw, self.max_depth)
             item['lidar'] = torch.from_numpy(lidar)[None]
         if self.split in ('val', 'test'):
             gt = robotcar_depth_map(points, self.K, self.G, full, self.max_depth)[:round(full[0] * self.crop)]
             item['gt'] = torch.from_numpy(gt)[None]
-        return self._augment(item, i)
+        return self._flip(item, draws)
 
 
 class FolderDepth(AugmentedDataset):
@@ -487,14 +647,17 @@ class FolderDepth(AugmentedDataset):
     def __init__(self, root, size=None, **augment):
         super().__init__(root, size, **augment)
         self.items = list_images('folder', root)
+        self._check_gdt(self.items)
 
     def __getitem__(self, i):
+        i, draws = self._draws(i)
         path = self.items[i]
-        item = dict(color=self._image(os.path.join(self.root, path))[0], key=path, path=path)
+        item, _ = self._target(os.path.join(self.root, path), path, draws)
+        item.update(key=path, path=path)
         depth_path = os.path.splitext(os.path.join(self.root, path))[0] + '.npy'
         if os.path.isfile(depth_path):
             item['gt'] = torch.from_numpy(np.load(depth_path).astype(np.float32))[None]
-        return self._augment(item, i)
+        return self._flip(item, draws)
 
 
 def val_scene_names(version):

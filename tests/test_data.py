@@ -1,5 +1,6 @@
 """data.py: nuScenes / RobotCar / folder readers, LiDAR ground truth, splits, augmentation."""
 import argparse
+import colorsys
 import csv
 import json
 import math
@@ -281,18 +282,55 @@ def test_items_are_reproducible_from_seed_epoch_and_index(nusc):
     assert not torch.equal(a[1]['input'], b[1]['input'])
 
 
-def test_color_jitter_changes_input_only_and_neutral_factors_change_nothing(nusc):
-    item = data.NuScenesDepth(nusc, size=(24, 40), color_jitter=True)[0]
-    plain = data.NuScenesDepth(nusc, size=(24, 40))[0]
-    assert torch.equal(item['color'], plain['color']) and not torch.equal(item['input'], item['color'])
-    image = torch.rand(3, 6, 7)
-    assert torch.allclose(data.color_jitter(image, 1.0, 1.0, 1.0, 0.0), image, atol=1e-5)
-    grey = torch.full((3, 2, 2), 0.4)
-    assert torch.allclose(data.color_jitter(grey, 1.0, 1.0, 1.0, 0.05), grey, atol=1e-5)
-    red = torch.zeros(3, 1, 1)
-    red[0] = 0.8
-    shifted = data.color_jitter(red, 1.0, 1.0, 1.0, 0.05)[:, 0, 0]
-    assert shifted[0] > 0.7 and shifted[1] > 0.05 and shifted[2] == 0  # red turns towards orange
+def pil(image):
+    """PIL RGB image of a (3, H, W) tensor in [0, 1] that came from 8-bit pixels."""
+    return Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+def test_jitter_reaches_depth_and_pose_frames_with_one_set_of_factors_never_the_loss_frames(nusc):
+    ds = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), color_jitter=True)
+    item, plain = ds[0], data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1))[0]
+    factors = ds._draws(0)[1]['jitter']
+    for key in ('color', 'prev', 'next'):
+        assert torch.equal(item[key], plain[key]) and torch.equal(plain[key + '_aug'], plain[key])
+        expected = data.to_tensor(data.color_jitter(pil(plain[key]), *factors))
+        assert torch.equal(item[key + '_aug'], expected) and not torch.equal(item[key + '_aug'], item[key])
+    assert torch.equal(item['input'], item['color_aug'])  # net size = loss size: the same jittered frame
+
+
+def test_input_is_resized_once_from_the_full_frame_to_the_network_size(nusc):
+    item = data.NuScenesDepth(nusc, size=(24, 40), net_size=(42, 70))[0]
+    full = Image.open(os.path.join(nusc, 'samples/CAM_FRONT/scene-0001-cam1.png')).convert('RGB')
+    assert item['input'].shape == (3, 42, 70) and item['color'].shape == (3, 24, 40)
+    assert torch.equal(item['input'], data.to_tensor(full.resize((70, 42), Image.LANCZOS)))
+    assert torch.equal(item['color'], data.to_tensor(full.resize((40, 24), Image.LANCZOS)))
+    val = data.NuScenesDepth(nusc, split='val', size=(24, 40), net_size=(42, 70))[0]
+    assert val['input'].shape == (3, 42, 70) and val['gt'].shape == (1, 48, 80)
+
+
+def test_color_jitter_is_torchvisions_pil_jitter_in_md4alls_fixed_order():
+    image = Image.fromarray(np.array([[[100, 50, 200], [200, 60, 20], [90, 90, 90]]], np.uint8))
+    assert np.array_equal(np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, 0.0)), np.asarray(image))
+    bright = np.asarray(data.color_jitter(image, 1.1, 1.0, 1.0, 0.0))
+    assert bright[0, 0].tolist() == [110, 55, 220] and bright[0, 1].tolist() == [220, 66, 22]
+    # brightness, then contrast: greys 50 and 230 -> 60 and 255 (clipped); mean 157.5 -> 158;
+    # 158 + 0.8 (60 - 158) = 79.6, 158 + 0.8 (255 - 158) = 235.6, truncated as PIL's blend does.
+    # Contrast first would give 81, 254.
+    greys = Image.fromarray(np.array([[[50] * 3, [230] * 3]], np.uint8))
+    assert np.asarray(data.color_jitter(greys, 1.2, 0.8, 1.0, 0.0))[0, :, 0].tolist() == [79, 235]
+    # saturation blends each pixel with its grey 0.299 R + 0.587 G + 0.114 B
+    grey = 0.299 * 200 + 0.587 * 60 + 0.114 * 20
+    saturated = np.asarray(data.color_jitter(image, 1.0, 1.0, 0.8, 0.0))[0, 1]
+    assert np.allclose(saturated, [grey + 0.8 * (c - grey) for c in (200, 60, 20)], atol=1)
+    # hue: an HSV hue shift by int(0.05 * 255) = 12 steps of 1/255; greys keep their value
+    shifted = np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, 0.05))
+    for pixel in range(3):
+        h, s, v = colorsys.rgb_to_hsv(*(np.asarray(image)[0, pixel] / 255))
+        expected = np.array(colorsys.hsv_to_rgb((h + 12 / 255) % 1, s, v)) * 255
+        assert np.abs(shifted[0, pixel] - expected).max() <= 3  # PIL's HSV is 8-bit per channel
+    assert shifted[0, 1, 1] > 60 + 20 and shifted[0, 2].tolist() == [90, 90, 90]  # red turns orange
+    back = np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, -0.05))[0, 1]
+    assert back[2] > back[1]  # past pure red towards magenta the other way
 
 
 def test_gdt_swap_replaces_input_with_the_translation_at_rate_one_minus_p_day(nusc, tmp_path):
@@ -315,14 +353,32 @@ def test_gdt_swap_replaces_input_with_the_translation_at_rate_one_minus_p_day(nu
     assert 10 < conds.count('day') < 30 and conds.count('night') > 3 and conds.count('rain') > 3
 
 
-def test_missing_gdt_translation_names_the_file_and_gdt_py(nusc, tmp_path):
+def test_missing_gdt_translations_fail_at_construction_with_count_paths_and_command(nusc, tmp_path):
     (tmp_path / 'gdt' / 'night').mkdir(parents=True)
-    ds = data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',),
-                            p_day=0.0)
-    with pytest.raises(FileNotFoundError, match=r'night/samples/CAM_FRONT/scene-0001-cam1.png.*gdt\.py'):
-        ds[0]
+    save_image(str(tmp_path / 'gdt' / 'night' / 'samples/CAM_FRONT/scene-0001-cam3.png'), (0, 0, 0))
+    with pytest.raises(FileNotFoundError, match=r'^1 GDT translations missing .*night/samples/CAM_FRONT/'
+                                                r'scene-0001-cam1\.png.*python gdt\.py --dataset nuscenes '
+                                                r'--data-root .* --cond night'):
+        data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',))
     with pytest.raises(FileNotFoundError, match='rain'):
         data.NuScenesDepth(nusc, gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night', 'rain'))
+
+
+def test_rejected_gdt_translations_fall_back_to_the_day_frame_and_are_counted(nusc, tmp_path):
+    night = tmp_path / 'gdt' / 'night'
+    save_image(str(night / 'samples/CAM_FRONT/scene-0001-cam3.png'), (0, 0, 0))
+    with open(night / 'manifest.rank0.jsonl', 'w') as f:  # last record wins; a cut-off line is skipped
+        f.write(json.dumps(dict(output='samples/CAM_FRONT/scene-0001-cam1.png', status='ok')) + '\n')
+        f.write(json.dumps(dict(output=str(night / 'samples/CAM_FRONT/scene-0001-cam1.png'),
+                                status='rejected')) + '\n{"output": "samp')
+    ds = data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',), p_day=0.0)
+    assert ds.gdt_fallbacks == {'night': 1}
+    fallback, swapped = ds[0], ds[1]
+    assert fallback['input_cond'] == 'day' and torch.equal(fallback['input'], fallback['color'])
+    assert swapped['input_cond'] == 'night' and swapped['input'].max() == 1.0 and swapped['input'][2].min() == 0
+    os.remove(night / 'samples/CAM_FRONT/scene-0001-cam3.png')  # deleted after the start
+    with pytest.raises(FileNotFoundError, match=r'night/samples/CAM_FRONT/scene-0001-cam3.png.*gdt\.py'):
+        ds[1]
 
 
 def test_nuscenes_errors_name_the_path_and_the_fix(nusc, tmp_path):
