@@ -34,6 +34,8 @@ MIN_SPEED = 0.5  # m/s; md4all drops slower training frames (a static ego gives 
 # md4all's two RobotCar sequences; the night one is only ever evaluated.
 ROBOTCAR_SEQUENCES = {'2014-12-09-13-21-02': 'day-clear', '2014-12-16-18-44-24': 'night-clear'}
 ROBOTCAR_GT_DIR = 'lms_front_synchronized/vo/time_margin=+-4.0e+06'  # md4all precompute_depth_gt.py
+# md4all's split files, <sequence><suffix>; a *_train_stride_2.txt beside them is never read
+ROBOTCAR_SPLIT_FILES = {'train': '_train_stride_1.txt', 'val': '_val_stride_1.txt', 'test': '_test.txt'}
 ROBOTCAR_CROP = 768 / 960  # md4all keeps the top 768 of 960 rows (drops the car's bonnet)
 
 
@@ -298,32 +300,51 @@ def robotcar_image_path(sequence, timestamp):
 
 
 def read_robotcar_split(data_root, split, sequences=None):
-    """Frames of `<data_root>/splits/<sequence>_<split>*.txt` (md4all: `_train_stride_1.txt`, `_test.txt`).
+    """Frames of md4all's RobotCar split files `<data_root>/splits/<sequence>_<file>` (SPEC §7).
 
-    One frame a line, whitespace-separated timestamps: `prev target next` (train/val) or `target` (test).
-    'train' reads the day sequences only and drops the timestamps listed in the optional
-    `splits/filter_train_samples.txt` (md4all's filter of overexposed frames).
-    Returns [{'sequence', 'cond', 'target', 'prev', 'next'}] (prev/next None for one-timestamp lines).
+    'train': `_train_stride_1.txt` of the day sequence, minus the over-exposed frames listed in
+    `<data_root>/filter/filter_train_samples.txt` (md4all's LOAD.FILTER_FILES_PATH); 'val':
+    `_val_stride_1.txt` and 'test': `_test.txt` of both sequences. Train and val lines are
+    `prev target next`; md4all takes the first field of a test line (a second one may follow).
+    Other files beside them (`_train_stride_2.txt`) are never read.
+    Returns [{'sequence', 'cond', 'target', 'prev', 'next'}] (prev/next None for test lines).
     """
+    if split not in ROBOTCAR_SPLIT_FILES:
+        raise ValueError(f"RobotCar split must be one of {sorted(ROBOTCAR_SPLIT_FILES)}, got {split!r}")
     sequences, frames, drop = sequences or ROBOTCAR_SEQUENCES, [], set()
-    filter_file = os.path.join(data_root, 'splits', 'filter_train_samples.txt')
-    if split == 'train' and os.path.isfile(filter_file):
-        with open(filter_file) as f:
-            drop = set(f.read().split())
+    if split == 'train':
+        drop = set(read_text(os.path.join(data_root, 'filter', 'filter_train_samples.txt'),
+                             "the filter of over-exposed training frames; it comes with md4all's split files "
+                             "(or make it with md4all's data/robotcar/filter_overexposed_static_images.py "
+                             f"--out_dir {os.path.join(data_root, 'filter')})").split())
     for sequence, cond in sequences.items():
-        for path in sorted(glob.glob(os.path.join(data_root, 'splits', f'{sequence}_{split}*.txt'))):
-            with open(path) as f:
-                lines = [line.split() for line in f if line.strip()]
-            for n, stamps in enumerate(lines, 1):
-                if len(stamps) not in (1, 3):
-                    raise ValueError(f"{path}:{n}: expected 'prev target next' or 'target', got {stamps}")
-                prev, target, nxt = stamps if len(stamps) == 3 else (None, stamps[0], None)
-                if target not in drop and (split != 'train' or cond.startswith('day')):
-                    frames.append(dict(sequence=sequence, cond=cond, target=target, prev=prev, next=nxt))
+        if split == 'train' and not cond.startswith('day'):
+            continue  # md4all trains on day-clear only
+        path = os.path.join(data_root, 'splits', sequence + ROBOTCAR_SPLIT_FILES[split])
+        lines = [line.split() for line in read_text(path, "copy md4all's RobotCar split files (its README, "
+                                                 f"RobotCar step 2) into {os.path.join(data_root, 'splits')}").splitlines()]
+        for n, stamps in enumerate(lines, 1):
+            if split == 'test' and len(stamps) in (1, 2):
+                prev, target, nxt = None, stamps[0], None
+            elif split != 'test' and len(stamps) == 3:
+                prev, target, nxt = stamps
+            elif stamps:
+                expected = "'target' (a second field may follow)" if split == 'test' else "'prev target next'"
+                raise ValueError(f"{path}:{n}: expected {expected}, got {stamps}")
+            if stamps and target not in drop:
+                frames.append(dict(sequence=sequence, cond=cond, target=target, prev=prev, next=nxt))
     if not frames:
-        raise ValueError(f"empty RobotCar {split} split: no lines in {data_root}/splits/<sequence>_{split}"
-                         f"*.txt for sequences {sorted(sequences)}; copy md4all's split files there")
+        raise ValueError(f"empty RobotCar {split} split: no lines in {data_root}/splits/<sequence>"
+                         f"{ROBOTCAR_SPLIT_FILES[split]} for sequences {sorted(sequences)}")
     return frames
+
+
+def read_text(path, fix):
+    """Contents of a small text file the protocol needs; a missing one names itself and the fix."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} missing: {fix}")
+    with open(path) as f:
+        return f.read()
 
 
 def color_jitter(image, brightness, contrast, saturation, hue):

@@ -420,9 +420,14 @@ def make_robotcar(root):
         ' '.join(f'{v:.6f}' for v in RC_K) + '\n0 0 1 0\n1 0 0 0\n0 1 0 0\n0 0 0 1\n')
     (root / 'splits').mkdir()
     (root / 'splits' / f'{DAY}_train_stride_1.txt').write_text('100 200 300\n200 300 400\n')
+    (root / 'splits' / f'{DAY}_train_stride_2.txt').write_text('100 300 500\n')  # md4all ships it; unread
+    (root / 'splits' / f'{DAY}_val_stride_1.txt').write_text('100 200 300\n')
+    (root / 'splits' / f'{NIGHT}_val_stride_1.txt').write_text('900 1000 1100\n')
     (root / 'splits' / f'{DAY}_test.txt').write_text('200\n')
-    (root / 'splits' / f'{NIGHT}_test.txt').write_text('1000\n')
-    for sequence, stamps in ((DAY, (100, 200, 300, 400)), (NIGHT, (1000,))):
+    (root / 'splits' / f'{NIGHT}_test.txt').write_text('1000 1418756721422679\n')  # a second field is ignored
+    (root / 'filter').mkdir()
+    (root / 'filter' / 'filter_train_samples.txt').write_text('999\n')
+    for sequence, stamps in ((DAY, (100, 200, 300, 400)), (NIGHT, (900, 1000, 1100))):
         for t in stamps:
             save_image(str(root / sequence / 'stereo' / 'left' / f'{t}.png'), (t % 256, 0, 0), size=(80, 60))
         gt_dir = root / sequence / data.ROBOTCAR_GT_DIR
@@ -466,17 +471,36 @@ def test_robotcar_lidar_at_network_size_lands_on_scaled_pixels(robotcar):
     assert (lidar > 0).sum() == 2 and 'gt' not in item
 
 
-def test_robotcar_splits_read_day_train_and_both_test_sequences(robotcar, tmp_path):
+def test_robotcar_splits_read_md4alls_files_only(robotcar, tmp_path):
     assert data.list_images('robotcar', robotcar) == [f'{DAY}/stereo/left/{t}.png' for t in (200, 300)]
     test = data.RobotCarDepth(robotcar, split='test')
     assert [(test[i]['key'], test[i]['cond']) for i in range(2)] == [(f'{DAY}/200', 'day-clear'),
                                                                      (f'{NIGHT}/1000', 'night-clear')]
-    (tmp_path / 'robotcar' / 'splits' / 'filter_train_samples.txt').write_text('300\n')
+    val = data.RobotCarDepth(robotcar, split='val', size=(24, 40))  # both sequences, with ground truth
+    assert [(val[i]['key'], val[i]['gt'].shape) for i in range(2)] == [(f'{DAY}/200', (1, 48, 80)),
+                                                                       (f'{NIGHT}/1000', (1, 48, 80))]
+    splits = tmp_path / 'robotcar' / 'splits'
+    (splits / 'filter_train_samples.txt').write_text('300\n')  # not md4all's place: not read
+    assert len(data.list_images('robotcar', robotcar)) == 2
+    (tmp_path / 'robotcar' / 'filter' / 'filter_train_samples.txt').write_text('300\n')
     assert data.list_images('robotcar', robotcar) == [f'{DAY}/stereo/left/200.png']
     with pytest.raises(ValueError, match="needs 'prev target next'"):
         data.RobotCarDepth(robotcar, split='test', frames=(-1, 0, 1))
-    with pytest.raises(ValueError, match='empty RobotCar val split'):
+    (splits / f'{NIGHT}_test.txt').write_text('1000 1 2\n')
+    with pytest.raises(ValueError, match=rf"{NIGHT}_test.txt:1: expected 'target'"):
+        data.RobotCarDepth(robotcar, split='test')
+    (splits / f'{DAY}_val_stride_1.txt').write_text('100 200\n')
+    with pytest.raises(ValueError, match=rf"{DAY}_val_stride_1.txt:1: expected 'prev target next'"):
         data.RobotCarDepth(robotcar, split='val')
+    (splits / f'{DAY}_val_stride_1.txt').write_text('100 200 300\n')
+    os.remove(splits / f'{NIGHT}_val_stride_1.txt')
+    with pytest.raises(FileNotFoundError, match=rf"{NIGHT}_val_stride_1.txt missing: copy md4all's"):
+        data.RobotCarDepth(robotcar, split='val')
+    os.remove(tmp_path / 'robotcar' / 'filter' / 'filter_train_samples.txt')
+    with pytest.raises(FileNotFoundError, match=r'filter/filter_train_samples.txt missing.*over-exposed'):
+        data.RobotCarDepth(robotcar)
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.RobotCarDepth(robotcar, split='training')
 
 
 def test_robotcar_vo_chains_relative_poses(robotcar):
