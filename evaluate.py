@@ -1,61 +1,78 @@
-"""Evaluate depth with the md4all protocol (SPEC §5) and print a per-condition table.
+"""Evaluate depth with md4all's protocol (docs/method.md §5) and print a per-condition table.
 
     python evaluate.py --ckpt runs/student/ckpt.pt --dataset nuscenes --data-root /data/nuscenes --out eval/
-    python evaluate.py --ckpt CKPT --dataset robotcar --data-root /data/robotcar --out eval/   # cap 50 m
+    python evaluate.py --ckpt CKPT --dataset robotcar --data-root /data/robotcar --out eval/   # test split, 50 m
+    python evaluate.py --ckpt CKPT --data-root /data/nuscenes --flip-pp    # plain AND flip-pp tables in one run
     python evaluate.py --pred-dir other_method/ --dataset nuscenes --data-root /data/nuscenes  # their maps
     python evaluate.py --ckpt CKPT --dataset folder --data-root my_images/  # .npy depth next to each image
 
-Writes `<out>/metrics.json` (per group and per image), `<out>/metrics.csv` and `--save-vis N` PNGs per
-condition (image | predicted depth | ground-truth points). `--pred-dir` reads `<pred-dir>/<image path
-relative to the data root, extension replaced by .npy>` (depth in metres, any size), so other methods
-are scored on exactly this protocol. The metric core (`compute_depth_metrics`, `average_metrics`,
-`flip_post_process`) is what the training scripts validate with.
+The protocol, as md4all's evaluator runs it: the net sees the item's `input` at its own size; its
+scaled disparity at the network's output resolution is (with --flip-pp) blended with the
+prediction of the mirrored image by monodepth2's edge ramp, turned into depth (1 / disparity) and
+that depth is upsampled ONCE, bilinearly with align_corners=True, to the ground-truth size. Pixels
+with min < gt < max (compared in the ground truth's own dtype) are scored; the prediction is
+(optionally median-scaled with torch's lower median, then) clamped to [min, max]; metrics are
+computed per image and averaged per condition (night = night-clear + night-rain) and over all.
+
+Writes `<out>/metrics.json` (per mode, per group and per image), `<out>/metrics.csv` and `--save-vis N`
+PNGs per condition (image | prediction | ground truth on one depth scale in metres). `--pred-dir` reads
+`<pred-dir>/<image path relative to the data root, extension replaced by .npy>` (depth in metres, any
+size; upsampled like the net's depth), so other methods are scored on exactly this protocol. Without
+--size the checkpoint's training size is used. The training scripts validate with the same functions
+(`net_predictor`, `score_loader`, `summarize`).
 """
 import argparse
 import json
 import os
+import pickle
 import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 import data
-from model import disp_to_depth
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+GROUP_ORDER = ("day-clear", "night", "day-rain", "all")
+MODE_TITLES = {"plain": "plain prediction", "flip_pp": "flip post-processing (monodepth2 edge ramp)"}
 
 
-def _numpy(x):
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float64).squeeze()
+def _tensor(x):
+    """A squeezed CPU tensor of x, keeping its dtype (numpy float64 stays float64, float32 stays float32)."""
+    x = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return x.squeeze()
 
 
 def compute_depth_metrics(gt, pred, min_depth=0.1, max_depth=80.0, median_scaling=False):
-    """Depth errors of one image (SPEC §5): valid = min < gt < max (gt 0 = no measurement),
-    pred optionally median-scaled to gt, then clamped to [min, max]. Returns None without valid pixels."""
-    gt, pred = _numpy(gt), _numpy(pred)
+    """Depth errors of one image, md4all's rules (docs/method.md §5). Returns None without valid pixels.
+
+    valid = min < gt < max in gt's own dtype (a float32 gt of float32(0.1) is not valid); the optional
+    median scaling uses torch's median (the lower middle value on an even count); then pred is
+    clamped to [min, max]. The metrics are computed in the inputs' dtype, as md4all does."""
+    gt, pred = _tensor(gt), _tensor(pred)
     if gt.shape != pred.shape:
-        raise ValueError(f"gt {gt.shape} and prediction {pred.shape} differ in size: upsample the "
-                         f"prediction to the ground-truth resolution first")
-    valid = (gt > min_depth) & (gt < max_depth)
+        raise ValueError(f"gt {tuple(gt.shape)} and prediction {tuple(pred.shape)} differ in size: upsample "
+                         f"the prediction to the ground-truth resolution first")
+    valid = (gt > min_depth) & (gt < max_depth)  # a Python float does not promote the tensor's dtype
     if not valid.any():
         return None
-    gt, pred = gt[valid], pred[valid]
+    dtype = torch.promote_types(gt.dtype, pred.dtype)
+    dtype = dtype if dtype.is_floating_point else torch.float64
+    gt, pred = gt[valid].to(dtype), pred[valid].to(dtype)
     if median_scaling:
-        pred = pred * np.median(gt) / np.median(pred)
-    pred = np.clip(pred, min_depth, max_depth)
-    ratio = np.maximum(gt / pred, pred / gt)
+        pred = pred * torch.median(gt) / torch.median(pred)
+    pred = pred.clamp(min_depth, max_depth)
+    ratio, diff = torch.maximum(gt / pred, pred / gt), gt - pred
     return {
-        "abs_rel": np.mean(np.abs(gt - pred) / gt),
-        "sq_rel": np.mean((gt - pred) ** 2 / gt),
-        "rmse": np.sqrt(np.mean((gt - pred) ** 2)),
-        "rmse_log": np.sqrt(np.mean((np.log(gt) - np.log(pred)) ** 2)),
-        "a1": np.mean(ratio < 1.25),
-        "a2": np.mean(ratio < 1.25 ** 2),
-        "a3": np.mean(ratio < 1.25 ** 3),
+        "abs_rel": float(torch.mean(diff.abs() / gt)),
+        "sq_rel": float(torch.mean(diff ** 2 / gt)),
+        "rmse": float(torch.sqrt(torch.mean(diff ** 2))),
+        "rmse_log": float(torch.sqrt(torch.mean((torch.log(gt) - torch.log(pred)) ** 2))),
+        "a1": float((ratio < 1.25).to(dtype).mean()),
+        "a2": float((ratio < 1.25 ** 2).to(dtype).mean()),
+        "a3": float((ratio < 1.25 ** 3).to(dtype).mean()),
     }
 
 
@@ -67,25 +84,62 @@ def average_metrics(per_image):
     return {"count": len(per_image), **{k: float(np.mean([m[k] for m in per_image])) for k in METRIC_NAMES}}
 
 
-def flip_post_process(pred, pred_of_flipped):
-    """Average a prediction with the un-flipped prediction of the mirrored image (`--flip-pp`)."""
-    return 0.5 * (pred + torch.flip(pred_of_flipped, dims=[-1]))
+def flip_post_process(disp, disp_of_flipped):
+    """monodepth2's edge-ramp blend of a disparity (B,1,H,W) with the prediction of the mirrored image
+    (docs/method.md §5): the un-flipped mirror prediction alone near the left border, the plain one
+    alone near the right, their mean in between; mask = 1 - clamp(20 (x - 0.05), 0, 1), x in [0, 1]."""
+    hat = torch.flip(disp_of_flipped, dims=[-1])
+    x = torch.linspace(0.0, 1.0, disp.shape[-1], dtype=disp.dtype, device=disp.device)
+    mask = 1.0 - torch.clamp(20.0 * (x - 0.05), 0.0, 1.0)
+    mask_hat = torch.flip(mask, dims=[-1])
+    return mask_hat * disp + mask * hat + (1.0 - mask - mask_hat) * 0.5 * (disp + hat)
+
+
+def upsample_depth(depth, size):
+    """md4all's single interpolation of a (B,1,h,w) depth to the ground-truth size: bilinear, align_corners=True."""
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return depth
+    return F.interpolate(depth, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 def condition_group(cond):
-    """Reporting group of a frame's condition (SPEC §5): night-clear and night-rain count as night."""
+    """Reporting group of a frame's condition (docs/method.md §5): night-clear and night-rain count as night."""
     return "night" if cond.startswith("night") else cond
 
 
 @torch.no_grad()
-def predict_depth(net, images, out_size, flip_pp=False):
-    """Depth (B,1,*out_size) of `net` on images in [0,1]: disparity (optionally flip-averaged)
-    upsampled bilinearly to the ground-truth size, then mapped to metres."""
-    disp = net(images)["disp"].float()
+def predict_depths(net, images, out_size, flip_pp=False):
+    """{"plain": depth} (and {"flip_pp": depth} with flip_pp) of `net` on images in [0,1], (B,1,*out_size):
+    scaled disparity at network resolution (flip-blended), depth = 1 / it, then one upsampling."""
+    autocast = dict(device_type=images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda")
+    with torch.autocast(**autocast):
+        disp = net(images, out_size="network")["scaled_disp"]
+        disp_of_flipped = net(torch.flip(images, dims=[-1]), out_size="network")["scaled_disp"] if flip_pp else None
+    disps = {"plain": disp.float()}
     if flip_pp:
-        disp = flip_post_process(disp, net(torch.flip(images, dims=[-1]))["disp"].float())
-    disp = F.interpolate(disp, size=tuple(out_size), mode="bilinear", align_corners=False)
-    return disp_to_depth(disp, net.min_depth, net.max_depth)[1]
+        disps["flip_pp"] = flip_post_process(disp.float(), disp_of_flipped.float())
+    return {mode: upsample_depth(1.0 / d.clamp(min=1e-6), out_size) for mode, d in disps.items()}
+
+
+def predict_depth(net, images, out_size, flip_pp=False):
+    """Depth (B,1,*out_size) of `net` on images in [0,1], flip post-processed when flip_pp."""
+    return predict_depths(net, images, out_size, flip_pp)["flip_pp" if flip_pp else "plain"]
+
+
+def network_input(batch):
+    """What the depth net sees: the item's `input` (at the net's size), else its `color`."""
+    return batch["input"] if "input" in batch else batch["color"]
+
+
+def net_predictor(net, device, flip_pp=False, by_mode=False):
+    """predict(batch) -> (B, Hgt, Wgt) depth of `net` at the ground-truth size (flip post-processed
+    when flip_pp); with by_mode=True a dict {"plain": ...} (and "flip_pp", from the same two passes)."""
+    def predict(batch):
+        images = network_input(batch).to(device, non_blocking=True)
+        depths = predict_depths(net, images, batch["gt"].shape[-2:], flip_pp)
+        depths = {mode: d.float().cpu()[:, 0] for mode, d in depths.items()}
+        return depths if by_mode else depths["flip_pp" if flip_pp else "plain"]
+    return predict
 
 
 def metric_totals(per_image, conds):
@@ -107,68 +161,36 @@ def summarize(totals):
     return {g: {"count": t["count"], **{k: t[k] / t["count"] for k in METRIC_NAMES}} for g, t in totals.items()}
 
 
-def net_predictor(net, device, flip_pp=False):
-    """predict(batch) -> (B, Hgt, Wgt) depth of `net` on the batch's `color`, at the ground-truth size."""
-    def predict(batch):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = predict_depth(net, batch["color"].to(device, non_blocking=True), batch["gt"].shape[-2:], flip_pp)
-        return pred.float().cpu()[:, 0]
-    return predict
-
-
 def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=False, on_image=None,
                  progress=False):
     """Score `predict(batch)` against each item's `gt`: (totals per group, one row per image).
-    `on_image(batch, i, pred_i, row)` sees every image (visualisations)."""
+
+    When predict returns a dict {mode: predictions} (net_predictor(..., by_mode=True)), totals are
+    {mode: totals per group} and each row holds {mode: metrics}. `on_image(batch, i, pred_i, row)`
+    sees every image (pred_i: a tensor, or a dict like the predictions)."""
     from tqdm import tqdm
-    rows = []
+    rows, per_mode = [], None
     for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
         if "gt" not in batch:
             raise ValueError("items carry no ground truth `gt`: a folder needs a .npy depth map next to each image")
-        pred = predict(batch)
-        for i in range(len(pred)):
-            m = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
-            row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all",
-                   **({k: float(v) for k, v in m.items()} if m else {})}
+        preds = predict(batch)
+        per_mode = isinstance(preds, dict)
+        preds = preds if per_mode else {"plain": preds}
+        for i in range(len(batch["path"])):
+            row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all"}
+            for mode, pred in preds.items():
+                m = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
+                row[mode] = m
+            if not per_mode:
+                row = {"path": row["path"], "cond": row["cond"], **(row["plain"] or {})}
             rows.append(row)
             if on_image:
-                on_image(batch, i, pred[i], row)
-    return metric_totals([r if "abs_rel" in r else None for r in rows], [r["cond"] for r in rows]), rows
-
-
-GROUP_ORDER = ("day-clear", "night", "day-rain", "all")
-
-
-def colorize(depth, max_depth):
-    """(H,W) depth -> (H,W,3) uint8: inverse depth through a dark-blue -> red -> yellow ramp, 0 = black."""
-    inv = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-3), 0.0)
-    x = np.clip((inv - 1.0 / max_depth) / max(np.percentile(inv[depth > 0], 95) if (depth > 0).any() else 1.0,
-                                                1e-6), 0, 1)
-    stops = np.array([[0, 0, 4], [40, 11, 84], [150, 38, 100], [240, 96, 52], [252, 255, 164]], dtype=np.float64)
-    pos = x * (len(stops) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
-    frac = (pos - lo)[..., None]
-    rgb = stops[lo] * (1 - frac) + stops[lo + 1] * frac
-    return np.where((depth > 0)[..., None], rgb, 0).astype(np.uint8)
-
-
-def save_visualisation(path, image, pred, gt, max_depth):
-    """Side-by-side PNG: image | predicted depth | ground-truth points (dilated 3x3 to be visible)."""
-    h, w = gt.shape
-    image = np.array(Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize((w, h)))
-    gt_big = torch.nn.functional.max_pool2d(torch.from_numpy(gt)[None, None], 3, 1, 1)[0, 0].numpy()
-    points = np.where((gt_big > 0)[..., None], colorize(gt_big, max_depth), image // 3)
-    panel = np.concatenate([image, colorize(pred, max_depth), points], axis=1)
-    tmp = path + ".tmp.png"
-    Image.fromarray(panel).save(tmp)
-    os.replace(tmp, path)
-
-
-def write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+                on_image(batch, i, {mode: p[i] for mode, p in preds.items()} if per_mode else preds["plain"][i], row)
+    conds = [r["cond"] for r in rows]
+    if not per_mode:
+        return metric_totals([r if "abs_rel" in r else None for r in rows], conds), rows
+    modes = [m for m in rows[0] if m not in ("path", "cond")] if rows else []
+    return {mode: metric_totals([r[mode] for r in rows], conds) for mode in modes}, rows
 
 
 def ordered_groups(summary):
@@ -184,56 +206,189 @@ def format_table(summary):
     return "\n".join(lines)
 
 
+# Visualisation: one log-depth colour scale shared by prediction and ground truth, so a prediction
+# off by a constant factor shows as a uniform colour shift against the ground-truth points.
+RAMP = np.array([[252, 255, 164], [240, 96, 52], [150, 38, 100], [40, 11, 84], [12, 4, 40]], dtype=np.float64)
+
+
+def depth_scale(min_depth, max_depth):
+    """(near, far) ends of the colour scale in metres: at least 1 m (closer is rare on a road)."""
+    return max(min_depth, 1.0), max_depth
+
+
+def colorize(depth, near, far):
+    """(H,W) depth in metres -> (H,W,3) uint8 on a log scale from near (yellow) to far (dark); 0 = black."""
+    depth = np.asarray(depth, dtype=np.float64)
+    x = np.log(np.clip(depth, near, far) / near) / np.log(far / near)
+    pos = x * (len(RAMP) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(RAMP) - 2)
+    rgb = RAMP[lo] * (1 - (pos - lo)[..., None]) + RAMP[lo + 1] * (pos - lo)[..., None]
+    return np.where((depth > 0)[..., None], np.round(rgb), 0).astype(np.uint8)
+
+
+def draw_colour_bar(width, height, near, far, font):
+    """A horizontal bar of the depth colours with ticks and labels in metres."""
+    bar = Image.new("RGB", (width, height), (255, 255, 255))
+    margin, strip = width // 20, height // 3
+    depths = near * (far / near) ** (np.arange(width - 2 * margin) / max(width - 2 * margin - 1, 1))
+    bar.paste(Image.fromarray(np.repeat(colorize(depths[None], near, far), strip, axis=0)), (margin, 0))
+    draw = ImageDraw.Draw(bar)
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200) if near <= t <= far] + [far]
+    for t in sorted(set(ticks)):
+        u = margin + round(np.log(t / near) / np.log(far / near) * (width - 2 * margin - 1))
+        draw.line([(u, strip), (u, strip + height // 10)], fill=(0, 0, 0), width=2)
+        draw.text((u, strip + height // 8), f"{t:g} m", fill=(0, 0, 0), font=font, anchor="mt")
+    return bar
+
+
+def render_visualisation(image, pred, gt, min_depth, max_depth, labels=("image", "prediction", "ground truth")):
+    """PIL image: labelled panels image | predicted depth | ground-truth points (dilated 3x3), both
+    depths on one colour scale in metres, shown by the colour bar underneath."""
+    h, w = gt.shape
+    near, far = depth_scale(min_depth, max_depth)
+    rgb = np.array(Image.fromarray((image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)).resize((w, h)))
+    gt_big = F.max_pool2d(torch.as_tensor(gt, dtype=torch.float32)[None, None], 3, 1, 1)[0, 0].numpy()
+    points = np.where((gt_big > 0)[..., None], colorize(gt_big, near, far), rgb // 3)
+    panels = np.concatenate([rgb, colorize(pred, near, far), points], axis=1)
+    font = ImageFont.load_default(size=max(10, h // 18))
+    header, footer = max(16, h // 12), max(40, h // 6)
+    canvas = Image.new("RGB", (3 * w, header + h + footer), (255, 255, 255))
+    canvas.paste(Image.fromarray(panels), (0, header))
+    draw = ImageDraw.Draw(canvas)
+    for k, label in enumerate(labels):
+        draw.text((k * w + w // 2, header // 2), label, fill=(0, 0, 0), font=font, anchor="mm")
+    canvas.paste(draw_colour_bar(2 * w, footer, near, far, font), (w, header + h))
+    draw.text((w // 2, header + h + footer // 3), "depth (m)", fill=(0, 0, 0), font=font, anchor="mm")
+    return canvas
+
+
+def save_visualisation(path, image, pred, gt, min_depth, max_depth):
+    """Write render_visualisation(...) as a PNG, atomically."""
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    render_visualisation(image, pred, gt, min_depth, max_depth).save(tmp)
+    os.replace(tmp, path)
+
+
+def write_atomic(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def load_prediction(pred_dir, rel_path, size):
-    """A precomputed depth map for `rel_path`, resized bilinearly to `size`."""
+    """A precomputed (h, w) depth map for `rel_path`, upsampled to `size` as the net's depth is."""
     path = os.path.join(pred_dir, os.path.splitext(rel_path)[0] + ".npy")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--pred-dir: no prediction {path} for image {rel_path}; write one .npy depth "
                                 f"map (metres) per image, at the image's relative path")
-    pred = torch.from_numpy(np.load(path).astype(np.float32))[None, None]
-    return F.interpolate(pred, size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+    pred = np.load(path)
+    if pred.ndim != 2:
+        raise ValueError(f"--pred-dir: {path} has shape {pred.shape}; write an (H, W) depth map in metres")
+    return upsample_depth(torch.from_numpy(pred.astype(np.float32))[None, None], size)[0, 0]
 
 
-def make_eval_dataset(args):
-    if args.dataset == "nuscenes":
-        return data.NuScenesDepth(args.data_root, args.version, "val", size=args.size)
-    if args.dataset == "robotcar":
-        return data.RobotCarDepth(args.data_root, "test", size=args.size)
-    return data.FolderDepth(args.data_root, size=args.size)
-
-
-def main(argv=None):
-    from torch.utils.data import DataLoader
+def load_checkpoint(path):
+    """(depth net, the training args it stores or {}) from a .pt file or an exported folder; errors name the file."""
     from model import load_depth_net
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if os.path.isdir(path):
+        try:
+            return load_depth_net(path), {}
+        except (RuntimeError, OSError, KeyError) as e:
+            raise ValueError(f"--ckpt {path}: not a folder written by export_pretrained ({e})") from e
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--ckpt {path} does not exist: pass the ckpt.pt a training script wrote "
+                                f"or a folder written by export_pretrained")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise ValueError(f"--ckpt {path} is not a readable checkpoint ({str(e).splitlines()[0]}); it may be "
+                         f"truncated: pass a complete ckpt.pt written by train_teacher.py / train_student.py") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"--ckpt {path} holds no 'model' and 'config' entries: it was not written by this "
+                         f"project's training scripts")
+    try:
+        net = load_depth_net(ckpt)
+    except (RuntimeError, TypeError) as e:  # weights that do not fit the stored config
+        raise ValueError(f"--ckpt {path}: its weights do not fit its config ({str(e).splitlines()[0]})") from e
+    return net, ckpt.get("args") or {}
+
+
+def make_eval_dataset(args, net_size=None):
+    """md4all's evaluation split: nuScenes val, RobotCar test, or every image of a folder."""
+    kwargs = {"size": args.size, "net_size": net_size}
+    if args.dataset == "nuscenes":
+        return data.NuScenesDepth(args.data_root, args.version, "val", **kwargs)
+    if args.dataset == "robotcar":
+        return data.RobotCarDepth(args.data_root, "test", **kwargs)
+    return data.FolderDepth(args.data_root, **kwargs)
+
+
+def at_least(minimum):
+    """argparse type: an integer >= minimum."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (.pt) or exported folder of a depth net")
     p.add_argument("--pred-dir", help="evaluate precomputed .npy depth maps instead of a checkpoint")
     p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"])
     p.add_argument("--data-root", required=True)
     p.add_argument("--version", default="v1.0-trainval")
     p.add_argument("--size", type=data.parse_size, default=None,
-                   help="network input HxW (default: nuScenes 320x576, RobotCar 320x544, folder: image size)")
+                   help="image size HxW of the items (default: the checkpoint's training size, else nuScenes "
+                        "320x576, RobotCar 320x544, folder: image size); the net sees its own net size")
     p.add_argument("--min-depth", type=float, default=0.1)
     p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes), 50 (RobotCar)")
     p.add_argument("--median-scaling", action="store_true", help="for relative-depth models")
-    p.add_argument("--flip-pp", action="store_true", help="average with the prediction of the mirrored image")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--save-vis", type=int, default=0, help="PNGs per condition")
+    p.add_argument("--flip-pp", action="store_true", help="also report flip post-processing (both tables)")
+    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--workers", type=at_least(0), default=4)
+    p.add_argument("--save-vis", type=at_least(0), default=0, help="PNGs per condition")
     p.add_argument("--out", default="eval", help="folder for metrics.json, metrics.csv, vis/")
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.pred_dir):
         p.error("pass exactly one of --ckpt (a depth net) or --pred-dir (precomputed depth maps)")
+    if args.pred_dir and args.flip_pp:
+        p.error("--flip-pp needs --ckpt: precomputed depth maps cannot be re-predicted on mirrored images")
+    if inside(args.out, args.data_root):
+        p.error(f"--out {args.out} is inside --data-root {args.data_root}: the outputs would be written into "
+                f"the dataset (and a folder dataset would read its own PNGs back); choose a folder outside it")
+    return p, args
+
+
+def evaluate(args):
+    """Run the evaluation of parsed `args`: {mode: summary per group} and the per-image rows."""
+    from torch.utils.data import DataLoader
     args.max_depth = args.max_depth or (50.0 if args.dataset == "robotcar" else 80.0)
-    args.size = args.size or {"nuscenes": (320, 576), "robotcar": (320, 544), "folder": None}[args.dataset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = make_eval_dataset(args)
-    loader = DataLoader(dataset, batch_size=args.batch_size if args.size else 1, num_workers=args.workers)
-    if args.ckpt:
-        predict = net_predictor(load_depth_net(args.ckpt, map_location=device).eval(), device, args.flip_pp)
+    net, trained = load_checkpoint(args.ckpt) if args.ckpt else (None, {})
+    if args.size is None:  # the size the checkpoint was trained at, else the dataset's default
+        default = {"nuscenes": (320, 576), "robotcar": (320, 544), "folder": None}[args.dataset]
+        args.size = tuple(trained["size"]) if trained.get("size") else default
+    dataset = make_eval_dataset(args, net.net_size if net is not None else None)
+    batch_size = 1 if args.dataset == "folder" else args.batch_size  # a folder's ground truths differ in size
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)
+    if net is not None:
+        predict = net_predictor(net.to(device).eval(), device, args.flip_pp, by_mode=True)
     else:
         def predict(batch):
-            return torch.stack([load_prediction(args.pred_dir, p, batch["gt"].shape[-2:]) for p in batch["path"]])
+            size = batch["gt"].shape[-2:]
+            return {"plain": torch.stack([load_prediction(args.pred_dir, p, size) for p in batch["path"]])}
     os.makedirs(os.path.join(args.out, "vis"), exist_ok=True)
     vis_done = {}
 
@@ -241,22 +396,42 @@ def main(argv=None):
         group = condition_group(row["cond"])
         if vis_done.get(group, 0) < args.save_vis:
             vis_done[group] = vis_done.get(group, 0) + 1
+            pred = pred["flip_pp"] if isinstance(pred, dict) else pred
+            image = batch["color"][i] if "color" in batch else network_input(batch)[i]
             save_visualisation(os.path.join(args.out, "vis", f"{group}_{vis_done[group]:03d}.png"),
-                               batch["color"][i], pred.numpy(), batch["gt"][i, 0].numpy(), args.max_depth)
+                               image, pred.numpy(), batch["gt"][i, 0].numpy(), args.min_depth, args.max_depth)
     totals, rows = score_loader(loader, predict, args.min_depth, args.max_depth, args.median_scaling, save_some,
                                 progress=True)
-    summary = summarize(totals)
-    if not summary:
-        raise ValueError("no image had a valid ground-truth pixel: check --min-depth / --max-depth and the data")
-    table = format_table(summary)
-    print(table)
-    write_atomic(os.path.join(args.out, "metrics.json"),
-                 json.dumps({"summary": summary, "per_image": rows, "args": vars(args)}, indent=1))
-    lines = [",".join(("condition", "count") + METRIC_NAMES)]
-    lines += [",".join([g, str(summary[g]["count"])] + [f"{summary[g][k]:.6f}" for k in METRIC_NAMES])
-              for g in ordered_groups(summary)]
+    summaries = {mode: summarize(t) for mode, t in totals.items()}
+    if not summaries.get("plain"):
+        raise ValueError(f"no image had a valid ground-truth pixel in ({args.min_depth}, {args.max_depth}) m: "
+                         f"check --min-depth / --max-depth and the ground truth under {args.data_root}")
+    return summaries, rows
+
+
+def write_results(args, summaries, rows):
+    for mode, summary in summaries.items():
+        print(f"\n{MODE_TITLES[mode]}\n{format_table(summary)}")
+    report = {"summary": summaries, "per_image": rows, "args": {k: v for k, v in vars(args).items()}}
+    write_atomic(os.path.join(args.out, "metrics.json"), json.dumps(report, indent=1))
+    lines = [",".join(("mode", "condition", "count") + METRIC_NAMES)]
+    lines += [",".join([mode, g, str(s[g]["count"])] + [f"{s[g][k]:.6f}" for k in METRIC_NAMES])
+              for mode, s in summaries.items() for g in ordered_groups(s)]
     write_atomic(os.path.join(args.out, "metrics.csv"), "\n".join(lines) + "\n")
-    return summary
+
+
+def main(argv=None):
+    """Run the command; returns the summary per group of the reported mode (flip-pp with --flip-pp)."""
+    parser, args = parse_args(argv)
+    try:
+        summaries, rows = evaluate(args)
+        write_results(args, summaries, rows)
+    except (OSError, ValueError, KeyError) as e:  # expected: missing or bad files, flags, data
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: keep its own last line
+            message = message.strip().splitlines()[-1].removeprefix(f"{type(e).__name__}: ")
+        parser.exit(1, f"{parser.prog}: error: {message}\n")
+    return summaries["flip_pp" if args.flip_pp else "plain"]
 
 
 if __name__ == "__main__":

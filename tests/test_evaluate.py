@@ -1,10 +1,11 @@
-"""Metric core of the md4all protocol (SPEC §5) against hand-computed values."""
+"""evaluate.py against md4all's evaluation protocol (docs/method.md §5), rule by rule, with hand-computed values."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
+import evaluate
 from evaluate import average_metrics, compute_depth_metrics, flip_post_process
 
 
@@ -64,40 +65,157 @@ def test_size_mismatch_is_a_clear_error():
         compute_depth_metrics(np.ones((4, 4)), np.ones((2, 2)))
 
 
-def test_flip_post_process_averages_with_the_mirrored_prediction():
-    pred = torch.tensor([[[[1.0, 2.0, 3.0]]]])
-    of_flipped = torch.tensor([[[[30.0, 20.0, 10.0]]]])  # the flipped image's prediction, mirrored
-    assert torch.equal(flip_post_process(pred, of_flipped), torch.tensor([[[[5.5, 11.0, 16.5]]]]))
+def test_a_float32_ground_truth_of_exactly_the_minimum_is_not_valid():
+    # md4all compares in the ground truth's float32: float32(0.1) > 0.1 is False there (in float64 it is True)
+    gt = np.array([0.1, 10.0, 20.0], np.float32)
+    pred = np.array([5.0, 12.0, 20.0], np.float32)
+    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
+    assert m["abs_rel"] == pytest.approx(np.mean([0.2, 0.0]))
+    assert m["rmse"] == pytest.approx(math.sqrt(2.0)) and m["a1"] == 1.0
+    just_above = np.array([np.nextafter(np.float32(0.1), np.float32(1.0)), 10.0], np.float32)
+    assert compute_depth_metrics(just_above, np.array([0.2, 10.0], np.float32), 0.1, 80.0)["a1"] == 0.5
 
 
-def test_evaluate_command_writes_table_json_csv_and_pngs(tiny_world, tmp_path, capsys):
-    import json
-    import os
-    import evaluate
+def test_median_scaling_uses_the_lower_middle_value_of_an_even_count():
+    # gt medians: lower 2 (numpy's mean of the middle two would be 2.5): pred scaled by 2/1
+    m = compute_depth_metrics(np.array([1.0, 2.0, 3.0, 4.0]), np.ones(4), 0.1, 80.0, median_scaling=True)
+    assert m["abs_rel"] == pytest.approx((1 / 1 + 0 / 2 + 1 / 3 + 2 / 4) / 4)
+    # pred medians: lower 2 (not 2.5): scale 10/2 = 5 gives 5, 10, 15, 20
+    m = compute_depth_metrics(np.full(4, 10.0), np.array([1.0, 2.0, 3.0, 4.0]), 0.1, 80.0, median_scaling=True)
+    assert m["abs_rel"] == pytest.approx((0.5 + 0 + 0.5 + 1.0) / 4)
+
+
+def test_flip_post_process_takes_the_mirror_at_the_left_edge_the_plain_at_the_right_the_mean_between():
+    pred = torch.tensor([[[[1.0, 2.0, 3.0, 4.0, 5.0]]]])
+    of_flipped = torch.tensor([[[[10.0, 20.0, 30.0, 40.0, 50.0]]]])  # un-flipped: 50, 40, 30, 20, 10
+    # x = 0, .25, .5, .75, 1: mask = 1, 0, 0, 0, 0 and its mirror 0, 0, 0, 0, 1
+    expected = torch.tensor([[[[50.0, 21.0, 16.5, 12.0, 5.0]]]])
+    assert torch.allclose(flip_post_process(pred, of_flipped), expected)
+
+
+def test_flip_post_process_ramps_linearly_over_the_outer_five_percent():
+    pred, of_flipped = torch.ones(1, 1, 2, 81), torch.full((1, 1, 2, 81), 3.0)
+    out = flip_post_process(pred, of_flipped)[0, 0, 0]
+    # x = k / 80; at k = 5 (x = 0.0625) mask = 1 - 20 * 0.0125 = 0.75: 0.75 * 3 + 0.25 * mean(1, 3) = 2.75
+    assert out[0].item() == pytest.approx(3.0) and out[-1].item() == pytest.approx(1.0)
+    assert out[5].item() == pytest.approx(2.75) and out[75].item() == pytest.approx(1.25)
+    assert out[40].item() == pytest.approx(2.0) and out[4].item() == pytest.approx(3.0)
+
+
+class StandInNet(torch.nn.Module):
+    """A depth net stand-in: `scaled_disp(images)` at its own resolution, recording what it was given."""
+
+    def __init__(self, scaled_disp):
+        super().__init__()
+        self.scaled_disp, self.seen = scaled_disp, []
+
+    def forward(self, images, out_size="input"):
+        assert out_size == "network", "the evaluation must take the net's output at network resolution"
+        self.seen.append(images.clone())
+        return {"scaled_disp": self.scaled_disp(images)}
+
+
+def test_depth_at_network_resolution_is_upsampled_once_bilinearly_with_aligned_corners():
+    depth = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
+    net = StandInNet(lambda images: (1.0 / depth).expand(len(images), 1, 2, 2))
+    batch = {"input": torch.rand(1, 3, 28, 28), "color": torch.rand(1, 3, 8, 8), "gt": torch.zeros(1, 1, 3, 3)}
+    pred = evaluate.net_predictor(net, torch.device("cpu"))(batch)
+    # align_corners=True keeps the corners and puts the rest halfway (upsampling 1/depth would not give these)
+    assert torch.allclose(pred[0], torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [5.0, 6.0, 7.0]]))
+    assert torch.equal(net.seen[0], batch["input"])  # the net sees `input`, not `color`
+    del batch["input"]
+    evaluate.net_predictor(net, torch.device("cpu"))(batch)
+    assert torch.equal(net.seen[1], batch["color"])
+
+
+def test_flip_post_processing_blends_scaled_disparity_before_it_becomes_depth():
+    ramp = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05])  # fixed in image coordinates: not flip-equivariant
+    net = StandInNet(lambda images: images[:, :1] + ramp)
+    image = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]).expand(1, 3, 1, 5)
+    batch = {"input": image, "gt": torch.zeros(1, 1, 1, 5)}
+    preds = evaluate.net_predictor(net, torch.device("cpu"), flip_pp=True, by_mode=True)(batch)
+    # plain .11 .22 .33 .44 .55; mirror's, un-flipped .15 .24 .33 .42 .51
+    assert torch.allclose(preds["plain"][0, 0], 1.0 / torch.tensor([0.11, 0.22, 0.33, 0.44, 0.55]))
+    assert torch.allclose(preds["flip_pp"][0, 0], 1.0 / torch.tensor([0.15, 0.23, 0.33, 0.43, 0.55]))
+    single = evaluate.net_predictor(net, torch.device("cpu"), flip_pp=True)(batch)
+    assert torch.equal(single, preds["flip_pp"])
+
+
+def test_precomputed_maps_get_the_same_single_aligned_corner_upsampling(tmp_path):
+    (tmp_path / "cam").mkdir()
+    np.save(tmp_path / "cam" / "a.npy", np.array([[1.0, 3.0], [5.0, 7.0]], np.float32))
+    pred = evaluate.load_prediction(str(tmp_path), "cam/a.jpg", (3, 3))
+    assert torch.allclose(pred, torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [5.0, 6.0, 7.0]]))
+    np.save(tmp_path / "cam" / "b.npy", np.ones((1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"b\.npy.*\(H, W\)"):
+        evaluate.load_prediction(str(tmp_path), "cam/b.jpg", (3, 3))
+
+
+def test_score_loader_scores_each_mode_and_groups_night_rain_as_night():
+    batch = {"gt": torch.tensor([[[[10.0, 20.0]]], [[[10.0, 0.0]]]]), "path": ["a", "b"],
+             "cond": ["day-clear", "night-rain"]}
+    plain = torch.tensor([[[12.0, 20.0]], [[10.0, 5.0]]])
+    totals, rows = evaluate.score_loader([batch], lambda b: {"plain": plain, "flip_pp": plain * 2})
+    assert totals["plain"]["day-clear"]["abs_rel"] == pytest.approx(0.1)
+    assert totals["flip_pp"]["night"]["count"] == 1 and totals["flip_pp"]["night"]["abs_rel"] == pytest.approx(1.0)
+    assert totals["plain"]["all"]["count"] == 2 and rows[1]["flip_pp"]["abs_rel"] == pytest.approx(1.0)
+    legacy, rows = evaluate.score_loader([batch], lambda b: plain)  # what the trainers' validation reads
+    assert legacy["night"]["abs_rel"] == pytest.approx(0.0) and rows[0]["abs_rel"] == pytest.approx(0.1)
+
+
+def tiny_checkpoint(path, net_size=None, **extra):
     from model import DepthNet, save_checkpoint
     torch.manual_seed(0)
-    net = DepthNet("tiny", init="none", net_size=None)
-    save_checkpoint(str(tmp_path / "ckpt.pt"), model=net.state_dict(), config=net.config_dict())
-    summary = evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--data-root", tiny_world, "--size", "56x96",
-                             "--workers", "0", "--save-vis", "2", "--out", str(tmp_path / "eval"), "--flip-pp"])
+    net = DepthNet("tiny", init="none", net_size=net_size)
+    save_checkpoint(str(path), model=net.state_dict(), config=net.config_dict(), **extra)
+    return str(path)
+
+
+def test_flip_pp_run_prints_and_writes_plain_and_flip_pp_results(tiny_world, tmp_path, capsys):
+    import json
+    import os
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt")
+    summary = evaluate.main(["--ckpt", ckpt, "--data-root", tiny_world, "--size", "56x96", "--workers", "0",
+                             "--save-vis", "1", "--out", str(tmp_path / "eval"), "--flip-pp"])
     printed = capsys.readouterr().out
-    for group in ("day-clear", "night", "day-rain", "all"):
-        assert group in printed and summary[group]["count"] == (12 if group == "all" else 4)
+    assert "plain prediction" in printed and "flip post-processing" in printed
     with open(tmp_path / "eval" / "metrics.json") as f:
         saved = json.load(f)
-    assert saved["summary"]["night"]["abs_rel"] == pytest.approx(summary["night"]["abs_rel"])
-    assert len(saved["per_image"]) == 12
+    for mode in ("plain", "flip_pp"):
+        for group in ("day-clear", "night", "day-rain", "all"):
+            assert saved["summary"][mode][group]["count"] == (12 if group == "all" else 4)
+    assert saved["summary"]["flip_pp"] == summary  # the command returns what it reports last
+    assert saved["summary"]["plain"]["all"]["abs_rel"] != pytest.approx(summary["all"]["abs_rel"], abs=1e-7)
+    assert len(saved["per_image"]) == 12 and set(saved["per_image"][0]) == {"path", "cond", "plain", "flip_pp"}
     with open(tmp_path / "eval" / "metrics.csv") as f:
-        assert f.readline().startswith("condition,count,abs_rel")
-    pngs = sorted(os.listdir(tmp_path / "eval" / "vis"))
-    assert pngs == ["day-clear_001.png", "day-clear_002.png", "day-rain_001.png", "day-rain_002.png",
-                    "night_001.png", "night_002.png"]
+        lines = f.read().splitlines()
+    assert lines[0].startswith("mode,condition,count,abs_rel") and len(lines) == 1 + 2 * 4
+    assert lines[1].startswith("plain,day-clear,4,") and lines[5].startswith("flip_pp,day-clear,4,")
+    assert sorted(os.listdir(tmp_path / "eval" / "vis")) == ["day-clear_001.png", "day-rain_001.png", "night_001.png"]
+
+
+def test_without_size_the_checkpoints_training_size_and_net_size_build_the_dataset(tiny_world, tmp_path,
+                                                                                     monkeypatch, capsys):
+    import data
+    built = {}
+
+    def spy(*args, **kwargs):  # record how the dataset is built, then stop the run
+        built.update(kwargs, split=args[2])
+        raise ValueError("built")
+    monkeypatch.setattr(data, "NuScenesDepth", spy)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", net_size=(28, 42), args={"size": (42, 70)})
+    run_expecting_error(["--ckpt", ckpt, "--data-root", tiny_world, "--out", str(tmp_path / "eval")], capsys)
+    assert built == {"size": (42, 70), "net_size": (28, 42), "split": "val"}
+    ckpt = tiny_checkpoint(tmp_path / "plain.pt")  # no training args: the dataset's default size
+    run_expecting_error(["--ckpt", ckpt, "--data-root", tiny_world, "--out", str(tmp_path / "eval")], capsys)
+    assert built["size"] == (320, 576) and built["net_size"] is None
+    run_expecting_error(["--ckpt", ckpt, "--data-root", tiny_world, "--size", "28x56", "--out", str(tmp_path)], capsys)
+    assert built["size"] == (28, 56)
 
 
 def test_precomputed_depth_maps_score_as_the_metric_core_averaged_per_image(tiny_world, tmp_path):
     import os
     import data
-    import evaluate
     rng = np.random.default_rng(0)
     dataset = data.NuScenesDepth(tiny_world, split="val", size=None)
     per_group = {}
@@ -119,26 +237,96 @@ def test_precomputed_depth_maps_score_as_the_metric_core_averaged_per_image(tiny
             assert summary[group][k] == pytest.approx(expected[k]), (group, k)
 
 
-def test_evaluate_needs_exactly_one_source(tiny_world):
-    import evaluate
-    with pytest.raises(SystemExit):
-        evaluate.main(["--data-root", tiny_world])
-
-
-def test_a_folder_of_images_with_npy_depth_is_scored_and_one_without_is_refused(tmp_path):
-    import evaluate
+def test_a_folder_of_images_with_npy_depth_is_scored_and_one_without_is_refused(tmp_path, capsys):
     from PIL import Image
-    from model import DepthNet, save_checkpoint
-    net = DepthNet("tiny", init="none", net_size=None)
-    save_checkpoint(str(tmp_path / "ckpt.pt"), model=net.state_dict(), config=net.config_dict())
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt")
     (tmp_path / "images").mkdir()
     for name in ("a", "b"):
         Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "images" / f"{name}.png")
         np.save(tmp_path / "images" / f"{name}.npy", np.full((40, 60), 12.0, np.float32))
-    summary = evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--dataset", "folder", "--data-root",
-                             str(tmp_path / "images"), "--workers", "0", "--out", str(tmp_path / "eval")])
-    assert summary["all"]["count"] == 2
+    args = ["--ckpt", ckpt, "--dataset", "folder", "--data-root", str(tmp_path / "images"), "--workers", "0"]
+    assert evaluate.main(args + ["--out", str(tmp_path / "eval")])["all"]["count"] == 2
     (tmp_path / "images" / "a.npy").unlink()
-    with pytest.raises(ValueError, match="npy"):
-        evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--dataset", "folder", "--data-root",
-                       str(tmp_path / "images"), "--workers", "0", "--out", str(tmp_path / "eval2")])
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(args + ["--out", str(tmp_path / "eval2")])
+    assert stop.value.code == 1 and "npy depth map next to each image" in capsys.readouterr().err
+
+
+def run_expecting_error(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code != 0 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("evaluate.py: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "not a checkpoint", "no data root"])
+def test_bad_checkpoints_and_data_roots_are_one_line_errors_naming_the_file(case, tiny_world, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt.pt"
+    data_root = tiny_world
+    if case == "truncated":
+        tiny_checkpoint(ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    elif case == "not a checkpoint":
+        torch.save({"weights": torch.zeros(2)}, ckpt)
+    elif case == "no data root":
+        tiny_checkpoint(ckpt)
+        data_root = str(tmp_path / "nowhere")
+    line = run_expecting_error(["--ckpt", str(ckpt), "--data-root", data_root, "--workers", "0",
+                                "--out", str(tmp_path / "eval")], capsys)
+    expected = {"missing": "does not exist", "truncated": "not a readable checkpoint",
+                "not a checkpoint": "holds no 'model'", "no data root": "data root not found"}[case]
+    assert expected in line and (str(ckpt) in line or data_root in line)
+
+
+def test_bad_flags_are_one_line_errors(tiny_world, tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt")
+    base = ["--data-root", tiny_world, "--workers", "0"]
+    line = run_expecting_error(["--ckpt", ckpt] + base + ["--out", f"{tiny_world}/eval"], capsys)
+    assert f"--out {tiny_world}/eval is inside --data-root {tiny_world}" in line
+    line = run_expecting_error(["--ckpt", ckpt] + base + ["--out", tiny_world], capsys)
+    assert "inside --data-root" in line
+    assert "--batch-size" in run_expecting_error(["--ckpt", ckpt, "--batch-size", "0"] + base, capsys)
+    assert "exactly one of" in run_expecting_error(base, capsys)
+    line = run_expecting_error(["--pred-dir", str(tmp_path), "--flip-pp", "--out", str(tmp_path / "e")] + base, capsys)
+    assert "--flip-pp needs --ckpt" in line
+
+
+def vis_inputs(pred_depth=10.0):
+    h, w = 48, 64
+    gt = np.zeros((h, w), np.float32)
+    gt[20, 30] = 10.0
+    return torch.full((3, 24, 32), 0.5), np.full((h, w), pred_depth, np.float32), gt
+
+
+def test_visualisation_has_labelled_panels_and_a_colour_bar():
+    image, pred, gt = vis_inputs()
+    png = np.array(evaluate.render_visualisation(image, pred, gt, 0.1, 80.0))
+    unlabelled = np.array(evaluate.render_visualisation(image, pred, gt, 0.1, 80.0, labels=("", "", "")))
+    header = 16
+    assert png.shape == (header + 48 + 40, 3 * 64, 3)
+    for k in range(3):  # each panel's title strip holds text
+        assert (png[:header, k * 64:(k + 1) * 64] != unlabelled[:header, k * 64:(k + 1) * 64]).any()
+    bar = png[header + 48:, 64:]
+    assert len(np.unique(bar.reshape(-1, 3), axis=0)) > 20  # a colour ramp, not a blank strip
+
+
+def test_prediction_and_ground_truth_share_one_depth_scale():
+    image, pred, gt = vis_inputs(pred_depth=10.0)
+    png = np.array(evaluate.render_visualisation(image, pred, gt, 0.1, 80.0))
+    row = 16 + 20
+    assert (png[row, 64 + 30] == png[row, 2 * 64 + 30]).all()  # 10 m is one colour in both panels
+    off = np.array(evaluate.render_visualisation(image, pred * 2, gt, 0.1, 80.0))
+    assert (off[row, 64 + 30] != off[row, 2 * 64 + 30]).any()  # a factor-2 prediction looks off
+    assert (evaluate.colorize(np.array([0.0]), 1.0, 80.0) == 0).all()
+
+
+def test_save_visualisation_writes_the_png_atomically(tmp_path):
+    from PIL import Image
+    image, pred, gt = vis_inputs()
+    evaluate.save_visualisation(str(tmp_path / "v.png"), image, pred, gt, 0.1, 80.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.png"]
+    with Image.open(tmp_path / "v.png") as im:
+        assert im.size == (3 * 64, 16 + 48 + 40)
