@@ -689,14 +689,17 @@ def val_scene_names(version):
 
 
 def condition_frames(data_root, version, cond):
-    """CAM_FRONT key frames (paths) of the training scenes whose description names `cond` ('night',
-    'rain'): GDT's real style references (SPEC §1), frames depth training never uses."""
+    """CAM_FRONT key frames (paths) of the training scenes whose description names `cond`: GDT's real
+    style references (SPEC §1), frames depth training never uses. Weather references ('rain') come
+    from day scenes only, as the prompt says 'in a rainy day'; 'night' takes every night scene."""
     index, val = load_index(data_root, version), val_scene_names(version)
+    wanted = lambda text: cond in text and (cond == 'night' or 'night' not in text)  # noqa: E731
     paths = sorted(index.sample_data[t]['filename'] for s in index.scenes
-                   if s['name'] not in val and cond in s['description'].lower() for t in index.scene_key_frames(s))
+                   if s['name'] not in val and wanted(s['description'].lower()) for t in index.scene_key_frames(s))
     if not paths:
-        raise ValueError(f"no training scene in {data_root} ({version}) is described as '{cond}': pass real "
-                         f"'{cond}' images with --style-dir {cond}=DIR, or --no-ip-adapter")
+        raise ValueError(f"no training scene in {data_root} ({version}) is described as '{cond}'"
+                         f"{'' if cond == 'night' else ' by day'}: pass real '{cond}' images with "
+                         f"--style-dir {cond}=DIR, or --no-ip-adapter")
     return paths
 
 

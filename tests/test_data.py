@@ -401,6 +401,22 @@ def test_nuscenes_errors_name_the_path_and_the_fix(nusc, tmp_path):
         data.NuScenesIndex(nusc)
 
 
+def test_style_references_are_training_key_frames_rain_from_day_scenes_only(nusc):
+    path = os.path.join(nusc, 'v1.0-trainval', 'scene.json')
+    scenes = json.load(open(path))
+    scenes[0]['description'], scenes[1]['description'] = 'Rain, parked cars', 'Night, rain, parked cars'
+    json.dump(scenes, open(path, 'w'))
+    data.load_index.cache_clear()
+    key_frames = lambda scene, idx: [f'samples/CAM_FRONT/{scene}-cam{i}.png' for i in idx]  # noqa: E731
+    assert data.condition_frames(nusc, 'v1.0-trainval', 'rain') == key_frames('scene-0001', (1, 3, 5, 7))
+    assert data.condition_frames(nusc, 'v1.0-trainval', 'night') == key_frames('scene-0002', (1, 3))
+    scenes[0]['description'] = 'Parked cars'
+    json.dump(scenes, open(path, 'w'))
+    data.load_index.cache_clear()  # night-rain training scene and day-rain val scene: no reference
+    with pytest.raises(ValueError, match=r"described as 'rain' by day.*--style-dir rain=DIR"):
+        data.condition_frames(nusc, 'v1.0-trainval', 'rain')
+
+
 def test_fixture_train_split_is_empty_because_its_frame_has_no_neighbours():
     with pytest.raises(ValueError, match='empty nuScenes train split'):
         data.list_images('nuscenes', FIXTURE, 'v1.0-mini')
