@@ -108,11 +108,11 @@ def condition_group(cond):
 
 
 @torch.no_grad()
-def predict_depths(net, images, out_size, flip_pp=False):
+def predict_depths(net, images, out_size, flip_pp=False, bf16=False):
     """{"plain": depth} (and {"flip_pp": depth} with flip_pp) of `net` on images in [0,1], (B,1,*out_size):
-    scaled disparity at network resolution (flip-blended), depth = 1 / it, then one upsampling."""
-    autocast = dict(device_type=images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda")
-    with torch.autocast(**autocast):
+    scaled disparity at network resolution (flip-blended), depth = 1 / it, then one upsampling.
+    bf16 runs the net under bf16 autocast (its head still ends in float32); md4all evaluates in float32."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
         disp = net(images, out_size="network")["scaled_disp"]
         disp_of_flipped = net(torch.flip(images, dims=[-1]), out_size="network")["scaled_disp"] if flip_pp else None
     disps = {"plain": disp.float()}
@@ -121,9 +121,9 @@ def predict_depths(net, images, out_size, flip_pp=False):
     return {mode: upsample_depth(1.0 / d.clamp(min=1e-6), out_size) for mode, d in disps.items()}
 
 
-def predict_depth(net, images, out_size, flip_pp=False):
+def predict_depth(net, images, out_size, flip_pp=False, bf16=False):
     """Depth (B,1,*out_size) of `net` on images in [0,1], flip post-processed when flip_pp."""
-    return predict_depths(net, images, out_size, flip_pp)["flip_pp" if flip_pp else "plain"]
+    return predict_depths(net, images, out_size, flip_pp, bf16)["flip_pp" if flip_pp else "plain"]
 
 
 def network_input(batch):
@@ -131,12 +131,15 @@ def network_input(batch):
     return batch["input"] if "input" in batch else batch["color"]
 
 
-def net_predictor(net, device, flip_pp=False, by_mode=False):
+def net_predictor(net, device, flip_pp=False, by_mode=False, bf16=None):
     """predict(batch) -> (B, Hgt, Wgt) depth of `net` at the ground-truth size (flip post-processed
-    when flip_pp); with by_mode=True a dict {"plain": ...} (and "flip_pp", from the same two passes)."""
+    when flip_pp); with by_mode=True a dict {"plain": ...} (and "flip_pp", from the same two passes).
+    bf16 autocast by default on GPU (validation during training); the command passes its --bf16."""
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+
     def predict(batch):
         images = network_input(batch).to(device, non_blocking=True)
-        depths = predict_depths(net, images, batch["gt"].shape[-2:], flip_pp)
+        depths = predict_depths(net, images, batch["gt"].shape[-2:], flip_pp, bf16)
         depths = {mode: d.float().cpu()[:, 0] for mode, d in depths.items()}
         return depths if by_mode else depths["flip_pp" if flip_pp else "plain"]
     return predict
@@ -356,6 +359,8 @@ def parse_args(argv):
     p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes), 50 (RobotCar)")
     p.add_argument("--median-scaling", action="store_true", help="for relative-depth models")
     p.add_argument("--flip-pp", action="store_true", help="also report flip post-processing (both tables)")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the net under bf16 autocast on GPU (faster; md4all's numbers are float32)")
     p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--workers", type=at_least(0), default=4)
     p.add_argument("--save-vis", type=at_least(0), default=0, help="PNGs per condition")
@@ -384,7 +389,7 @@ def evaluate(args):
     batch_size = 1 if args.dataset == "folder" else args.batch_size  # a folder's ground truths differ in size
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)
     if net is not None:
-        predict = net_predictor(net.to(device).eval(), device, args.flip_pp, by_mode=True)
+        predict = net_predictor(net.to(device).eval(), device, args.flip_pp, by_mode=True, bf16=args.bf16)
     else:
         def predict(batch):
             size = batch["gt"].shape[-2:]

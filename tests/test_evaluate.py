@@ -107,11 +107,12 @@ class StandInNet(torch.nn.Module):
 
     def __init__(self, scaled_disp):
         super().__init__()
-        self.scaled_disp, self.seen = scaled_disp, []
+        self.scaled_disp, self.seen, self.autocast = scaled_disp, [], []
 
     def forward(self, images, out_size="input"):
         assert out_size == "network", "the evaluation must take the net's output at network resolution"
         self.seen.append(images.clone())
+        self.autocast.append(torch.is_autocast_enabled(images.device.type))
         return {"scaled_disp": self.scaled_disp(images)}
 
 
@@ -139,6 +140,14 @@ def test_flip_post_processing_blends_scaled_disparity_before_it_becomes_depth():
     assert torch.allclose(preds["flip_pp"][0, 0], 1.0 / torch.tensor([0.15, 0.23, 0.33, 0.43, 0.55]))
     single = evaluate.net_predictor(net, torch.device("cpu"), flip_pp=True)(batch)
     assert torch.equal(single, preds["flip_pp"])
+
+
+def test_the_net_runs_in_float32_unless_bf16_is_asked_for():
+    net = StandInNet(lambda images: images[:, :1] + 0.1)
+    batch = {"input": torch.rand(1, 3, 4, 4), "gt": torch.zeros(1, 1, 4, 4)}
+    evaluate.net_predictor(net, torch.device("cpu"))(batch)
+    evaluate.net_predictor(net, torch.device("cpu"), bf16=True)(batch)
+    assert net.autocast == [False, True]
 
 
 def test_precomputed_maps_get_the_same_single_aligned_corner_upsampling(tmp_path):
