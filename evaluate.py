@@ -345,24 +345,32 @@ def inside(path, folder):
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The docstring's runbook as written, and each flag's default (when it has one worth showing)."""
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (.pt) or exported folder of a depth net")
-    p.add_argument("--pred-dir", help="evaluate precomputed .npy depth maps instead of a checkpoint")
-    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"])
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--version", default="v1.0-trainval")
+    p.add_argument("--pred-dir", help="evaluate precomputed .npy depth maps (metres) instead of a checkpoint")
+    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"],
+                   help="nuScenes val, RobotCar test, or every image of a folder with .npy depth beside it")
+    p.add_argument("--data-root", required=True, help="the dataset folder (read only: --out must lie outside it)")
+    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
     p.add_argument("--size", type=data.parse_size, default=None,
-                   help="image size HxW of the items (default: the checkpoint's training size, else nuScenes "
-                        "320x576, RobotCar 320x544, folder: image size); the net sees its own net size")
-    p.add_argument("--min-depth", type=float, default=0.1)
-    p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes), 50 (RobotCar)")
-    p.add_argument("--median-scaling", action="store_true", help="for relative-depth models")
-    p.add_argument("--flip-pp", action="store_true", help="also report flip post-processing (both tables)")
+                   help="item size HxW (default: the checkpoint's training size, else nuScenes 320x576, "
+                        "RobotCar 320x544, folder: image size); the net sees its input at its own net size")
+    p.add_argument("--min-depth", type=float, default=0.1, help="ground truth must exceed it")
+    p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes, folder), 50 (RobotCar)")
+    p.add_argument("--median-scaling", action="store_true", help="scale each prediction to the gt median "
+                   "(relative-depth models)")
+    p.add_argument("--flip-pp", action="store_true", help="report flip post-processing too (both tables)")
     p.add_argument("--bf16", action="store_true",
                    help="run the net under bf16 autocast on GPU (faster; md4all's numbers are float32)")
-    p.add_argument("--batch-size", type=at_least(1), default=8)
-    p.add_argument("--workers", type=at_least(0), default=4)
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="images per forward pass (folder: 1)")
+    p.add_argument("--workers", type=at_least(0), default=4, help="DataLoader worker processes")
     p.add_argument("--save-vis", type=at_least(0), default=0, help="PNGs per condition")
     p.add_argument("--out", default="eval", help="folder for metrics.json, metrics.csv, vis/")
     args = p.parse_args(argv)
