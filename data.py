@@ -40,11 +40,13 @@ ROBOTCAR_CROP = 768 / 960  # md4all keeps the top 768 of 960 rows (drops the car
 
 
 def parse_size(text):
-    """'HxW' (a command-line image size) -> (H, W) ints."""
+    """'HxW' (a command-line image size) -> (H, W) positive ints."""
     try:
         h, w = (int(v) for v in text.lower().split('x'))
     except ValueError:  # argparse prints an ArgumentTypeError's own message
         raise argparse.ArgumentTypeError(f"image size {text!r}: give HxW, e.g. 320x576") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: both sides must be positive, e.g. 320x576")
     return h, w
 
 
@@ -103,6 +105,19 @@ def project_to_depth_map(points, K, hw, min_depth=1.0):
     u, v = uvw[0] / uvw[2], uvw[1] / uvw[2]
     inside = (u > 1) & (u < hw[1] - 1) & (v > 1) & (v < hw[0] - 1)
     return scatter_depth(u[inside].astype(np.int64), v[inside].astype(np.int64), points[2, inside], hw)
+
+
+def read_nuscenes_points(path):
+    """(3, N) float64 x, y, z of a nuScenes LiDAR .pcd.bin (N rows of 5 float32: x y z intensity ring).
+
+    A file cut inside a point fails here; one cut at a point boundary reads as a shorter, valid scan
+    (the format has no point count), which only the dataset's published file sizes can reveal.
+    """
+    size = os.path.getsize(path)
+    if size % 20:
+        raise ValueError(f"LiDAR file {path} has {size} bytes, not a whole number of 20-byte points "
+                         "(5 float32): it is truncated; extract it again from the nuScenes download")
+    return np.fromfile(path, dtype=np.float32).reshape(-1, 5)[:, :3].T.astype(np.float64)
 
 
 class NuScenesIndex:
@@ -207,7 +222,7 @@ class NuScenesIndex:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"LiDAR file missing: {path}; download the nuScenes LIDAR_TOP "
                                     f"sample blobs into {self.dataroot}")
-        points = np.fromfile(path, dtype=np.float32).reshape(-1, 5)[:, :3].T.astype(np.float64)
+        points = read_nuscenes_points(path)
         pose = lambda sd: rigid_transform(self.ego_pose[sd['ego_pose_token']])
         calib = lambda sd: rigid_transform(self.calibrated_sensor[sd['calibrated_sensor_token']])
         # read right to left: lidar -> ego(t_lidar) -> global -> ego(t_cam) -> camera
@@ -371,6 +386,13 @@ def to_tensor(image):
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
 
 
+def png_complete(path):
+    """Whether a PNG file ends with its IEND chunk (a file cut short does not)."""
+    with open(path, 'rb') as f:
+        f.seek(max(os.path.getsize(path) - 12, 0))
+        return f.read() == b'\x00\x00\x00\x00IEND\xaeB`\x82'
+
+
 def read_gdt_rejected(folder):
     """Relative paths that gdt.py recorded as rejected in `<folder>/manifest.rank*.jsonl` (last record wins)."""
     status = {}
@@ -454,17 +476,21 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def _decode(self, path, sizes):
         """PIL RGB images of `path` top-cropped and Lanczos-resized to each (H, W) in sizes (None: no
-        resize), and the frame's full (H, W). The fast path decodes once, at reduced scale if it can."""
+        resize), and the frame's full (H, W). The fast path decodes a JPEG once per DCT scale its
+        sizes allow (a 320x576 loss image from 900x1600 at 1/2, a 518x784 input at 1/1): cheaper than
+        a Lanczos pass over the full frame, and every loss-size frame of an item comes out alike."""
         if not self.fast_decode:  # the reference: a full decode per output
             return [self._decode_full(path, size) for size in sizes], self._decode_full(path, None, True)
-        with self._open(path) as im:
-            full = (im.height, im.width)
-            if None not in sizes:  # DCT scaling only where every output is at most half, a quarter...
-                im.draft('RGB', (max(s[1] for s in sizes), math.ceil(max(s[0] for s in sizes) / self.crop)))
-            frame = self._load_rgb(im, path)
-        resized = {}
+        decoded, resized = {}, {}
         for size in dict.fromkeys(sizes):
-            resized[size] = frame if size is None or size == frame.size[::-1] else frame.resize(size[::-1], Image.LANCZOS)
+            with self._open(path) as im:  # reading a header is cheap; decoding happens once per scale
+                full = (im.height, im.width)
+                if size is not None:  # PIL picks the smallest DCT scale that still covers the size
+                    im.draft('RGB', (size[1], math.ceil(size[0] / self.crop)))
+                if im.size not in decoded:
+                    decoded[im.size] = self._load_rgb(im, path)
+                frame = decoded[im.size]
+            resized[size] = frame if size is None or frame.size == size[::-1] else frame.resize(size[::-1], Image.LANCZOS)
         return [resized[s] for s in sizes], full
 
     def _decode_full(self, path, size, full_hw=False):
@@ -479,6 +505,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
         """The decoded, top-cropped RGB frame; a truncated or corrupt file names itself."""
         try:
             frame = im.convert('RGB') if im.mode != 'RGB' else im.copy()
+            if im.format == 'PNG' and not png_complete(path):  # PIL accepts a cut after the last pixel row
+                raise OSError("no IEND chunk at the end")
         except (OSError, SyntaxError, ValueError) as e:
             raise ValueError(f"image unreadable: {path} ({e}); the file is truncated or corrupt: "
                              "replace it from the dataset download") from e
@@ -522,7 +550,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
             (image,), _ = self._decode(gdt_path, [net])
         item = dict(color=to_tensor(color), input_cond=cond)
         item['color_aug'] = self._jittered(color, draws, item['color'])
-        item['input'] = self._jittered(image, draws, None)
+        item['input'] = item['color_aug'] if image is color else self._jittered(image, draws, None)
         return item, full
 
     def _source(self, path, draws):
@@ -724,3 +752,10 @@ def list_images(dataset, data_root, version=None, split='train'):
             raise ValueError(f"no .jpg/.jpeg/.png images under {data_root}")
         return paths
     raise ValueError(f"unknown dataset {dataset!r}; use 'nuscenes', 'robotcar' or 'folder'")
+
+
+def default_workers(ranks_per_node=1):
+    """DataLoader workers for one training process: the CPUs this process may use, shared among the
+    ranks on the node, less one for the process itself, at most 16 (beyond that workers wait on disk)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return max(0, min(16, cpus // max(ranks_per_node, 1) - 1))

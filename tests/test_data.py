@@ -29,10 +29,11 @@ def hamilton(a, b):
 
 
 def rotate(q, points):
-    """Rotate (N, 3) points by q as q * (0, p) * conj(q), one point at a time."""
+    """Rotate (N, 3) points by q as q * (0, p) * conj(q), all points at once."""
     q = np.asarray(q) / np.linalg.norm(q)
     conj = q * np.array([1, -1, -1, -1])
-    return np.array([hamilton(hamilton(q, np.r_[0, p]), conj)[1:] for p in points])
+    pure = np.concatenate([np.zeros((len(points), 1)), points], axis=1).T  # (4, N) quaternions (0, p)
+    return hamilton(hamilton(q, pure), conj)[1:].T
 
 
 def hand_projection(K, hw):
@@ -50,10 +51,10 @@ def hand_projection(K, hw):
     pts = rotate(np.array(ce['rotation']) * [1, -1, -1, -1], pts - ce['translation'])  # -> ego(t_cam)
     pts = rotate(np.array(cc['rotation']) * [1, -1, -1, -1], pts - cc['translation'])  # -> camera
     depth = np.zeros(hw, np.float32)
-    for x, y, z in pts:
-        u, v = K[0][0] * x / z + K[0][2], K[1][1] * y / z + K[1][2]
-        if z > 1 and 1 < u < hw[1] - 1 and 1 < v < hw[0] - 1:
-            depth[int(v), int(u)] = z  # later points overwrite earlier ones
+    u, v = K[0][0] * pts[:, 0] / pts[:, 2] + K[0][2], K[1][1] * pts[:, 1] / pts[:, 2] + K[1][2]
+    keep = (pts[:, 2] > 1) & (1 < u) & (u < hw[1] - 1) & (1 < v) & (v < hw[0] - 1)
+    for x, y, z in zip(u[keep], v[keep], pts[keep, 2]):  # the few thousand points in view, in file order
+        depth[int(y), int(x)] = z  # later points overwrite earlier ones
     return depth
 
 
@@ -571,3 +572,105 @@ def test_image_sizes_parse_from_hxw_and_bad_ones_say_the_format():
     assert data.parse_size('320x576') == (320, 576) and data.parse_size('90X160') == (90, 160)
     with pytest.raises(argparse.ArgumentTypeError, match='HxW'):
         data.parse_size('320')
+
+
+# ---------- bad input, fast decoding, workers ----------
+
+def test_image_sizes_must_be_positive_and_argparse_says_so(capsys):
+    for text in ('0x160', '320x0', '-320x576'):
+        with pytest.raises(argparse.ArgumentTypeError, match='both sides must be positive'):
+            data.parse_size(text)
+    parser = argparse.ArgumentParser(prog='train_teacher.py')
+    parser.add_argument('--size', type=data.parse_size)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--size', '0x160'])
+    assert "train_teacher.py: error: argument --size: image size '0x160': both sides must be positive" \
+        in capsys.readouterr().err
+
+
+def test_truncated_lidar_files_name_the_file_and_a_cut_at_a_point_boundary_cannot_be_seen(nusc, robotcar):
+    path = os.path.join(nusc, 'samples/LIDAR_TOP/scene-0001-cam3.pcd.bin')
+    with open(path, 'r+b') as f:
+        f.truncate(30)  # one point and a half
+    with pytest.raises(ValueError, match=r'scene-0001-cam3\.pcd\.bin has 30 bytes.*truncated'):
+        data.lidar_depth_map(nusc, 'v1.0-trainval', 'scene-0001-cam3')
+    with open(path, 'r+b') as f:
+        f.truncate(20)  # exactly the first point: a valid, shorter scan
+    assert data.read_nuscenes_points(path).shape == (3, 1)
+    gt = os.path.join(robotcar, NIGHT, data.ROBOTCAR_GT_DIR, '1000.pcd.bin')
+    with open(gt, 'r+b') as f:
+        f.truncate(4 * 17)  # 17 floats are not 3 rows of N
+    with pytest.raises(ValueError, match=r'1000\.pcd\.bin holds 17 float32 values.*precompute_depth_gt'):
+        data.RobotCarDepth(robotcar, split='test')[1]
+
+
+def test_truncated_or_corrupt_images_name_the_file(tmp_path):
+    image = Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8))
+    (tmp_path / 'set').mkdir()
+    for name, cut in (('a.jpg', 100), ('b.png', 20)):  # the PNG loses its IEND chunk only
+        image.save(tmp_path / name)
+        raw = (tmp_path / name).read_bytes()
+        (tmp_path / 'set' / name).write_bytes(raw[:-cut])
+    (tmp_path / 'set' / 'c.png').write_bytes(b'not an image')
+    ds = data.FolderDepth(str(tmp_path / 'set'), size=(24, 40))
+    for i, name in enumerate(('a.jpg', 'b.png', 'c.png')):
+        for fast in (True, False):
+            ds.fast_decode = fast
+            with pytest.raises(ValueError, match=rf"image unreadable: .*set/{name} .*replace"):
+                ds[i]
+
+
+def test_fast_decode_decodes_each_frame_once_and_equals_the_reference_on_pngs(nusc, monkeypatch):
+    kwargs = dict(size=(24, 40), net_size=(42, 70), frames=(-1, 0, 1), with_lidar=True, color_jitter=True,
+                  flip=True, seed=1)
+    fast, reference = data.NuScenesDepth(nusc, **kwargs), data.NuScenesDepth(nusc, fast_decode=False, **kwargs)
+    decoded = []
+    load_rgb = data.AugmentedDataset._load_rgb
+    monkeypatch.setattr(data.AugmentedDataset, '_load_rgb', lambda self, im, path: decoded.append(path)
+                        or load_rgb(self, im, path))
+    for i in range(2):
+        decoded.clear()
+        a = fast[i]
+        assert len(decoded) == len(set(decoded)) == 3  # target (loss and network size), prev, next
+        b = reference[i]
+        assert len(decoded) == 3 + 4
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+
+
+def test_fast_decode_of_a_real_jpeg_stays_within_the_documented_tolerance():
+    folder = os.path.join(FIXTURE, 'samples', 'CAM_FRONT')
+    fast = data.FolderDepth(folder, size=(320, 576), net_size=(518, 784))[0]
+    reference = data.FolderDepth(folder, size=(320, 576), net_size=(518, 784), fast_decode=False)[0]
+    difference = (fast['color'] - reference['color']).abs()
+    # the 1600x900 frame is DCT-decoded at 800x450 (half) before the Lanczos resize to 576x320
+    assert 0 < difference.max() <= 12 / 255 + 1e-6 and difference.mean() < 0.002
+    assert torch.equal(fast['input'], reference['input'])  # 518x784 is more than half: a full decode
+    assert torch.equal(fast['color'], fast['color_aug'])  # no jitter: the same frame
+    with Image.open(os.path.join(folder, os.listdir(folder)[0])) as im:
+        im.draft('RGB', (576, 320))
+        assert im.size == (800, 450)
+        assert torch.equal(fast['color'], data.to_tensor(im.convert('RGB').resize((576, 320), Image.LANCZOS)))
+
+
+def test_default_workers_share_the_usable_cpus_among_ranks(monkeypatch):
+    monkeypatch.setattr(data.os, 'sched_getaffinity', lambda pid: set(range(12)), raising=False)
+    assert data.default_workers() == 11 and data.default_workers(ranks_per_node=4) == 2
+    monkeypatch.setattr(data.os, 'sched_getaffinity', lambda pid: set(range(64)), raising=False)
+    assert data.default_workers() == 16
+    monkeypatch.setattr(data.os, 'sched_getaffinity', lambda pid: {0}, raising=False)
+    assert data.default_workers() == 0
+
+
+def test_epoch_sampler_lets_persistent_workers_draw_each_epochs_augmentation(nusc):
+    ds = data.NuScenesDepth(nusc, size=(24, 40), color_jitter=True, flip=True, seed=2)
+    sampler = data.EpochSampler(torch.utils.data.SequentialSampler(ds))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=1,
+                                         persistent_workers=True)
+    batches = []
+    for epoch in (0, 3):
+        sampler.set_epoch(epoch)
+        batches.append(next(iter(loader))['input'])
+    for epoch, batch in zip((0, 3), batches):
+        ds.set_epoch(epoch)
+        assert torch.equal(batch, torch.stack([ds[0]['input'], ds[1]['input']]))
+    assert not torch.equal(batches[0], batches[1])
