@@ -336,8 +336,8 @@ def read_robotcar_split(data_root, split, sequences=None):
         if split == 'train' and not cond.startswith('day'):
             continue  # md4all trains on day-clear only
         path = os.path.join(data_root, 'splits', sequence + ROBOTCAR_SPLIT_FILES[split])
-        lines = [line.split() for line in read_text(path, "copy md4all's RobotCar split files (its README, "
-                                                 f"RobotCar step 2) into {os.path.join(data_root, 'splits')}").splitlines()]
+        fix = f"copy md4all's RobotCar split files (its README, step 2) into {os.path.join(data_root, 'splits')}"
+        lines = [line.split() for line in read_text(path, fix).splitlines()]
         for n, stamps in enumerate(lines, 1):
             if split == 'test' and len(stamps) in (1, 2):
                 prev, target, nxt = None, stamps[0], None
@@ -478,28 +478,22 @@ class AugmentedDataset(torch.utils.data.Dataset):
         """PIL RGB images of `path` top-cropped and Lanczos-resized to each (H, W) in sizes (None: no
         resize), and the frame's full (H, W). The fast path decodes a JPEG once per DCT scale its
         sizes allow (a 320x576 loss image from 900x1600 at 1/2, a 518x784 input at 1/1): cheaper than
-        a Lanczos pass over the full frame, and every loss-size frame of an item comes out alike."""
-        if not self.fast_decode:  # the reference: a full decode per output
-            return [self._decode_full(path, size) for size in sizes], self._decode_full(path, None, True)
-        decoded, resized = {}, {}
-        for size in dict.fromkeys(sizes):
-            with self._open(path) as im:  # reading a header is cheap; decoding happens once per scale
+        a Lanczos pass over the full frame, and every loss-size frame of an item comes out alike.
+        The reference path (fast_decode=False) decodes the full frame for every output."""
+        frames, resized = {}, {}
+        for size in sizes:
+            if self.fast_decode and size in resized:
+                continue
+            with self._open(path) as im:  # reading the header is cheap: the pixels decode in _load_rgb
                 full = (im.height, im.width)
-                if size is not None:  # PIL picks the smallest DCT scale that still covers the size
+                if self.fast_decode and size is not None:  # PIL takes the smallest scale covering size
                     im.draft('RGB', (size[1], math.ceil(size[0] / self.crop)))
-                if im.size not in decoded:
-                    decoded[im.size] = self._load_rgb(im, path)
-                frame = decoded[im.size]
-            resized[size] = frame if size is None or frame.size == size[::-1] else frame.resize(size[::-1], Image.LANCZOS)
+                if not self.fast_decode or im.size not in frames:
+                    frames[im.size] = self._load_rgb(im, path)
+                frame = frames[im.size]
+            keep = size is None or frame.size == size[::-1]
+            resized[size] = frame if keep else frame.resize(size[::-1], Image.LANCZOS)
         return [resized[s] for s in sizes], full
-
-    def _decode_full(self, path, size, full_hw=False):
-        """One output the reference way: full decode, RGB, crop, Lanczos (or the full (H, W))."""
-        with self._open(path) as im:
-            if full_hw:
-                return im.height, im.width
-            frame = self._load_rgb(im, path)
-        return frame if size is None else frame.resize(size[::-1], Image.LANCZOS)
 
     def _load_rgb(self, im, path):
         """The decoded, top-cropped RGB frame; a truncated or corrupt file names itself."""
@@ -578,13 +572,15 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
 class EpochSampler(torch.utils.data.Sampler):
     """(epoch, index) pairs of a sampler's indices: items draw their epoch's augmentation even in
-    persistent workers, which keep the dataset copy they started with. Call set_epoch per epoch."""
+    persistent workers, which keep the dataset copy they started with. The DataLoader iterates this
+    sampler in the main process, so before each epoch's iter(loader) call set_epoch(epoch), and pass
+    `sampler` there to swap the index order (a resume that skips the finished part of an epoch)."""
 
     def __init__(self, sampler):
         self.sampler, self.epoch = sampler, 0
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, sampler=None):
+        self.epoch, self.sampler = epoch, sampler or self.sampler
         if hasattr(self.sampler, 'set_epoch'):
             self.sampler.set_epoch(epoch)
 

@@ -670,7 +670,9 @@ def test_epoch_sampler_lets_persistent_workers_draw_each_epochs_augmentation(nus
     for epoch in (0, 3):
         sampler.set_epoch(epoch)
         batches.append(next(iter(loader))['input'])
-    for epoch, batch in zip((0, 3), batches):
+    sampler.set_epoch(4, [1])  # a resume that skips item 0 of epoch 4
+    batches.append(next(iter(loader))['input'])
+    for epoch, batch, index in ((0, batches[0], [0, 1]), (3, batches[1], [0, 1]), (4, batches[2], [1])):
         ds.set_epoch(epoch)
-        assert torch.equal(batch, torch.stack([ds[0]['input'], ds[1]['input']]))
+        assert torch.equal(batch, torch.stack([ds[i]['input'] for i in index]))
     assert not torch.equal(batches[0], batches[1])
