@@ -432,6 +432,9 @@ class AugmentedDataset(torch.utils.data.Dataset):
         self.gdt_root, self.gdt_conds, self.p_day = gdt_root, tuple(gdt_conds), p_day
         self.seed, self.epoch, self.fast_decode = seed, 0, fast_decode
         self.gdt_rejected, self.gdt_fallbacks = {}, {}
+        if self.gdt_conds and not gdt_root:
+            raise ValueError(f"GDT conditions {self.gdt_conds} given without a GDT folder: pass gdt_root "
+                             "(--gdt-root), or no conditions to train on day images only")
         missing = [c for c in self.gdt_conds if not os.path.isdir(os.path.join(gdt_root or '', c))]
         if gdt_root and (missing or not self.gdt_conds):
             raise FileNotFoundError(f"GDT folders missing under {gdt_root}: {missing or 'no gdt_conds given'}; "

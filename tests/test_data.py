@@ -257,18 +257,19 @@ def test_val_item_has_full_resolution_gt(nusc):
 
 
 def test_flip_mirrors_images_maps_and_principal_point_together(nusc):
-    plain = data.NuScenesDepth(nusc, size=(24, 40), with_lidar=True)
-    flipping = data.NuScenesDepth(nusc, size=(24, 40), with_lidar=True, flip=True)
+    kwargs = dict(size=(24, 40), net_size=(42, 70), frames=(-1, 0, 1), with_lidar=True, color_jitter=True)
+    plain, flipping = data.NuScenesDepth(nusc, **kwargs), data.NuScenesDepth(nusc, flip=True, **kwargs)
+    images = ('color', 'color_aug', 'input', 'prev', 'prev_aug', 'next', 'next_aug', 'lidar')
     flipped = []
     for epoch in range(8):
         flipping.set_epoch(epoch)
+        plain.set_epoch(epoch)  # the same jitter factors
         item, ref = flipping[0], plain[0]
         if torch.equal(item['color'], ref['color']):
-            assert torch.equal(item['K'], ref['K'])
+            assert torch.equal(item['K'], ref['K']) and all(torch.equal(item[k], ref[k]) for k in images)
             continue
         flipped.append(epoch)
-        assert torch.equal(item['color'], ref['color'].flip(-1))
-        assert torch.equal(item['lidar'], ref['lidar'].flip(-1))
+        assert all(torch.equal(item[k], ref[k].flip(-1)) for k in images)
         assert item['K'][0, 2].item() == pytest.approx(40 - ref['K'][0, 2].item())
     assert 0 < len(flipped) < 8
 
@@ -363,6 +364,8 @@ def test_missing_gdt_translations_fail_at_construction_with_count_paths_and_comm
         data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',))
     with pytest.raises(FileNotFoundError, match='rain'):
         data.NuScenesDepth(nusc, gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night', 'rain'))
+    with pytest.raises(ValueError, match=r"\('night',\) given without a GDT folder"):
+        data.NuScenesDepth(nusc, gdt_conds=('night',))
 
 
 def test_rejected_gdt_translations_fall_back_to_the_day_frame_and_are_counted(nusc, tmp_path):
