@@ -285,7 +285,10 @@ def load_prediction(pred_dir, rel_path, size):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--pred-dir: no prediction {path} for image {rel_path}; write one .npy depth "
                                 f"map (metres) per image, at the image's relative path")
-    pred = np.load(path)
+    try:
+        pred = np.load(path)
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f"--pred-dir: cannot read {path} as a .npy array ({e}); write it with numpy.save") from e
     if pred.ndim != 2:
         raise ValueError(f"--pred-dir: {path} has shape {pred.shape}; write an (H, W) depth map in metres")
     return upsample_depth(torch.from_numpy(pred.astype(np.float32))[None, None], size)[0, 0]
@@ -409,7 +412,7 @@ def evaluate(args):
         group = condition_group(row["cond"])
         if vis_done.get(group, 0) < args.save_vis:
             vis_done[group] = vis_done.get(group, 0) + 1
-            pred = pred["flip_pp"] if isinstance(pred, dict) else pred
+            pred = pred.get("flip_pp", pred["plain"])  # the reported prediction
             image = batch["color"][i] if "color" in batch else network_input(batch)[i]
             save_visualisation(os.path.join(args.out, "vis", f"{group}_{vis_done[group]:03d}.png"),
                                image, pred.numpy(), batch["gt"][i, 0].numpy(), args.min_depth, args.max_depth)
@@ -439,8 +442,8 @@ def main(argv=None):
     try:
         summaries, rows = evaluate(args)
         write_results(args, summaries, rows)
-    except (OSError, ValueError, KeyError) as e:  # expected: missing or bad files, flags, data
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    except (OSError, ValueError) as e:  # expected: missing or unreadable files, bad data (bugs keep a traceback)
+        message = str(e)
         if "Original Traceback" in message:  # raised in a DataLoader worker: keep its own last line
             message = message.strip().splitlines()[-1].removeprefix(f"{type(e).__name__}: ")
         parser.exit(1, f"{parser.prog}: error: {message}\n")

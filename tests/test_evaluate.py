@@ -158,6 +158,9 @@ def test_precomputed_maps_get_the_same_single_aligned_corner_upsampling(tmp_path
     np.save(tmp_path / "cam" / "b.npy", np.ones((1, 2, 2), np.float32))
     with pytest.raises(ValueError, match=r"b\.npy.*\(H, W\)"):
         evaluate.load_prediction(str(tmp_path), "cam/b.jpg", (3, 3))
+    (tmp_path / "cam" / "c.npy").write_bytes(b"not an array")
+    with pytest.raises(ValueError, match=r"cannot read .*c\.npy"):
+        evaluate.load_prediction(str(tmp_path), "cam/c.jpg", (3, 3))
 
 
 def test_score_loader_scores_each_mode_and_groups_night_rain_as_night():
@@ -239,7 +242,8 @@ def test_precomputed_depth_maps_score_as_the_metric_core_averaged_per_image(tiny
         per_group.setdefault(evaluate.condition_group(item["cond"]), []).append(m)
         per_group.setdefault("all", []).append(m)
     summary = evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", tiny_world, "--size", "56x96",
-                             "--workers", "0", "--out", str(tmp_path / "eval")])
+                             "--workers", "0", "--out", str(tmp_path / "eval"), "--save-vis", "1"])
+    assert len(os.listdir(tmp_path / "eval" / "vis")) == 3
     for group, metrics in per_group.items():
         expected = average_metrics(metrics)
         for k in ("abs_rel", "rmse", "a1", "count"):
