@@ -1,4 +1,4 @@
-"""Tiny random stand-ins for every model GDT loads (SPEC §1), written in the hub repositories' own
+"""Tiny random stand-ins for every model GDT loads (docs/method.md §1), written in the hub repositories' own
 layouts so `gdt.py --tiny` loads them back through the same code as the real ids.
 
 Shapes follow OFFLINE-NOTES.md: they run in well under a second at 64-128 px with 2 steps on CPU.
@@ -47,8 +47,8 @@ def ip_adapter_state_dict(unet, image_embed_dim, tokens=4):
 
 
 def save_tiny_sd(root):
-    """Tiny SD 1.5 (UNet, VAE, CLIP text encoder + tokenizer, UniPC), ControlNet and IP-Adapter
-    (CLIP vision encoder + weights), saved as `root/{sd,controlnet,ip_adapter}` hub-style folders."""
+    """Tiny SD 1.5 (UNet, VAE, CLIP text encoder + tokenizer, UniPC), ControlNet, IP-Adapter (CLIP
+    vision encoder + weights) and LCM-LoRA, saved as `root/{sd,controlnet,ip_adapter,lcm_lora}` hub-style folders."""
     from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel,
                            UniPCMultistepScheduler)
     from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
@@ -76,6 +76,26 @@ def save_tiny_sd(root):
     vision.save_pretrained(os.path.join(root, "ip_adapter", "models", "image_encoder"))
     torch.save(ip_adapter_state_dict(unet, vision.config.projection_dim),
                os.path.join(root, "ip_adapter", "models", "ip-adapter_sd15.bin"))
+    save_tiny_lcm_lora(os.path.join(root, "lcm_lora"), unet)
+
+
+def save_tiny_lcm_lora(folder, unet):
+    """A random LoRA for the tiny UNet, on the layers the LCM-LoRA for SD 1.5 adapts (attention,
+    feed-forward, resnet convolutions, time embedding projections), saved as diffusers saves one
+    (`pytorch_lora_weights.safetensors`, peft keys): `load_lora_weights(folder)` reads it as it
+    reads `latent-consistency/lcm-lora-sdv1-5`. Its B matrices are random, not zero, so it changes the UNet."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+               "conv2", "conv_shortcut", "time_emb_proj"]
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights="gaussian"))
+    layers = get_peft_model_state_dict(unet)
+    for name, weight in layers.items():
+        if "lora_B" in name:
+            weight.normal_(std=0.05)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers)
+    unet.delete_adapters("default")
 
 
 def save_tiny_depth(folder):
@@ -107,12 +127,17 @@ def save_tiny_blip(folder):
 
 def save_tiny_models(root=None):
     """Write every tiny model under `root` once (seeded, so the same files every time) and return
-    the local paths to use in place of the hub ids. No root: a temp folder removed at exit."""
+    the local paths to use in place of the hub ids. No root: a temp folder `gdt-tiny-<pid>-*`,
+    removed at exit (gdt.py removes those of killed processes). A folder written by an older
+    version (a model missing) is written again."""
     if root is None:
-        root = tempfile.mkdtemp(prefix="gdt-tiny-")
+        root = tempfile.mkdtemp(prefix=f"gdt-tiny-{os.getpid()}-")
         atexit.register(shutil.rmtree, root, True)
     root = os.path.abspath(root)
-    if not os.path.exists(os.path.join(root, "complete")):
+    paths = {"sd_model": os.path.join(root, "sd"), "controlnet": os.path.join(root, "controlnet"),
+             "ip_adapter": os.path.join(root, "ip_adapter"), "depth_model": os.path.join(root, "depth"),
+             "caption_model": os.path.join(root, "blip"), "lcm_lora": os.path.join(root, "lcm_lora")}
+    if not os.path.exists(os.path.join(root, "complete")) or not all(map(os.path.exists, paths.values())):
         # written beside root and renamed into place: torchrun ranks sharing one --tiny DIR never
         # load half-written files; the first rank to finish wins, the others drop their copy
         tmp = f"{root}.tmp{os.getpid()}"
@@ -122,10 +147,11 @@ def save_tiny_models(root=None):
             save_tiny_depth(os.path.join(tmp, "depth"))
             save_tiny_blip(os.path.join(tmp, "blip"))
         open(os.path.join(tmp, "complete"), "w").close()
+        if os.path.exists(root) and not all(map(os.path.exists, paths.values())):  # an older version's folder
+            os.replace(root, f"{tmp}.old")
+            shutil.rmtree(f"{tmp}.old")
         try:
             os.replace(tmp, root)
         except OSError:
             shutil.rmtree(tmp)
-    return {"sd_model": os.path.join(root, "sd"), "controlnet": os.path.join(root, "controlnet"),
-            "ip_adapter": os.path.join(root, "ip_adapter"), "depth_model": os.path.join(root, "depth"),
-            "caption_model": os.path.join(root, "blip")}
+    return paths

@@ -1,13 +1,18 @@
-"""GDT (gdt.py, SPEC §1) on random tiny models: 64x64 generation, 2 steps, 3 source images."""
+"""GDT (gdt.py, docs/method.md §1) on random tiny models: 64x64 generation, 2 steps, 3 source images."""
 import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
+import tempfile
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 import gdt
 import tiny_models
@@ -59,9 +64,43 @@ def translator(world):
     return gdt.build_translator(gdt.parse_args(cli(world, world / "unused")))
 
 
-def test_seed_is_a_stable_hash_of_key_and_condition():
+@pytest.fixture(scope="module")
+def lcm_translator(world):
+    return gdt.build_translator(gdt.parse_args(cli(world, world / "unused", "--sampler", "lcm")))
+
+
+def redraw_cli(world, first_run, out, *extra):
+    """Night only, re-drawn while under the median first-draw delta1 of the plain run: some frames
+    pass at once, the others are drawn again."""
+    first = gdt.read_manifests(first_run / "night")
+    threshold = float(np.median([r["agreement"]["delta1"] for r in first.values()]))
+    return cli(world, out, "--cond", "night", "--min-agreement", str(threshold), "--keep-rejected", *extra)
+
+
+@pytest.fixture(scope="module")
+def redraw_run(world, first_run):
+    gdt.main(redraw_cli(world, first_run, world / "redraw", "--batch-size", "3"))
+    return world / "redraw"
+
+
+def luminance_depth(image):
+    """A stand-in depth model: inverse depth = brightness."""
+    return np.asarray(gdt.as_rgb8(image).convert("L"), dtype=np.float64)
+
+
+def street_scene(h=48, w=80):
+    """Near = bright: a road nearing towards the bottom, a box in front of the road behind it."""
+    inv = 20 + 200 * np.mgrid[:h, :w][0] / (h - 1)
+    inv[8:24, 50:70] = 240
+    return Image.fromarray(inv.astype(np.uint8)).convert("RGB")
+
+
+def test_seed_is_a_stable_hash_of_key_condition_and_attempt():
     expected = int.from_bytes(hashlib.sha256(b"night/samples/CAM_FRONT/x.jpg").digest()[:8], "big") >> 1
     assert gdt.sample_seed("samples/CAM_FRONT/x.jpg", "night") == expected
+    assert gdt.sample_seed("samples/CAM_FRONT/x.jpg", "night", attempt=0) == expected
+    second = int.from_bytes(hashlib.sha256(b"night/samples/CAM_FRONT/x.jpg/1").digest()[:8], "big") >> 1
+    assert gdt.sample_seed("samples/CAM_FRONT/x.jpg", "night", attempt=1) == second != expected
     assert gdt.sample_seed("samples/CAM_FRONT/x.jpg", "rain") != expected
     assert gdt.sample_seed("samples/CAM_FRONT/y.jpg", "night") != expected
     assert 0 <= expected < 2 ** 63
@@ -161,7 +200,10 @@ def test_manifest_has_one_valid_record_per_output(world, first_run):
         records = [json.loads(line) for line in (first_run / cond / "manifest.rank0.jsonl").read_text().splitlines()]
         assert sorted(r["key"] for r in records) == sorted(SOURCES)
         for r in records:
-            assert r["output"] == str(first_run / cond / r["key"]) and os.path.exists(r["source"])
+            assert r["output"] == r["key"] and r["source"] == str(world / "data" / r["key"])
+            assert r["status"] == "ok" and set(r["agreement"]) == {"abs_rel", "delta1"}
+            assert r["attempts"] == [dict(attempt=0, seed=r["seed"], agreement=r["agreement"])]
+            assert "lcm_lora" not in r["models"] and r["models"]["depth_model"] == str(world / "tiny" / "depth")
             assert r["prompt"] == f"{phrase}, {r['caption']}".rstrip(", ") and r["cond"] == cond
             assert r["seed"] == gdt.sample_seed(r["key"], cond)
             assert os.path.dirname(r["style"]) == str(world / "styles" / cond)
@@ -188,17 +230,28 @@ def test_deleting_one_output_regenerates_exactly_that_one_byte_identical(world, 
     assert [json.loads(line)["key"] for line in new] == ["sub/c.jpg"]
 
 
-def test_two_ranks_with_batch_size_1_write_the_union_once_and_the_same_images(world, first_run, tmp_path, monkeypatch):
+def test_redraws_are_the_same_with_batch_size_1_on_two_ranks(world, first_run, redraw_run, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in ("0", "1"):
         monkeypatch.setenv("RANK", rank)
-        gdt.main(cli(world, out, "--batch-size", "1", "--cond", "night"))
+        gdt.main(redraw_cli(world, first_run, out, "--batch-size", "1"))
     keys = [[json.loads(line)["key"] for line in (out / "night" / f"manifest.rank{r}.jsonl").read_text().splitlines()]
             for r in (0, 1)]
     assert keys[0] and keys[1] and not set(keys[0]) & set(keys[1])
-    assert sorted(keys[0] + keys[1]) == sorted(SOURCES)
-    assert outputs(out) == {k: v for k, v in outputs(first_run).items() if k.startswith("night/")}
+    records = gdt.read_manifests(out / "night")
+    assert records == gdt.read_manifests(redraw_run / "night") and sorted(records) == sorted(SOURCES)
+    assert outputs(out) == outputs(redraw_run)
+    first = gdt.read_manifests(first_run / "night")
+    assert any(len(r["attempts"]) > 1 for r in records.values()), "no frame was drawn again"
+    for key, r in records.items():
+        assert [a["seed"] for a in r["attempts"]] == [gdt.sample_seed(key, "night", n) for n in range(len(r["attempts"]))]
+        assert r["attempts"][0]["agreement"] == first[key]["agreement"]  # the first draw is the plain run's
+        passed = r["agreement"]["delta1"] >= r["settings"]["min_agreement"]
+        assert r["status"] == ("ok" if passed else "rejected") and (passed or len(r["attempts"]) == 3)
+        assert (out / "night" / key).exists() == passed and (out / "night" / "rejected" / key).exists() != passed
+        if passed and r["attempt"] == 0:
+            assert (out / "night" / key).read_bytes() == (first_run / "night" / key).read_bytes()
 
 
 def test_each_sample_reaches_the_unet_with_its_own_style_embedding(world, translator, monkeypatch):
@@ -238,6 +291,9 @@ def test_classic_backend_translates_without_any_model(world, tmp_path):
     gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "fog"])
     for key, ((h, w), mode) in SOURCES.items():
         assert Image.open(tmp_path / "fog" / key).size == (w, h)
+    for r in gdt.read_manifests(tmp_path / "fog").values():  # no model ids it never used, nothing to audit
+        assert r["models"] == {} and r["settings"] == {"backend": "classic"} and r["status"] == "ok"
+        assert "caption" not in r and "agreement" not in r
 
 
 def test_unknown_condition_is_refused(world, tmp_path, capsys):
@@ -292,3 +348,177 @@ def test_style_references_can_come_from_the_datasets_own_night_and_rain_training
     with pytest.raises(ValueError, match="snow"):
         gdt.style_folders(gdt.parse_args(["--dataset", "nuscenes", "--data-root", tiny_world, "--out", "unused",
                                           "--cond", "snow", "--style-dir", "data"]))
+
+
+def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_near_and_far():
+    control = np.zeros((1, 2, 3), np.float32)
+    control[0, 1] = 1  # the farthest pixel (depth 80) and the nearest (depth 1)
+    perfect, _ = gdt.geometry_agreement(lambda _: np.array([[2.0, 7.0]]), None, control)  # any scale and shift
+    assert perfect["abs_rel"] == pytest.approx(0, abs=1e-12) and perfect["delta1"] == 1
+    # a flat prediction is fitted by the mean, control 0.5, depth 1 / (1/80 + 0.5 * 79/80) = 160/81:
+    # abs_rel = ((80 - 160/81) / 80 + (160/81 - 1) / 1) / 2 = 79/81, both pixels off by over 1.25
+    flat, aligned = gdt.geometry_agreement(lambda _: np.array([[3.0, 3.0]]), None, control)
+    assert flat == pytest.approx(dict(abs_rel=79 / 81, delta1=0.0)) and aligned.tolist() == [[0.5, 0.5]]
+    swapped, _ = gdt.geometry_agreement(lambda _: np.array([[7.0, 2.0]]), None, control)  # scale -1 would fit
+    assert swapped == pytest.approx(flat)
+
+
+def test_translation_that_is_the_day_image_itself_has_perfect_agreement(world, translator):
+    day = Image.open(world / "data" / "a.png")
+    control = gdt.control_depth(translator.depth, gdt.as_rgb8(day))
+    metrics, _ = gdt.geometry_agreement(translator.depth, day, control)
+    assert metrics["abs_rel"] < 1e-9 and metrics["delta1"] == 1.0
+
+
+def test_upside_down_translation_fails_the_threshold_and_is_rejected_not_written(world, tmp_path, monkeypatch, capsys):
+    (tmp_path / "data").mkdir()
+    for key in ("same.png", "flipped.png"):
+        street_scene().save(tmp_path / "data" / key)
+
+    def fake_translate(translator, images, keys, cond, captions=None, controls=None, attempt=0):
+        outs = [im if k == "same.png" else im.transpose(Image.FLIP_TOP_BOTTOM) for im, k in zip(images, keys)]
+        return outs, [dict(cond=cond, attempt=attempt, key=k, seed=gdt.sample_seed(k, cond, attempt),
+                           **gdt.run_record(translator.args)) for k in keys]
+    monkeypatch.setattr(gdt, "load_depth_model", lambda *args: luminance_depth)
+    monkeypatch.setattr(gdt, "translate_batch", fake_translate)
+    out = tmp_path / "out" / "night"
+    run = ["--tiny", str(world / "tiny"), "--captioner", "none", "--no-ip-adapter", "--cond", "night",
+           "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--min-agreement", "0.9"]
+    gdt.main(run + ["--max-tries", "2"])
+    records = gdt.read_manifests(out)
+    assert records["same.png"]["status"] == "ok" and records["same.png"]["agreement"]["delta1"] == 1
+    flipped = records["flipped.png"]
+    assert flipped["status"] == "rejected" and flipped["agreement"]["delta1"] < 0.5
+    assert [a["seed"] for a in flipped["attempts"]] == [gdt.sample_seed("flipped.png", "night", n) for n in (0, 1)]
+    assert (out / "same.png").exists() and not (out / "flipped.png").exists() and not (out / "rejected").exists()
+    capsys.readouterr()
+    gdt.main(run + ["--max-tries", "2"])  # rejected under the same threshold: done
+    assert "0 images to translate" in capsys.readouterr().out
+    gdt.main(run + ["--max-tries", "3", "--keep-rejected"])  # a new threshold: drawn again
+    assert "1 images to translate" in capsys.readouterr().out
+    assert len(gdt.read_manifests(out)["flipped.png"]["attempts"]) == 3 and (out / "rejected" / "flipped.png").exists()
+
+
+def test_report_summarises_counts_rejections_percentiles_and_the_worst_frames(world, redraw_run, tmp_path):
+    summary = gdt.main(["--report", str(tmp_path), "--gdt-root", str(redraw_run), "--tiny", str(world / "tiny")])
+    assert summary == json.loads((tmp_path / "report.json").read_text())
+    records = gdt.read_manifests(redraw_run / "night")
+    night, delta1 = summary["night"], [r["agreement"]["delta1"] for r in records.values()]
+    rejected = sum(r["status"] == "rejected" for r in records.values())
+    assert (night["count"], night["rejected"], night["audited"]) == (3, rejected, 3)
+    assert night["rejection_rate"] == rejected / 3
+    assert night["delta1"]["p50"] == pytest.approx(np.median(delta1)) and night["delta1"]["min"] == min(delta1)
+    assert Image.open(tmp_path / "night_agreement.png").size == (480, 260)
+    worst = night["worst"]  # all 3 have an image: kept rejected or ok
+    assert [w["output"] for w in worst] == sorted(records, key=lambda k: records[k]["agreement"]["delta1"])
+    for w in worst:  # the sheet's depth maps are the audit's own
+        assert w["delta1"] == pytest.approx(records[w["output"]]["agreement"]["delta1"], abs=1e-9)
+    assert Image.open(tmp_path / "night_worst.png").height == 16 + 3 * (96 + 16)
+
+
+def test_report_needs_a_gdt_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gdt.parse_args(["--report", str(tmp_path)])
+    assert "--gdt-root" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no manifest"):
+        gdt.main(["--report", str(tmp_path / "r"), "--gdt-root", str(tmp_path)])
+
+
+def call_counts(pipe, monkeypatch):
+    """Batch size of every UNet call of `pipe`."""
+    calls, forward = [], pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
+    return calls
+
+
+def test_lcm_sampler_runs_on_tiny_models_with_its_lora_folded_into_the_unet(world, translator, lcm_translator,
+                                                                            monkeypatch):
+    from diffusers import LCMScheduler
+    pipe, plain = lcm_translator.pipe, translator.pipe
+    assert isinstance(pipe.scheduler, LCMScheduler) and lcm_translator.args.guidance == 1
+    to_q = lambda p: p.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight  # noqa: E731
+    assert type(to_q(pipe)) is type(to_q(plain)) and not torch.equal(to_q(pipe), to_q(plain))  # LoRA in the weights
+    assert torch.equal(pipe.unet.conv_in.weight, plain.unet.conv_in.weight)  # a layer the LoRA leaves alone
+    images = [Image.open(world / "data" / k) for k in sorted(SOURCES)[:2]]
+    lcm_calls, plain_calls = call_counts(pipe, monkeypatch), call_counts(plain, monkeypatch)
+    outs, records = gdt.translate_batch(lcm_translator, images, sorted(SOURCES)[:2], "night")
+    gdt.translate_batch(translator, images[:1], sorted(SOURCES)[:1], "night")
+    assert [o.size for o in outs] == [im.size for im in images] and records[0]["models"]["lcm_lora"]
+    # one row per image (guidance 1: no negative pass), as many calls as the count says
+    assert lcm_calls == [1] * 2 * gdt.denoiser_calls_per_image(lcm_translator.args) == [1] * 4
+    assert plain_calls == [2] * (gdt.denoiser_calls_per_image(translator.args) // 2) == [2, 2]
+
+
+def test_lcm_flops_per_image_are_at_most_an_eighth_of_the_default_at_the_same_size(translator, lcm_translator):
+    def call_flops(pipe, h=64, w=112):  # one UNet + ControlNet call at batch 1
+        latents, text = torch.zeros(1, 4, h // 8, w // 8), torch.zeros(1, 77, 32)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            down, mid = pipe.controlnet(latents, 10, encoder_hidden_states=text,
+                                        controlnet_cond=torch.zeros(1, 3, h, w), return_dict=False)
+            pipe.unet(latents, 10, encoder_hidden_states=text, down_block_additional_residuals=down,
+                      mid_block_additional_residual=mid, added_cond_kwargs={"image_embeds": [torch.zeros(1, 1, 32)]})
+        return counter.get_total_flops()
+    defaults = [gdt.parse_args(["--data-root", "d", "--out", "o", "--sampler", s]) for s in ("unipc", "lcm")]
+    assert [gdt.denoiser_calls_per_image(a) for a in defaults] == [60, 4]  # 30 steps x 2, 4 steps x 1
+    per_call = call_flops(translator.pipe)
+    assert per_call > 0 and call_flops(lcm_translator.pipe) == per_call  # the folded LoRA costs nothing
+    default_flops, lcm_flops = (gdt.denoiser_calls_per_image(a) * per_call for a in defaults)
+    assert lcm_flops <= default_flops / 8
+
+
+def test_16_bit_png_is_read_at_its_depth_not_clipped_white(tmp_path):
+    grey = np.random.default_rng(4).integers(20, 230, (24, 40)).astype(np.uint8)
+    for bits, pixels in ((8, grey), (16, grey.astype(np.uint16) * 257)):
+        (tmp_path / f"d{bits}").mkdir()
+        Image.fromarray(pixels).save(tmp_path / f"d{bits}" / "f.png")
+        gdt.main(["--backend", "classic", "--data-root", str(tmp_path / f"d{bits}"), "--out", str(tmp_path / f"o{bits}"),
+                  "--cond", "fog"])
+    out8, out16 = (Image.open(tmp_path / f"o{bits}" / "fog" / "f.png") for bits in (8, 16))
+    assert (out8.mode, out16.mode) == ("L", "I;16")
+    np.testing.assert_array_equal(np.asarray(out16), np.asarray(out8).astype(np.uint16) * 257)
+
+
+def test_tiny_defaults_to_a_smoke_run_and_help_shows_examples_and_defaults(capsys):
+    base = ["--data-root", "d", "--out", "o"]
+    parsed = lambda *extra: gdt.parse_args(base + list(extra))  # noqa: E731
+    assert (parsed("--tiny").size, parsed("--tiny").steps) == ((64, 112), 2)
+    assert (parsed().size, parsed().steps, parsed().guidance) == ((576, 1024), 30, 7.5)
+    assert (parsed("--sampler", "lcm").steps, parsed("--sampler", "lcm").guidance) == (4, 1.0)
+    assert (parsed("--tiny", "--steps", "5", "--size", "32x48").steps, parsed("--tiny", "--size", "32x48").size) == (
+        5, (32, 48))
+    with pytest.raises(SystemExit):
+        gdt.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("python gdt.py --tiny", "--sampler lcm", "--report", "(default: 0.6)", "(default: unipc)",
+                     "64x112", "24 GB"):
+        assert expected in text, expected
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+@pytest.mark.parametrize("argv, message", [(["--sampler", "lcm", "--guidance", "4"], "--guidance must be 1-2"),
+                                           (["--min-agreement", "80"], r"in \[0, 1\]"),
+                                           (["--backend", "classic", "--min-agreement", "0.8"], "geometry audit"),
+                                           (["--keep-rejected"], "--min-agreement too"),
+                                           (["--max-tries", "0"], "--max-tries must be at least 1")])
+def test_bad_flags_are_refused_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        gdt.parse_args(["--data-root", "d", "--out", "o"] + argv)
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_leftovers_of_killed_runs_are_removed_at_the_next_start(world, tmp_path, monkeypatch):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    long_ago = time.time() - 3600
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    stale = [tmp_path / "out" / "fog" / "sub" / f".b.png.tmp{dead.pid}", tmp_path / "tmp" / f"gdt-tiny-{dead.pid}-x1"]
+    alive = [tmp_path / "out" / "fog" / f".z.png.tmp{os.getpid()}", tmp_path / "tmp" / f"gdt-tiny-{os.getpid()}-x2"]
+    for path in stale + alive:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if "gdt-tiny" in path.name else path.write_bytes(b"half")
+        os.utime(path, (long_ago, long_ago))
+    gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(tmp_path / "out"), "--cond", "fog"])
+    args = gdt.parse_args(["--tiny", str(world / "tiny"), "--data-root", "d", "--out", "o"])
+    gdt.use_tiny_models(args)
+    assert [p.exists() for p in stale + alive] == [False, False, True, True]
+    assert args.sd_model == str(world / "tiny" / "sd")
