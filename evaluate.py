@@ -121,11 +121,6 @@ def predict_depths(net, images, out_size, flip_pp=False, bf16=False):
     return {mode: upsample_depth(1.0 / d.clamp(min=1e-6), out_size) for mode, d in disps.items()}
 
 
-def predict_depth(net, images, out_size, flip_pp=False, bf16=False):
-    """Depth (B,1,*out_size) of `net` on images in [0,1], flip post-processed when flip_pp."""
-    return predict_depths(net, images, out_size, flip_pp, bf16)["flip_pp" if flip_pp else "plain"]
-
-
 def network_input(batch):
     """What the depth net sees: the item's `input` (at the net's size), else its `color`."""
     return batch["input"] if "input" in batch else batch["color"]
@@ -182,8 +177,7 @@ def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=
         for i in range(len(batch["path"])):
             row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all"}
             for mode, pred in preds.items():
-                m = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
-                row[mode] = m
+                row[mode] = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
             if not per_mode:
                 row = {"path": row["path"], "cond": row["cond"], **(row["plain"] or {})}
             rows.append(row)
