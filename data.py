@@ -1,4 +1,4 @@
-"""Datasets of the md4all protocol (SPEC §4, §5, §7): nuScenes, Oxford RobotCar, an image folder.
+"""Datasets of the md4all protocol (docs/method.md §4, §5, §7): nuScenes, Oxford RobotCar, an image folder.
 
     val = NuScenesDepth('/data/nuscenes', split='val')  # CAM_FRONT key frames of the 150 val scenes
     train = NuScenesDepth('/data/nuscenes', frames=(-1, 0, 1), net_size=(518, 784), color_jitter=True, flip=True,
@@ -51,7 +51,7 @@ def parse_size(text):
 
 
 def condition_of(description):
-    """Condition label of a nuScenes scene from its description (md4all, SPEC §5)."""
+    """Condition label of a nuScenes scene from its description (md4all, docs/method.md §5)."""
     text = description.lower()
     return ('night' if 'night' in text else 'day') + ('-rain' if 'rain' in text else '-clear')
 
@@ -99,7 +99,7 @@ def scatter_depth(u, v, z, hw, nearest=False):
 
 
 def project_to_depth_map(points, K, hw, min_depth=1.0):
-    """nuScenes ground truth (SPEC §5): camera points (3, N) -> map; z > 1 m, 1 px border, last wins."""
+    """nuScenes ground truth (docs/method.md §5): camera points (3, N) -> map; z > 1 m, 1 px border, last wins."""
     points = points[:, points[2] > min_depth]
     uvw = K @ points
     u, v = uvw[0] / uvw[2], uvw[1] / uvw[2]
@@ -245,7 +245,7 @@ def load_index(dataroot, version='v1.0-trainval'):
 
 
 def lidar_depth_map(dataroot, version, cam_sample_data_token, size=None):
-    """(H, W) float32 LiDAR depth of a camera key frame (SPEC §5), 0 where no point."""
+    """(H, W) float32 LiDAR depth of a camera key frame (docs/method.md §5), 0 where no point."""
     return load_index(dataroot, version).lidar_depth_map(cam_sample_data_token, size)
 
 
@@ -285,7 +285,7 @@ def robotcar_depth_map(points, K, G_camera_image, hw, max_depth=50.0):
     inside = (u >= 0.5) & (u <= hw[1] - 1) & (v >= 0.5) & (v <= hw[0] - 1)
     depth = scatter_depth(np.round(u[inside]).astype(np.int64), np.round(v[inside]).astype(np.int64),
                           xyz[2, inside], hw, nearest=True)
-    depth[depth > max_depth] = 0  # SPEC §5: RobotCar is evaluated up to 50 m
+    depth[depth > max_depth] = 0  # docs/method.md §5: RobotCar is evaluated up to 50 m
     return depth
 
 
@@ -315,7 +315,7 @@ def robotcar_image_path(sequence, timestamp):
 
 
 def read_robotcar_split(data_root, split, sequences=None):
-    """Frames of md4all's RobotCar split files `<data_root>/splits/<sequence>_<file>` (SPEC §7).
+    """Frames of md4all's RobotCar split files `<data_root>/splits/<sequence>_<file>` (docs/method.md §7).
 
     'train': `_train_stride_1.txt` of the day sequence, minus the over-exposed frames listed in
     `<data_root>/filter/filter_train_samples.txt` (md4all's LOAD.FILTER_FILES_PATH); 'val':
@@ -413,12 +413,12 @@ def read_gdt_rejected(folder):
 class AugmentedDataset(torch.utils.data.Dataset):
     """Shared item machinery: lazy image reads, GDT input swap, colour jitter, flip, seeded per item.
 
-    fast_decode=True decodes each frame once for all the sizes it is needed at, and decodes JPEGs at
-    1/2, 1/4 or 1/8 scale (PIL draft, DCT scaling) when every size is at most that share of the frame,
-    then resizes with Lanczos. fast_decode=False decodes at full resolution for every tensor (the
-    reference). On nuScenes' 1600x900 CAM_FRONT fixture frame at 320x576 the two differ by at most
-    0.047 (12/255) and on average 0.0015 (in [0, 1] units); PNGs and sizes above half the frame are
-    bit-identical.
+    fast_decode=True decodes a frame once per scale its sizes allow: JPEGs at 1/2, 1/4 or 1/8 (PIL
+    draft, DCT scaling) where a size is at most that share of the frame, then Lanczos to the size;
+    no float conversion before the resize. fast_decode=False decodes the full frame for every tensor
+    (the reference). On nuScenes' 1600x900 CAM_FRONT fixture frame at 320x576 the two differ by at
+    most 0.047 (12/255) and on average 0.0015 (in [0, 1] units); PNGs and sizes above half the frame
+    are bit-identical.
     """
     crop = 1.0  # share of image rows kept from the top
     dataset = 'folder'  # gdt.py's --dataset for this reader
@@ -595,7 +595,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class NuScenesDepth(AugmentedDataset):
-    """nuScenes CAM_FRONT key frames of md4all's 'train' or 'val' split (SPEC §4, §5).
+    """nuScenes CAM_FRONT key frames of md4all's 'train' or 'val' split (docs/method.md §4, §5).
 
     frames=(-1, 0, 1) adds the adjacent CAM_FRONT frames (sweeps) and how far the camera moved to
     them (dist_prev, dist_next: camera centres from ego_pose and calibration, like md4all's pose).
@@ -635,7 +635,7 @@ class NuScenesDepth(AugmentedDataset):
 
 
 class RobotCarDepth(AugmentedDataset):
-    """Oxford RobotCar as md4all prepares it (SPEC §7); images and gt keep the top 768 of 960 rows.
+    """Oxford RobotCar as md4all prepares it (docs/method.md §7); images and gt keep the top 768 of 960 rows.
 
     Layout: `<root>/<sequence>/stereo/left/<timestamp>.png`, `<root>/<sequence>/vo/vo.csv`,
     `<root>/<sequence>/{ROBOTCAR_GT_DIR}/<timestamp>.pcd.bin` (float32, 3 x N, camera frame),
@@ -717,7 +717,7 @@ def val_scene_names(version):
 
 def condition_frames(data_root, version, cond):
     """CAM_FRONT key frames (paths) of the training scenes whose description names `cond`: GDT's real
-    style references (SPEC §1), frames depth training never uses. Weather references ('rain') come
+    style references (docs/method.md §1), frames depth training never uses. Weather references ('rain') come
     from day scenes only, as the prompt says 'in a rainy day'; 'night' takes every night scene."""
     index, val = load_index(data_root, version), val_scene_names(version)
     wanted = lambda text: cond in text and (cond == 'night' or 'night' not in text)  # noqa: E731
