@@ -352,7 +352,8 @@ def save_checkpoint(path, **parts):
             os.remove(tmp)
 
 
-def _read(path_or_dict):
+def read_checkpoint(path_or_dict):
+    """A training checkpoint dict from a .pt path (or the dict itself), with errors that name the file."""
     if isinstance(path_or_dict, dict):
         return path_or_dict
     if not os.path.isfile(path_or_dict):
@@ -387,7 +388,7 @@ def load_depth_net(path_or_dict, map_location="cpu"):
                        net_size=cfg["net_size"])
         net.model = DepthAnythingForDepthEstimation.from_pretrained(path_or_dict)
         return net.to(map_location)
-    ckpt = _read(path_or_dict)
+    ckpt = read_checkpoint(path_or_dict)
     if "model" not in ckpt or "config" not in ckpt:
         raise KeyError(f"checkpoint {path_or_dict if isinstance(path_or_dict, str) else ''} has no 'model' / "
                        f"'config' entries: it was not written by this project's training scripts")
@@ -398,7 +399,7 @@ def load_depth_net(path_or_dict, map_location="cpu"):
 
 def load_pose_net(path_or_dict, map_location="cpu"):
     """Rebuild the PoseNet stored in a training checkpoint."""
-    ckpt = _read(path_or_dict)
+    ckpt = read_checkpoint(path_or_dict)
     if ckpt.get("pose") is None:
         name = path_or_dict if isinstance(path_or_dict, str) else "the checkpoint"
         raise KeyError(f"{name} holds no pose network: it is a {checkpoint_kind(ckpt)} checkpoint, and the teacher "

@@ -23,8 +23,25 @@ import torch
 import torch.nn as nn
 
 from losses import TEACHER_MASKS, distillation, reprojection_loss, semantic_loss, teacher_loss
-from model import DinoFeatures, load_depth_net, load_pose_net
-from train_teacher import add_common_args, build_depth_net, make_dataset, resolve_args, train
+from model import DinoFeatures, checkpoint_kind, load_depth_net, load_pose_net, read_checkpoint
+from train_teacher import add_common_args, build_depth_net, make_dataset, parse_args, run_cli, train
+
+TRANSLATED_CONDITIONS = ("night", "rain", "snow", "fog")  # what gdt.py makes
+
+
+def parse_conds(text, gdt_root):
+    """--conds 'night, rain' -> ('night', 'rain'); checks the names and that --gdt-root goes with them."""
+    if text is None:
+        return ("night", "rain") if gdt_root else ()
+    conds = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in conds if c not in TRANSLATED_CONDITIONS]
+    if unknown:
+        raise ValueError(f"--conds: unknown condition(s) {', '.join(map(repr, unknown))}; gdt.py makes "
+                         f"{', '.join(TRANSLATED_CONDITIONS)}")
+    if conds and not gdt_root:
+        raise ValueError(f"--conds {text} needs --gdt-root, the folder gdt.py wrote (<root>/<cond>/...); without "
+                         f"translations the student would see day images only")
+    return conds
 
 
 class StudentLoss(nn.Module):
@@ -41,8 +58,8 @@ class StudentLoss(nn.Module):
                 frozen.requires_grad_(False).eval()
 
     def forward(self, batch):
-        out = self.net(batch["input"])
         color = batch["color"]
+        out = self.net(batch["input"], out_size=color.shape[-2:])
         with torch.no_grad():
             target = self.teacher(color)
         distill = distillation(out["scaled_disp"], target["scaled_disp"])
@@ -67,32 +84,47 @@ def main(argv=None):
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--teacher", required=True, help="teacher checkpoint from train_teacher.py")
     p.add_argument("--gdt-root", default=None, help="gdt.py output folder (<root>/<cond>/<relative path>)")
-    p.add_argument("--conds", default="night,rain", help="translated conditions to draw from")
+    p.add_argument("--conds", default=None, help="translated conditions to draw from, comma-separated "
+                                                 "(default with --gdt-root: night,rain)")
     p.add_argument("--p-day", type=float, default=2 / 3,
                    help="probability of the day frame (the paper: |C|/(|C|+1); md4all: 1/(|C|+1))")
     p.add_argument("--teacher-mask", default="reliable", choices=TEACHER_MASKS,
                    help="reliable: distil where the teacher reprojects better (the paper's text); printed: the "
                         "printed inequality; none: plain md4all distillation")
     p.add_argument("--w-sem", type=float, default=1.0, help="semantic loss weight (0 = off)")
-    p.add_argument("--sem-weights", default=None, help="frozen DINOv2 for the semantic loss (default: official id)")
+    p.add_argument("--sem-weights", default=None, help="frozen DINOv2 for the semantic loss: hub id or folder "
+                                                       "(default: the official one; 'none': random, for benchmarks)")
     p.add_argument("--init-from-teacher", action="store_true", help="start from the teacher's weights")
-    args = resolve_args(p.parse_args(argv))
+    args = parse_args(p, argv)
+    conds = parse_conds(args.conds, args.gdt_root)
+    teacher_ckpt = read_checkpoint(args.teacher)
+    if checkpoint_kind(teacher_ckpt) == "student":
+        raise ValueError(f"--teacher {args.teacher} is a student checkpoint (train_student.py); pass the "
+                         f"train_teacher.py checkpoint it was trained from")
     torch.manual_seed(args.seed)
-    conds = tuple(c for c in args.conds.split(",") if c) if args.gdt_root else ()
     dataset = make_dataset(args, "train", frames=(0,) if args.teacher_mask == "none" else (-1, 0, 1),
                            color_jitter=not args.no_color_jitter, flip=not args.no_flip,
                            gdt_root=args.gdt_root, gdt_conds=conds, p_day=args.p_day)
+    if not conds:
+        print("train_student.py: no --gdt-root: the student sees day images only")
+    for cond, count in (getattr(dataset, "gdt_fallbacks", None) or {}).items():
+        if count:
+            print(f"train_student.py: {count} {cond} translations were rejected by gdt.py's geometry audit: "
+                  f"those frames use the day image")
     val_dataset = None if args.no_val else make_dataset(args, "val")
-    teacher = load_depth_net(args.teacher)
-    pose = None if args.teacher_mask == "none" else load_pose_net(args.teacher)
+    teacher = load_depth_net(teacher_ckpt)
+    try:
+        pose = None if args.teacher_mask == "none" else load_pose_net(teacher_ckpt)
+    except KeyError as e:
+        raise KeyError(f"--teacher {args.teacher}: {e.args[0]}") from None
     net = build_depth_net(args)
     if args.init_from_teacher:
         net.load_state_dict(teacher.state_dict())
     dino = None
     if args.w_sem > 0:
-        dino = DinoFeatures(args.encoder, None if args.tiny else args.sem_weights, args.net_size)
+        dino = DinoFeatures(args.encoder, args.sem_weights, args.net_size)
     train(args, StudentLoss(net, teacher, pose, dino, args.teacher_mask, args.w_sem), dataset, val_dataset)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "train_student.py")

@@ -14,9 +14,11 @@ and at the end), `<out>/best.pt` (lowest night abs_rel on the validation split),
 The training loop here (`train`) is also the student's: train_student.py passes its own loss module.
 """
 import argparse
+import gc
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -29,7 +31,10 @@ from tqdm import tqdm
 import data
 from evaluate import net_predictor, score_loader, summarize
 from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
-from model import DepthNet, PoseNet, save_checkpoint
+from model import (DepthNet, ModelUnavailable, PoseNet, checkpoint_kind, invert_transform, read_checkpoint,
+                   save_checkpoint)
+
+POSE_ORDERS = ("md4all", "temporal")
 
 
 def add_common_args(p):
@@ -38,6 +43,7 @@ def add_common_args(p):
     p.add_argument("--data-root", required=True)
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
     p.add_argument("--out", required=True, help="run folder: ckpt.pt, best.pt, log.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a checkpoint")
     p.add_argument("--encoder", default="base", choices=["tiny", "small", "base", "large"])
     p.add_argument("--init", default="dinov2", choices=["dinov2", "depth-anything-v2-small", "none"])
     p.add_argument("--weights", default=None, help="hub id or local folder for --init (default: the official one)")
@@ -45,9 +51,9 @@ def add_common_args(p):
     p.add_argument("--net-size", type=data.parse_size, default=(518, 784), help="depth-net input HxW, multiples of 14")
     p.add_argument("--min-depth", type=float, default=0.1)
     p.add_argument("--max-depth", type=float, default=None, help="default 80 (nuScenes) / 50 (RobotCar)")
-    p.add_argument("--batch-size", type=int, default=4, help="per process")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="per process")
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--steps", type=positive_int, default=None, help="total optimiser steps (overrides --epochs)")
     p.add_argument("--lr-encoder", type=float, default=5e-6)
     p.add_argument("--lr-decoder", type=float, default=5e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -57,7 +63,8 @@ def add_common_args(p):
     p.add_argument("--no-val", action="store_true", help="skip validation (and best.pt)")
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/ckpt.pt; --lr-* flags given with it replace the checkpoint's rates")
     p.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted (then --resume)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -68,6 +75,47 @@ def add_common_args(p):
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the encoder: less memory, ~30%% slower")
     p.add_argument("--tiny", action="store_true", help="tiny random nets, no downloads (tests, smoke runs)")
     return p
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def given_flags(parser, argv):
+    """Destinations of the flags written on the command line (not left at their defaults)."""
+    words = {w.split("=")[0] for w in (sys.argv[1:] if argv is None else argv) if w.startswith("--")}
+    return {a.dest for a in parser._actions if words & set(a.option_strings)}
+
+
+def check_run_folder(args):
+    """Refuse to write into the dataset, or over a finished run without --resume / --overwrite."""
+    out, root = os.path.realpath(args.out), os.path.realpath(args.data_root)
+    if out == root or out.startswith(root + os.sep):
+        raise ValueError(f"--out {args.out} is inside --data-root {args.data_root}: checkpoints would be written "
+                         "into the dataset; choose a folder outside it")
+    ckpt = os.path.join(args.out, "ckpt.pt")
+    if os.path.isfile(ckpt) and not (args.resume or args.overwrite):
+        step = read_checkpoint(ckpt).get("step", "?")
+        raise ValueError(f"{args.out} already holds a run (ckpt.pt at step {step}): pass --resume to continue it, "
+                         f"--overwrite to replace it, or another --out")
+
+
+def run_cli(main, prog):
+    """Run `main()`, turning the errors a user can cause (missing files, bad flags or checkpoints, models
+    that cannot be loaded) into one line `<prog>: error: ...` and exit status 2; real bugs keep their traceback."""
+    try:
+        return main()
+    except (FileNotFoundError, ValueError, KeyError, ModelUnavailable) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def resolve_args(args):
@@ -82,10 +130,10 @@ def resolve_args(args):
 
 def make_dataset(args, split, **kwargs):
     """The md4all dataset of `args` for `split` at the loss resolution."""
-    if args.dataset == "robotcar":
-        return data.RobotCarDepth(args.data_root, split="test" if split == "val" else split, size=args.size,
-                                  seed=args.seed, **kwargs)
-    return data.NuScenesDepth(args.data_root, args.version, split, size=args.size, seed=args.seed, **kwargs)
+    kwargs = dict(size=args.size, net_size=args.net_size, seed=args.seed, **kwargs)
+    if args.dataset == "robotcar":  # validation on md4all's val split, never on the test split
+        return data.RobotCarDepth(args.data_root, split=split, **kwargs)
+    return data.NuScenesDepth(args.data_root, args.version, split, **kwargs)
 
 
 def build_depth_net(args):
@@ -97,18 +145,33 @@ def build_depth_net(args):
 
 
 class SelfSupervisedLoss(nn.Module):
-    """md4all teacher objective (SPEC §3): min reprojection with auto-masking + smoothness + velocity."""
+    """md4all teacher objective (SPEC §3): min reprojection with auto-masking + smoothness + velocity.
 
-    def __init__(self, net, pose, w_smooth=1e-3, w_velocity=0.02):
+    pose_order 'md4all' feeds the pose net (target, source) for both neighbours (md4all's default, the base
+    SSD builds on); 'temporal' feeds each pair in time order and inverts the previous frame's result
+    (monodepth2), so the net always predicts forward motion.
+    """
+
+    def __init__(self, net, pose, w_smooth=1e-3, w_velocity=0.02, pose_order="md4all"):
         super().__init__()
+        if pose_order not in POSE_ORDERS:
+            raise ValueError(f"--pose-order {pose_order!r} is unknown; choose one of {POSE_ORDERS}")
         self.net, self.pose, self.w_smooth, self.w_velocity = net, pose, w_smooth, w_velocity
+        self.pose_order = pose_order
+
+    def poses(self, batch):
+        """T_{t->s} for the previous and the next frame, from the colour-jittered frames (md4all)."""
+        target, prev, nxt = (batch.get(k + "_aug", batch[k]) for k in ("color", "prev", "next"))
+        if self.pose_order == "md4all":
+            return [self.pose(target, prev), self.pose(target, nxt)]
+        return [invert_transform(self.pose(prev, target)), self.pose(target, nxt)]
 
     def forward(self, batch):
-        out = self.net(batch["input"])
         color, sources = batch["color"], [batch["prev"], batch["next"]]
-        poses = [self.pose(color, source) for source in sources]
+        out = self.net(batch["input"], out_size=color.shape[-2:])
+        poses = self.poses(batch)
         reprojection, _, _ = reprojection_loss(color, sources, out["depth"], poses, batch["K"])
-        smooth = smoothness_loss(out["disp"], color)
+        smooth = smoothness_loss(out["scaled_disp"], color)
         velocity = (velocity_loss(poses[0][:, :3, 3], batch["dist_prev"])
                     + velocity_loss(poses[1][:, :3, 3], batch["dist_next"])) / 2
         loss = reprojection.mean() + self.w_smooth * smooth + self.w_velocity * velocity
@@ -123,7 +186,7 @@ class LidarLoss(nn.Module):
         self.net = net
 
     def forward(self, batch):
-        out = self.net(batch["input"])
+        out = self.net(batch["input"], out_size=batch["lidar"].shape[-2:])
         loss = silog_loss(out["depth"], batch["lidar"], self.net.min_depth, self.net.max_depth)
         return loss, {"silog": loss}
 
@@ -197,6 +260,55 @@ def checkpoint_parts(loss_module, optimizer, scheduler, step, best, args):
                 args={k: v for k, v in vars(args).items() if not callable(v)})
 
 
+def resume(ckpt_path, loss_module, optimizer, scheduler, args, master):
+    """Load model, pose net, optimiser and scheduler from `ckpt_path`; returns (step, best).
+
+    Learning-rate flags written on this command line replace the checkpoint's (the fix the NaN stop
+    advises); the others keep the checkpoint's. log.jsonl loses the records past the checkpoint's step.
+    """
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start afresh")
+    ckpt = read_checkpoint(ckpt_path)
+    kind, student = checkpoint_kind(ckpt), "teacher" in vars(args)
+    if (kind == "student") != student:
+        raise ValueError(f"--resume: {ckpt_path} is a {kind} checkpoint, and this is "
+                         f"{'train_student.py' if student else 'train_teacher.py'}; use another --out")
+    loss_module.net.load_state_dict(ckpt["model"])
+    if ckpt.get("pose") is not None:
+        loss_module.pose.load_state_dict(ckpt["pose"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    step = ckpt["step"]
+    changed = {}
+    for group, name in zip(optimizer.param_groups, LR_FLAGS):
+        new = getattr(args, name)
+        if name in getattr(args, "given", ()) and new != group["initial_lr"]:
+            changed[name] = (group["initial_lr"], new)
+            group["initial_lr"] = new
+    if changed:  # keep the linear decay: the new rate scaled by where the schedule stands
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs,
+                                       [f(step) for f in scheduler.lr_lambdas]):
+            group["lr"] = base * factor
+    log_path = os.path.join(os.path.dirname(ckpt_path), "log.jsonl")
+    if master and os.path.isfile(log_path):  # records after the checkpoint will be written again
+        with open(log_path) as f:
+            records = [line for line in f if json.loads(line).get("step", 0) <= step]
+        with open(log_path, "w") as f:
+            f.writelines(records)
+    if master:
+        record = dict(step=step, resumed_from=ckpt_path,
+                      lr_changed={k: {"from": a, "to": b} for k, (a, b) in changed.items()})
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, (a, b) in changed.items():
+            print(f"resume: --{name.replace('_', '-')} {a:g} -> {b:g} (from this command line)")
+    return step, ckpt["best"]
+
+
+LR_FLAGS = ("lr_encoder", "lr_decoder", "lr_pose")  # the order of param_groups
+
+
 def train(args, loss_module, dataset, val_dataset=None):
     """The training loop of both stages: DDP when under torchrun, bf16 on GPU, atomic checkpoints,
     exact resume, JSONL log, best checkpoint by night abs_rel."""
@@ -220,17 +332,9 @@ def train(args, loss_module, dataset, val_dataset=None):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
     step, best = 0, math.inf
     if args.resume:
-        if not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start afresh")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        loss_module.net.load_state_dict(ckpt["model"])
-        if ckpt.get("pose") is not None:
-            loss_module.pose.load_state_dict(ckpt["pose"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step, best = ckpt["step"], ckpt["best"]
+        step, best = resume(ckpt_path, loss_module, optimizer, scheduler, args, master)
     elif master and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run: the old log would mix two runs
+        os.remove(log_path)  # a fresh run (--overwrite, or no checkpoint yet): the old log would mix two runs
     if args.compile:
         loss_module.net.compile()  # in place: state-dict keys unchanged
     model = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -278,8 +382,9 @@ def train(args, loss_module, dataset, val_dataset=None):
             if due_log or due_save:
                 if all_reduce_sums([float(not finite)], device)[0] > 0:
                     raise SystemExit(f"loss became NaN/inf before step {step}; stopped without saving. The last "
-                                     f"good checkpoint is {ckpt_path} (if any): resume from it with a lower "
-                                     f"learning rate, or check the data of this epoch.")
+                                     f"good checkpoint is {ckpt_path} (if any): resume from it with lower "
+                                     f"learning rates (--resume --lr-encoder ... --lr-decoder ...: flags given "
+                                     f"with --resume replace the checkpoint's), or check the data of this epoch.")
             if due_log:
                 reduced = all_reduce_sums(sums.tolist() + [count], device)
                 mean = [v / reduced[-1] for v in reduced[:-1]]
@@ -303,8 +408,35 @@ def train(args, loss_module, dataset, val_dataset=None):
     bar.close()
     if dist.is_initialized():
         dist.barrier()
+        # The DDP reducer's destructor waits on gloo/NCCL work that needs the process group and the GIL:
+        # destroyed after the group (or while it tears down) it can deadlock. Release it first.
+        del model
+        gc.collect()
         dist.destroy_process_group()
+    if master:
+        print(f"done: step {step}; checkpoint {ckpt_path}"
+              + (f", best {os.path.join(args.out, 'best.pt')}" if os.path.isfile(os.path.join(args.out, "best.pt")) else "")
+              + f", log {log_path}")
     return step
+
+
+def calibrate_pretrained_head(net, dataset, args):
+    """Depth-Anything-V2's relative head under our sigmoid: move its start to --init-depth (default 10 m)
+    on the first training items (the same on every rank). See DepthNet.calibrate_head."""
+    if args.init != "depth-anything-v2-small" or args.resume:
+        return
+    images = torch.stack([dataset[i]["input"] for i in range(min(len(dataset), args.batch_size))])
+    scale, shift = net.calibrate_head(images, args.init_depth or 10.0)
+    print(f"Depth-Anything head calibrated to start at {args.init_depth or 10.0:g} m (scale {scale:.3g}, "
+          f"shift {shift:.3g})")
+
+
+def parse_args(parser, argv):
+    """Parse, fill dataset defaults and record which flags were written (see `resume`)."""
+    args = resolve_args(parser.parse_args(argv))
+    args.given = sorted(given_flags(parser, argv))
+    check_run_folder(args)
+    return args
 
 
 def main(argv=None):
@@ -312,10 +444,13 @@ def main(argv=None):
     p.add_argument("--supervision", default="self", choices=["self", "lidar"],
                    help="self: photometric + smoothness + velocity (the paper); lidar: SILog on projected LiDAR")
     p.add_argument("--pose-init", default="microsoft/resnet-18", help="hub id / folder, or 'none'")
+    p.add_argument("--pose-order", default="md4all", choices=POSE_ORDERS,
+                   help="md4all: (target, source) for both neighbours (md4all's default); temporal: pairs in time "
+                        "order, the previous one inverted (monodepth2)")
     p.add_argument("--lr-pose", type=float, default=1e-4)
     p.add_argument("--w-smooth", type=float, default=1e-3)
     p.add_argument("--w-velocity", type=float, default=0.02)
-    args = resolve_args(p.parse_args(argv))
+    args = parse_args(p, argv)
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     self_supervised = args.supervision == "self"
     augment = dict(color_jitter=not args.no_color_jitter, flip=not args.no_flip)
@@ -323,14 +458,15 @@ def main(argv=None):
                            with_lidar=not self_supervised, **augment)
     val_dataset = None if args.no_val else make_dataset(args, "val")
     net = build_depth_net(args)
+    calibrate_pretrained_head(net, dataset, args)
     if self_supervised:
         pose_init = None if args.tiny or args.pose_init == "none" else args.pose_init
         pose = PoseNet("tiny" if args.tiny else "resnet18", init=pose_init)
-        loss_module = SelfSupervisedLoss(net, pose, args.w_smooth, args.w_velocity)
+        loss_module = SelfSupervisedLoss(net, pose, args.w_smooth, args.w_velocity, args.pose_order)
     else:
         loss_module = LidarLoss(net)
     train(args, loss_module, dataset, val_dataset)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "train_teacher.py")

@@ -88,8 +88,48 @@ def test_day_translated_swap_follows_p_day_and_the_teacher_always_sees_day(tiny_
     assert draws.count("night") > 0.1 * n and draws.count("rain") > 0.1 * n  # 1/6 each expected
 
 
-def test_missing_translation_names_the_file(tiny_world, tmp_path):
-    (tmp_path / "night").mkdir()
-    dataset = data.NuScenesDepth(tiny_world, size=(28, 48), gdt_root=str(tmp_path), gdt_conds=("night",), p_day=0.0)
+def test_missing_translations_fail_before_training_with_the_command_that_makes_them(tiny_world, teacher_ckpt,
+                                                                                    tmp_path):
+    (tmp_path / "gdt" / "night").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="gdt.py"):
-        dataset[0]
+        train_student.main(["--tiny", "--data-root", tiny_world, "--size", "28x48", "--teacher", teacher_ckpt,
+                            "--gdt-root", str(tmp_path / "gdt"), "--conds", "night", "--out", str(tmp_path / "s")])
+    assert not (tmp_path / "s" / "ckpt.pt").exists()
+
+
+def test_conds_are_parsed_with_spaces_and_checked():
+    assert train_student.parse_conds("night, rain", "gdt") == ("night", "rain")
+    assert train_student.parse_conds(None, "gdt") == ("night", "rain")
+    assert train_student.parse_conds(None, None) == ()
+    with pytest.raises(ValueError, match="unknown condition.*'dusk'"):
+        train_student.parse_conds("night,dusk", "gdt")
+    with pytest.raises(ValueError, match="--conds night,rain needs --gdt-root"):
+        train_student.parse_conds("night,rain", None)
+
+
+def test_a_student_checkpoint_is_refused_as_teacher(tiny_world, teacher_ckpt, gdt_root, tmp_path):
+    train_student.main(student_args(tiny_world, teacher_ckpt, gdt_root, tmp_path / "s1", "--steps", "1",
+                                    "--teacher-mask", "none", "--w-sem", "0"))
+    with pytest.raises(ValueError, match="is a student checkpoint"):
+        train_student.main(student_args(tiny_world, str(tmp_path / "s1" / "ckpt.pt"), gdt_root, tmp_path / "s2",
+                                        "--steps", "1", "--teacher-mask", "none"))
+
+
+def test_resuming_a_student_in_a_teachers_folder_says_so(tiny_world, teacher_ckpt, gdt_root, tmp_path):
+    import shutil
+    shutil.copy(teacher_ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="is a teacher \\(self-supervised\\) checkpoint.*train_student.py"):
+        train_student.main(student_args(tiny_world, teacher_ckpt, gdt_root, tmp_path, "--steps", "2", "--resume"))
+
+
+def test_semantic_loss_uses_the_given_frozen_encoder_with_tiny_nets(tiny_world, teacher_ckpt, gdt_root, tmp_path,
+                                                                     monkeypatch):
+    from transformers import Dinov2Model
+    from model import dinov2_config
+    torch.manual_seed(5)
+    Dinov2Model(dinov2_config("tiny")).save_pretrained(tmp_path / "dino")
+    built = []
+    monkeypatch.setattr(train_student, "DinoFeatures", lambda *a, **k: built.append(a) or DinoFeatures(*a, **k))
+    train_student.main(student_args(tiny_world, teacher_ckpt, gdt_root, tmp_path / "s", "--steps", "1",
+                                    "--sem-weights", str(tmp_path / "dino")))
+    assert built and built[0][1] == str(tmp_path / "dino")
