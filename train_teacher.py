@@ -109,13 +109,14 @@ def check_run_folder(args):
 
 def run_cli(main, prog):
     """Run `main()`, turning the errors a user can cause (missing files, bad flags or checkpoints, models
-    that cannot be loaded) into one line `<prog>: error: ...` and exit status 2; real bugs keep their traceback."""
+    that cannot be loaded) into one line `<prog>: error: ...` and exit status 1 (argparse's usage errors exit
+    with 2); real bugs keep their traceback."""
     try:
         return main()
     except (FileNotFoundError, ValueError, KeyError, ModelUnavailable) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"{prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(1) from None
 
 
 def resolve_args(args):

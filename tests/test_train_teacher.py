@@ -232,7 +232,7 @@ def test_user_errors_are_one_line_without_a_traceback(tiny_world, tmp_path, caps
         train_teacher.run_cli(lambda: run(str(tmp_path / "nowhere"), tmp_path / "out", "--steps", "1"),
                               "train_teacher.py")
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("train_teacher.py: error: ") and "nowhere" in err
+    assert e.value.code == 1 and err.startswith("train_teacher.py: error: ") and "nowhere" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
