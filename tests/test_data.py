@@ -106,7 +106,7 @@ def test_lidar_overlay_png_shows_points_on_the_image(fixture_map, tmp_path):
         near = int(255 * min(fixture_map[v, u], 40) / 40)
         draw.ellipse((u - 2, v - 2, u + 2, v + 2), fill=(255 - near, near, 0))
     out = tmp_path / 'lidar_on_cam_front.png'
-    image.save(out)
+    image.save(out, compress_level=1)
     assert out.is_file() and Image.open(out).size == (1600, 900)
 
 
