@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Backbone,
-                          Dinov2Config, Dinov2Model, ResNetConfig, ResNetModel)
+
+# transformers is imported inside the functions that build networks: it costs seconds to import, and a
+# command that fails on a flag, or only scores saved predictions, should not wait for it.
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,6 +101,7 @@ def to_network_input(images, net_size=None):
 
 def dinov2_config(encoder):
     """The real DINOv2 configuration of `encoder` (tiny: a 4-layer random one for tests)."""
+    from transformers import Dinov2Config
     e = ENCODERS[encoder]
     return Dinov2Config(hidden_size=e["hidden"], num_hidden_layers=e["layers"],
                         num_attention_heads=e["heads"], image_size=518, patch_size=14,
@@ -108,6 +110,7 @@ def dinov2_config(encoder):
 
 def depth_anything_config(encoder):
     """Depth-Anything-V2 DPT configuration on top of DINOv2 `encoder`, sigmoid output."""
+    from transformers import DepthAnythingConfig
     e = ENCODERS[encoder]
     return DepthAnythingConfig(backbone_config=dinov2_config(encoder), reassemble_hidden_size=e["hidden"],
                                neck_hidden_sizes=e["neck"], fusion_hidden_size=e["fusion"],
@@ -119,6 +122,7 @@ class DepthNet(nn.Module):
 
     def __init__(self, encoder="base", init="dinov2", weights=None, min_depth=0.1, max_depth=80.0,
                  net_size=(518, 784), hf_config=None, init_depth=None):
+        from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Backbone
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"--encoder {encoder!r} is unknown; choose one of {sorted(ENCODERS)}")
@@ -252,6 +256,7 @@ class DinoFeatures(nn.Module):
 
     def __init__(self, encoder="base", weights=None, net_size=(518, 784)):
         """weights: hub id or folder (default: the official DINOv2 of `encoder`); 'none': random (tests, benchmarks)."""
+        from transformers import Dinov2Model
         super().__init__()
         self.net_size = tuple(net_size) if net_size else None
         if weights == "none" or (weights is None and encoder == "tiny"):
@@ -301,6 +306,7 @@ def invert_transform(T):
 
 def resnet_config(size):
     """ResNet-18 on two stacked RGB frames (6 channels); tiny: a narrow one for tests."""
+    from transformers import ResNetConfig
     if size == "tiny":
         return ResNetConfig(num_channels=6, embedding_size=8, hidden_sizes=[8, 16, 16, 32],
                             depths=[1, 1, 1, 1], layer_type="basic")
@@ -312,6 +318,7 @@ class PoseNet(nn.Module):
     """md4all / monodepth2 pose network (SPEC §2): frames (target, source) -> T_{target->source}."""
 
     def __init__(self, size="resnet18", init=RESNET18, resnet_config_dict=None):
+        from transformers import ResNetConfig, ResNetModel
         super().__init__()
         self.size = size
         config = ResNetConfig.from_dict(resnet_config_dict) if resnet_config_dict else resnet_config(size)
@@ -382,6 +389,7 @@ def load_depth_net(path_or_dict, map_location="cpu"):
     `export_pretrained`."""
     if isinstance(path_or_dict, str) and os.path.isdir(path_or_dict):
         import json
+        from transformers import DepthAnythingForDepthEstimation
         with open(os.path.join(path_or_dict, "ssd_config.json")) as f:
             cfg = json.load(f)
         net = DepthNet(cfg["encoder"], init="none", min_depth=cfg["min_depth"], max_depth=cfg["max_depth"],
