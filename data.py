@@ -421,7 +421,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
     are bit-identical.
     """
     crop = 1.0  # share of image rows kept from the top
-    dataset = 'folder'  # gdt.py's --dataset for this reader
+    dataset, version = 'folder', None  # gdt.py's --dataset (and nuScenes --version) for this reader
 
     def __init__(self, root, size=None, net_size=None, color_jitter=False, flip=False, gdt_root=None,
                  gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True):
@@ -465,6 +465,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(
                 f"{len(missing)} GDT translations missing under {self.gdt_root}, e.g. {', '.join(missing[:3])}; "
                 f"make them with: python gdt.py --dataset {self.dataset} --data-root {self.root} "
+                f"{'' if self.version in (None, 'v1.0-trainval') else f'--version {self.version} '}"
                 f"--out {self.gdt_root} --cond {' '.join(self.gdt_conds)} (it skips finished images)")
 
     def _open(self, path):
@@ -608,7 +609,7 @@ class NuScenesDepth(AugmentedDataset):
         super().__init__(data_root, size, **augment)
         if split == 'val' and tuple(frames) != (0,):
             raise ValueError("nuScenes val items have no source frames at scene ends; use frames=(0,)")
-        self.split, self.frames, self.with_lidar = split, frames, with_lidar
+        self.split, self.frames, self.with_lidar, self.version = split, frames, with_lidar, version
         self.index = load_index(data_root, version)
         self.items = self.index.split(split, scenes)
         self._check_gdt([self.index.sample_data[token]['filename'] for token, _ in self.items])

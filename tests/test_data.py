@@ -360,7 +360,7 @@ def test_missing_gdt_translations_fail_at_construction_with_count_paths_and_comm
     save_image(str(tmp_path / 'gdt' / 'night' / 'samples/CAM_FRONT/scene-0001-cam3.png'), (0, 0, 0))
     with pytest.raises(FileNotFoundError, match=r'^1 GDT translations missing .*night/samples/CAM_FRONT/'
                                                 r'scene-0001-cam1\.png.*python gdt\.py --dataset nuscenes '
-                                                r'--data-root .* --cond night'):
+                                                r'--data-root \S+ --out \S+ --cond night'):
         data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',))
     with pytest.raises(FileNotFoundError, match='rain'):
         data.NuScenesDepth(nusc, gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night', 'rain'))
