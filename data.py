@@ -3,7 +3,8 @@
     val = NuScenesDepth('/data/nuscenes', split='val')  # CAM_FRONT key frames of the 150 val scenes
     train = NuScenesDepth('/data/nuscenes', frames=(-1, 0, 1), net_size=(518, 784), color_jitter=True, flip=True,
                           gdt_root='/data/gdt', gdt_conds=('night', 'rain'))
-    train.set_epoch(epoch)  # before each epoch's DataLoader iterator
+    train.set_epoch(epoch)  # before each epoch's DataLoader iterator (or EpochSampler, persistent workers)
+    loader = DataLoader(train, batch_size=4, num_workers=default_workers())
 
 Items are dicts of tensors: `color`, `prev`, `next` (un-jittered, photometric loss) and their
 jittered `*_aug` twins (pose net) at the loss size `size`; `input` (what the depth net sees: GDT
