@@ -483,7 +483,8 @@ def run_record(args):
     if args.backend == "classic":
         return dict(settings={"backend": "classic"}, models={})
     used = ["sd_model", "controlnet"] + ["lcm_lora"] * (args.sampler == "lcm")
-    used += ["caption_model"] * (args.captioner != "none") + ["ip_adapter", "ip_adapter_weight"] * (not args.no_ip_adapter)
+    used += ["caption_model"] * (args.captioner != "none")
+    used += ["ip_adapter", "ip_adapter_weight"] * (not args.no_ip_adapter)
     used += ["depth_model"] * (not args.control_dir or not args.no_audit)
     return dict(settings={k: getattr(args, k) for k in SETTINGS}, models={k: getattr(args, k) for k in used})
 
@@ -533,6 +534,11 @@ def translate_audited(translator, images, keys, cond, captions=None, controls=No
     -> per frame (image in the source's mode, record): the first passing attempt ("status": "ok"),
     else the best one ("rejected"); the record lists every attempt's seed and agreement."""
     a, audit = translator.args, translator.pipe is not None and not translator.args.no_audit
+    if audit and translator.depth is None:
+        raise ValueError("the geometry audit needs a depth model: set translator.depth = load_depth_model(...) "
+                         "or pass --no-audit")
+    if translator.pipe is not None and (captions is None or controls is None):
+        captions, controls = prepare_batch(translator, images, keys)
     best, attempts, todo = [None] * len(keys), [[] for _ in keys], list(range(len(keys)))
     quality = lambda record: record["agreement"]["delta1"] if audit else 1.0  # noqa: E731
     for attempt in range(a.max_tries):
@@ -583,7 +589,8 @@ def already_rejected(args, cond):
 def resolve_defaults(args):
     """Defaults that depend on other flags: the sampler's steps and guidance; --tiny: a smoke run."""
     sampler = SAMPLERS[args.sampler]
-    args.steps = args.steps or (TINY_DEFAULTS["steps"] if args.tiny is not None else sampler["steps"])
+    if args.steps is None:
+        args.steps = TINY_DEFAULTS["steps"] if args.tiny is not None else sampler["steps"]
     args.guidance = sampler["guidance"] if args.guidance is None else args.guidance
     args.size = args.size or (TINY_DEFAULTS["size"] if args.tiny is not None else (576, 1024))
     args.caption_model = args.caption_model or CAPTION_MODELS.get(args.captioner)
@@ -598,7 +605,7 @@ DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """The docstring's runbook as written, and each flag's default (when it has one worth showing)."""
     def _get_help_string(self, action):
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
 
 
 def parse_args(argv=None):
@@ -698,6 +705,7 @@ def main(argv=None):
     translator = build_translator(args) if work else None
     if translator and translator.pipe is not None and translator.depth is None and not args.no_audit:
         translator.depth = load_depth_model(args, translator.device, translator.dtype, "--no-audit or ")  # the audit's
+    counts = {c: dict(ok=0, rejected=0) for c in args.cond}
     with tqdm(total=total, unit="img", disable=rank != 0) as bar:
         for i in range(0, len(work), args.batch_size):
             batch = work[i:i + args.batch_size]
@@ -713,11 +721,15 @@ def main(argv=None):
                     if record["status"] == "ok" or args.keep_rejected:
                         save_atomic(out, folder / keys[j])
                     record.update(source=os.path.abspath(os.path.join(args.data_root, keys[j])), output=keys[j])
+                    counts[cond][record["status"]] += 1
                     # a manifest per rank: ranks never append to the same file
                     Path(args.out, cond).mkdir(parents=True, exist_ok=True)
                     with open(Path(args.out, cond, f"manifest.rank{rank}.jsonl"), "a") as f:
                         f.write(json.dumps(record) + "\n")
                 bar.update(len(idx))
+    if total:
+        print(f"rank {rank}: " + "; ".join(f"{c}: {n['ok']} written, {n['rejected']} rejected"
+                                           for c, n in counts.items()))
 
 
 def percentiles(values):
@@ -767,27 +779,27 @@ def contact_sheet(rows, path, height=96):
     save_atomic(sheet, Path(path))
 
 
-def worst_frames_sheet(args, cond, records, path, count=16):
+def worst_frames_sheet(args, cond, records, path, loaded, count=16):
     """Contact sheet of the `count` frames of lowest delta1 that have an image (ok, or kept rejected),
-    their depth maps recomputed with the run's depth model (or --depth-model / --tiny). Returns their
-    recomputed agreements: equal to the manifest's when the model is the run's."""
+    their depth maps recomputed with the run's depth model (or --depth-model / --tiny; kept in
+    `loaded` for the next condition). Returns their recomputed agreements: the manifest's when the
+    model is the run's."""
     folder = Path(args.gdt_root, cond)
     image_of = lambda r: folder / r["output"] if r["status"] == "ok" else folder / "rejected" / r["output"]  # noqa
     shown = sorted((r for r in records if image_of(r).exists()), key=lambda r: r["agreement"]["delta1"])[:count]
     if not shown:
         return []
     settings = shown[0].get("settings", {})
-    if args.tiny is not None:
-        use_tiny_models(args)
     args.depth_model = args.depth_model or shown[0].get("models", {}).get("depth_model") or DEPTH_MODEL
-    if getattr(args, "_depth", None) is None:
-        args._depth = load_depth_model(args, torch.device("cpu"), torch.float32, "--depth-model DIR or ")
+    if args.depth_model not in loaded:
+        loaded[args.depth_model] = load_depth_model(args, torch.device("cpu"), torch.float32, "--depth-model DIR or ")
+    predict = loaded[args.depth_model]
     tiles, control_dir, rows, worst = settings.get("depth_tiles", 1), settings.get("control_dir"), [], []
     for r in shown:
         day = as_rgb8(load_image(os.path.join(args.data_root, r["key"]) if args.data_root else r["source"]))
-        control = load_control_map(control_dir, r["key"]) if control_dir else control_depth(args._depth, day, tiles)
+        control = load_control_map(control_dir, r["key"]) if control_dir else control_depth(predict, day, tiles)
         translation = as_rgb8(load_image(image_of(r)))
-        metrics, aligned = geometry_agreement(args._depth, translation, control, tiles)
+        metrics, aligned = geometry_agreement(predict, translation, control, tiles)
         grey = lambda x: Image.fromarray(to_uint8(x[..., 0] if x.ndim == 3 else x))  # noqa: E731
         rows.append((f"{r['output']}  delta1 {metrics['delta1']:.3f}  abs_rel {metrics['abs_rel']:.3f}  {r['status']}",
                      [day, grey(control), translation, grey(aligned)]))
@@ -800,11 +812,13 @@ def write_report(args):
     """`--report OUT_DIR --gdt-root GDT`: per condition the count, the rejection rate, the delta1 /
     abs_rel percentiles (report.json), the delta1 histogram (<cond>_agreement.png) and the worst 16
     frames (<cond>_worst.png: day | control depth | translation | its depth)."""
-    out, summary = Path(args.report), {}
+    out, summary, loaded = Path(args.report), {}, {}
     conds = sorted(p.parent.name for p in Path(args.gdt_root).glob("*/manifest.rank*.jsonl"))
     if not conds:
         raise ValueError(f"no manifest.rank*.jsonl under {args.gdt_root}/<cond>/: is it the --out of a gdt.py run?")
     out.mkdir(parents=True, exist_ok=True)
+    if args.tiny is not None:
+        use_tiny_models(args)  # the depth maps of the worst frames: the tiny run's own depth model
     for cond in dict.fromkeys(conds):
         records = list(read_manifests(Path(args.gdt_root, cond)).values())
         for r in records:
@@ -821,7 +835,7 @@ def write_report(args):
                      mean_attempts=float(np.mean([len(r.get("attempts", [0])) for r in audited])),
                      delta1=percentiles([r["agreement"]["delta1"] for r in audited]),
                      abs_rel=percentiles([r["agreement"]["abs_rel"] for r in audited]))
-            s["worst"] = worst_frames_sheet(args, cond, audited, out / f"{cond}_worst.png")
+            s["worst"] = worst_frames_sheet(args, cond, audited, out / f"{cond}_worst.png", loaded)
             s["contact_sheet"] = f"{cond}_worst.png" if s["worst"] else None
         print(f"{cond}: {s['count']} frames, {rejected} rejected ({100 * s['rejection_rate']:.1f}%), "
               + (f"delta1 median {s['delta1']['p50']:.3f} (p5 {s['delta1']['p5']:.3f})" if audited else "not audited"))

@@ -245,7 +245,8 @@ def test_redraws_are_the_same_with_batch_size_1_on_two_ranks(world, first_run, r
     first = gdt.read_manifests(first_run / "night")
     assert any(len(r["attempts"]) > 1 for r in records.values()), "no frame was drawn again"
     for key, r in records.items():
-        assert [a["seed"] for a in r["attempts"]] == [gdt.sample_seed(key, "night", n) for n in range(len(r["attempts"]))]
+        seeds = [gdt.sample_seed(key, "night", n) for n in range(len(r["attempts"]))]
+        assert [a["seed"] for a in r["attempts"]] == seeds
         assert r["attempts"][0]["agreement"] == first[key]["agreement"]  # the first draw is the plain run's
         passed = r["agreement"]["delta1"] >= r["settings"]["min_agreement"]
         assert r["status"] == ("ok" if passed else "rejected") and (passed or len(r["attempts"]) == 3)
@@ -471,8 +472,8 @@ def test_16_bit_png_is_read_at_its_depth_not_clipped_white(tmp_path):
     for bits, pixels in ((8, grey), (16, grey.astype(np.uint16) * 257)):
         (tmp_path / f"d{bits}").mkdir()
         Image.fromarray(pixels).save(tmp_path / f"d{bits}" / "f.png")
-        gdt.main(["--backend", "classic", "--data-root", str(tmp_path / f"d{bits}"), "--out", str(tmp_path / f"o{bits}"),
-                  "--cond", "fog"])
+        gdt.main(["--backend", "classic", "--data-root", str(tmp_path / f"d{bits}"),
+                  "--out", str(tmp_path / f"o{bits}"), "--cond", "fog"])
     out8, out16 = (Image.open(tmp_path / f"o{bits}" / "fog" / "f.png") for bits in (8, 16))
     assert (out8.mode, out16.mode) == ("L", "I;16")
     np.testing.assert_array_equal(np.asarray(out16), np.asarray(out8).astype(np.uint16) * 257)
@@ -517,7 +518,8 @@ def test_leftovers_of_killed_runs_are_removed_at_the_next_start(world, tmp_path,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir() if "gdt-tiny" in path.name else path.write_bytes(b"half")
         os.utime(path, (long_ago, long_ago))
-    gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(tmp_path / "out"), "--cond", "fog"])
+    gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(tmp_path / "out"),
+              "--cond", "fog"])
     args = gdt.parse_args(["--tiny", str(world / "tiny"), "--data-root", "d", "--out", "o"])
     gdt.use_tiny_models(args)
     assert [p.exists() for p in stale + alive] == [False, False, True, True]
