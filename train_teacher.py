@@ -66,7 +66,8 @@ def add_common_args(p):
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/ckpt.pt; --lr-* flags given with it replace the checkpoint's rates")
     p.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted (then --resume)")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers per process (default: the CPUs per process on this machine, less one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the depth net")
@@ -114,7 +115,9 @@ def run_cli(main, prog):
     try:
         return main()
     except (FileNotFoundError, ValueError, KeyError, ModelUnavailable) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+        if "DataLoader worker" in message.splitlines()[0]:  # the worker's traceback: keep its last line
+            message = message.splitlines()[-1]
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
 
@@ -124,6 +127,8 @@ def resolve_args(args):
     robotcar = args.dataset == "robotcar"
     args.size = args.size or ((320, 544) if robotcar else (320, 576))
     args.max_depth = args.max_depth or (50.0 if robotcar else 80.0)
+    if args.workers is None:
+        args.workers = data.default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if args.tiny:
         args.encoder, args.init, args.net_size = "tiny", "none", None
     return args
@@ -356,13 +361,15 @@ def train(args, loss_module, dataset, val_dataset=None):
     bar = tqdm(total=total, initial=step, disable=not master, desc=os.path.basename(args.out.rstrip("/")),
                dynamic_ncols=True)
     sums, count, finite, tick = None, 0, torch.ones((), dtype=torch.bool, device=device), time.time()
+    # Items are fetched as (epoch, index) pairs, so the workers can live across epochs and still draw
+    # each epoch's augmentation (they keep the dataset copy they started with).
+    pairs = data.EpochSampler(sampler)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=pairs, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0)
     while step < total and step != args.stop_at:
         epoch, skip = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=SkipSampler(sampler, skip * args.batch_size),
-                            num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
-                            persistent_workers=False)
+        pairs.set_epoch(epoch, SkipSampler(sampler, skip * args.batch_size))  # a resume skips the finished part
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -247,3 +247,13 @@ def test_training_ends_with_where_the_checkpoint_and_log_are(tiny_world, tmp_pat
     run(tiny_world, tmp_path, "--steps", "1")
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert str(tmp_path / "ckpt.pt") in last and str(tmp_path / "log.jsonl") in last
+
+
+def test_persistent_workers_give_the_same_weights_as_none_across_epochs(tiny_world, tmp_path):
+    steps_per_epoch = len(data.NuScenesDepth(tiny_world, size=(56, 96), frames=(-1, 0, 1))) // 2
+    steps = str(2 * steps_per_epoch + 1)  # into the third epoch: each epoch must draw its own augmentation
+    run(tiny_world, tmp_path / "w0", "--steps", steps)
+    run(tiny_world, tmp_path / "w2", "--steps", steps, "--workers", "2")
+    a = torch.load(tmp_path / "w0" / "ckpt.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "w2" / "ckpt.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
