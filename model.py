@@ -398,7 +398,7 @@ def load_depth_net(path_or_dict, map_location="cpu"):
         return net.to(map_location)
     ckpt = read_checkpoint(path_or_dict)
     if "model" not in ckpt or "config" not in ckpt:
-        raise KeyError(f"checkpoint {path_or_dict if isinstance(path_or_dict, str) else ''} has no 'model' / "
+        raise ValueError(f"checkpoint {path_or_dict if isinstance(path_or_dict, str) else ''} has no 'model' / "
                        f"'config' entries: it was not written by this project's training scripts")
     net = DepthNet(init="none", **ckpt["config"])
     net.load_state_dict(ckpt["model"])
@@ -410,7 +410,7 @@ def load_pose_net(path_or_dict, map_location="cpu"):
     ckpt = read_checkpoint(path_or_dict)
     if ckpt.get("pose") is None:
         name = path_or_dict if isinstance(path_or_dict, str) else "the checkpoint"
-        raise KeyError(f"{name} holds no pose network: it is a {checkpoint_kind(ckpt)} checkpoint, and the teacher "
+        raise ValueError(f"{name} holds no pose network: it is a {checkpoint_kind(ckpt)} checkpoint, and the teacher "
                        f"loss needs a self-supervised teacher's (train_teacher.py --supervision self); with a "
                        f"LiDAR teacher use --teacher-mask none")
     pose = PoseNet(init=None, **ckpt["pose_config"])

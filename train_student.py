@@ -115,8 +115,8 @@ def main(argv=None):
     teacher = load_depth_net(teacher_ckpt)
     try:
         pose = None if args.teacher_mask == "none" else load_pose_net(teacher_ckpt)
-    except KeyError as e:
-        raise KeyError(f"--teacher {args.teacher}: {e.args[0]}") from None
+    except ValueError as e:
+        raise ValueError(f"--teacher {args.teacher}: {e}") from None
     net = build_depth_net(args)
     if args.init_from_teacher:
         net.load_state_dict(teacher.state_dict())

@@ -114,8 +114,8 @@ def run_cli(main, prog):
     with 2); real bugs keep their traceback."""
     try:
         return main()
-    except (FileNotFoundError, ValueError, KeyError, ModelUnavailable) as e:
-        message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+    except (FileNotFoundError, ValueError, ModelUnavailable) as e:
+        message = str(e).strip()
         if "DataLoader worker" in message.splitlines()[0]:  # the worker's traceback: keep its last line
             message = message.splitlines()[-1]
         print(f"{prog}: error: {message}", file=sys.stderr)

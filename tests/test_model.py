@@ -244,16 +244,16 @@ def test_truncated_or_foreign_checkpoint_names_the_file(tiny_net, tmp_path):
     with pytest.raises(ValueError, match=r"cut\.pt cannot be read.*truncated"):
         load_depth_net(str(tmp_path / "cut.pt"))
     torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(KeyError, match=r"other\.pt has no 'model'"):
+    with pytest.raises(ValueError, match=r"other\.pt has no 'model'"):
         load_depth_net(str(tmp_path / "other.pt"))
 
 
 def test_pose_net_request_says_what_the_checkpoint_is(tmp_path):
     save_checkpoint(str(tmp_path / "s.pt"), pose=None, args={"teacher": "t.pt"})
-    with pytest.raises(KeyError, match="student checkpoint"):
+    with pytest.raises(ValueError, match="student checkpoint"):
         load_pose_net(str(tmp_path / "s.pt"))
     save_checkpoint(str(tmp_path / "l.pt"), pose=None, args={"supervision": "lidar"})
-    with pytest.raises(KeyError, match=r"teacher \(lidar\) checkpoint.*--teacher-mask none"):
+    with pytest.raises(ValueError, match=r"teacher \(lidar\) checkpoint.*--teacher-mask none"):
         load_pose_net(str(tmp_path / "l.pt"))
 
 
