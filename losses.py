@@ -1,4 +1,4 @@
-"""The losses of SSD (SPEC §3), as small functions that read like the formulas.
+"""The losses of SSD (docs/method.md §3), as small functions that read like the formulas.
 
 Self-supervised teacher (md4all / monodepth2): photometric error, reprojection with auto-masking,
 edge-aware smoothness, velocity supervision. Supervised teacher: SILog against LiDAR. Student:
@@ -36,7 +36,7 @@ def _at_least_float32(*tensors):
 
 
 def ssim(x, y):
-    """Per-pixel SSIM map (B,C,H,W) in [-1, 1] over 3x3 windows with reflection padding (SPEC §3)."""
+    """Per-pixel SSIM map (B,C,H,W) in [-1, 1] over 3x3 windows with reflection padding (docs/method.md §3)."""
     # Variances are differences of squares next to C1 = 1e-4: bf16 would turn them into noise.
     x, y = _at_least_float32(x, y)
     x, y = F.pad(x, (1, 1, 1, 1), mode="reflect"), F.pad(y, (1, 1, 1, 1), mode="reflect")
@@ -50,7 +50,7 @@ def ssim(x, y):
 
 
 def photometric_error(pred, target):
-    """pe = 0.85 (1 - SSIM) / 2 + 0.15 |I - I'|, averaged over channels -> (B,1,H,W) (SPEC §3)."""
+    """pe = 0.85 (1 - SSIM) / 2 + 0.15 |I - I'|, averaged over channels -> (B,1,H,W) (docs/method.md §3)."""
     if pred.shape != target.shape:
         raise ValueError(f"losses.photometric_error: image shapes differ, {tuple(pred.shape)} "
                          f"vs {tuple(target.shape)}; resize both to the loss resolution first")
@@ -69,14 +69,14 @@ def pixel_grid(batch, height, width, device=None, dtype=torch.float32):
 
 
 def backproject(depth, inv_K):
-    """Camera-frame points X = D(p) K^-1 p of every pixel p: (B,1,H,W) depth -> (B,3,H,W) (SPEC §3)."""
+    """Camera-frame points X = D(p) K^-1 p of every pixel p: (B,1,H,W) depth -> (B,3,H,W) (docs/method.md §3)."""
     b, _, h, w = depth.shape
     rays = inv_K @ pixel_grid(b, h, w, depth.device, depth.dtype)
     return (rays * depth.reshape(b, 1, h * w)).reshape(b, 3, h, w)
 
 
 def project(points, K, T=None):
-    """Pixel coordinates (B,H,W,2) as (u, v) of K [R|t] X for camera points X (B,3,H,W) (SPEC §3)."""
+    """Pixel coordinates (B,H,W,2) as (u, v) of K [R|t] X for camera points X (B,3,H,W) (docs/method.md §3)."""
     b, _, h, w = points.shape
     pts = points.reshape(b, 3, h * w)
     if T is not None:
@@ -96,7 +96,7 @@ def sampling_grid(uv, height, width):
 
 
 def warp(source, depth, T, K):
-    """Source image resampled into the target view: I_{s->t}(p) = I_s(K T_{t->s} D(p) K^-1 p) (SPEC §3)."""
+    """Source image resampled into the target view: I_{s->t}(p) = I_s(K T_{t->s} D(p) K^-1 p) (docs/method.md §3)."""
     if K.dim() == 2:
         K = K.expand(source.shape[0], 3, 3)
     h, w = source.shape[-2:]
@@ -112,7 +112,7 @@ def warp(source, depth, T, K):
 
 
 def min_reprojection(target, warped_sources, sources, automask=True):
-    """Per-pixel min over sources of pe, auto-masked by the un-warped sources' pe (SPEC §3).
+    """Per-pixel min over sources of pe, auto-masked by the un-warped sources' pe (docs/method.md §3).
 
     Returns (loss_map (B,1,H,W), mask (B,1,H,W) bool: True where a warped source won). Ties go
     to the identity error (the strict inequality of monodepth2's mask), which replaces its random
@@ -127,7 +127,7 @@ def min_reprojection(target, warped_sources, sources, automask=True):
 
 
 def reprojection_loss(target, sources, depth, poses, K, automask=True):
-    """Warp every source into the target with its T_{t->s} and take the auto-masked min (SPEC §3).
+    """Warp every source into the target with its T_{t->s} and take the auto-masked min (docs/method.md §3).
 
     Returns (loss_map (B,1,H,W), mask (B,1,H,W) bool, list of warped sources).
     """
@@ -140,7 +140,7 @@ def reprojection_loss(target, sources, depth, poses, K, automask=True):
 
 
 def smoothness_loss(disp, image):
-    """Edge-aware smoothness of mean-normalised disparity, |grad d*| e^{-|grad I|} (SPEC §3).
+    """Edge-aware smoothness of mean-normalised disparity, |grad d*| e^{-|grad I|} (docs/method.md §3).
 
     md4all feeds it the scaled disparity 1/depth (DepthNet's `scaled_disp`), not the sigmoid output.
     """
@@ -155,13 +155,13 @@ def smoothness_loss(disp, image):
 
 
 def velocity_loss(t_pred, dist_gt):
-    """Velocity supervision mean |‖t_pred‖ - ‖t_gt‖|: t_pred (B,3) metres, dist_gt (B,) (SPEC §3)."""
+    """Velocity supervision mean |‖t_pred‖ - ‖t_gt‖|: t_pred (B,3) metres, dist_gt (B,) (docs/method.md §3)."""
     dist_gt = torch.as_tensor(dist_gt, dtype=t_pred.dtype, device=t_pred.device).reshape(-1)
     return (t_pred.norm(dim=-1).reshape(-1) - dist_gt).abs().mean()
 
 
 def silog_loss(pred, gt, min_depth=0.1, max_depth=80.0, variance_focus=0.85):
-    """SILog 10 sqrt(mean d^2 - λ (mean d)^2), d = log pred - log gt on min < gt < max (SPEC §3).
+    """SILog 10 sqrt(mean d^2 - λ (mean d)^2), d = log pred - log gt on min < gt < max (docs/method.md §3).
 
     The BTS form: scaled by 10, and pooled over every valid pixel of the batch, so an image
     without LiDAR simply contributes nothing; a batch with no valid pixel gives 0 (with a graph).
@@ -179,7 +179,7 @@ def silog_loss(pred, gt, min_depth=0.1, max_depth=80.0, variance_focus=0.85):
 
 
 def distillation(student_scaled_disp, teacher_scaled_disp):
-    """Per-pixel distillation |s_S - s_T| / s_S on scaled disparities, teacher detached (SPEC §3)."""
+    """Per-pixel distillation |s_S - s_T| / s_S on scaled disparities, teacher detached (docs/method.md §3)."""
     if student_scaled_disp.shape != teacher_scaled_disp.shape:
         raise ValueError(f"losses.distillation: student {tuple(student_scaled_disp.shape)} and teacher "
                          f"{tuple(teacher_scaled_disp.shape)} disparities differ in shape")
@@ -188,7 +188,7 @@ def distillation(student_scaled_disp, teacher_scaled_disp):
 
 
 def teacher_loss(distill_map, pe_teacher, pe_student, mask="reliable"):
-    """Teacher loss mean(M * distillation), M = [pe_T < pe_S] where the teacher is reliable (SPEC §3).
+    """Teacher loss mean(M * distillation), M = [pe_T < pe_S] where the teacher is reliable (docs/method.md §3).
 
     mask 'printed' uses the paper's printed inequality [pe_T > pe_S]; 'none' uses M = 1.
     M is computed without gradient: it selects pixels, it is not a target.
@@ -207,7 +207,7 @@ def teacher_loss(distill_map, pe_teacher, pe_student, mask="reliable"):
 
 
 def semantic_loss(f_student, f_dino):
-    """Semantic loss 1 - mean over patch tokens of cos(F_student, F_dino), DINOv2 detached (SPEC §3)."""
+    """Semantic loss 1 - mean over patch tokens of cos(F_student, F_dino), DINOv2 detached (docs/method.md §3)."""
     if f_student.shape != f_dino.shape:
         raise ValueError(f"losses.semantic_loss: student tokens {tuple(f_student.shape)} and DINOv2 "
                          f"tokens {tuple(f_dino.shape)} differ; use an encoder of the same size "

@@ -1,4 +1,4 @@
-"""The SSD depth network (SPEC §2): DINOv2 encoder + DPT head, plus the md4all pose network.
+"""The SSD depth network (docs/method.md §2): DINOv2 encoder + DPT head, plus the md4all pose network.
 
     from model import load_depth_net
     net = load_depth_net("runs/student/ckpt.pt")      # a checkpoint alone rebuilds the net
@@ -80,7 +80,7 @@ def from_pretrained_or_explain(load_fn, name_or_path, hint, **kwargs):
 
 
 def disp_to_depth(disp, min_depth=0.1, max_depth=80.0):
-    """md4all / monodepth2 mapping of sigmoid disparity to (scaled disparity, depth), SPEC §2."""
+    """md4all / monodepth2 mapping of sigmoid disparity to (scaled disparity, depth), docs/method.md §2."""
     min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
     scaled_disp = min_disp + (max_disp - min_disp) * disp
     return scaled_disp, 1.0 / scaled_disp
@@ -315,7 +315,7 @@ def resnet_config(size):
 
 
 class PoseNet(nn.Module):
-    """md4all / monodepth2 pose network (SPEC §2): frames (target, source) -> T_{target->source}."""
+    """md4all / monodepth2 pose network (docs/method.md §2): frames (target, source) -> T_{target->source}."""
 
     def __init__(self, size="resnet18", init=RESNET18, resnet_config_dict=None):
         from transformers import ResNetConfig, ResNetModel

@@ -1,7 +1,7 @@
 """Tiny random stand-ins for every model GDT loads (docs/method.md §1), written in the hub repositories' own
 layouts so `gdt.py --tiny` loads them back through the same code as the real ids.
 
-Shapes follow OFFLINE-NOTES.md: they run in well under a second at 64-128 px with 2 steps on CPU.
+Shapes chosen so that they run in well under a second at 64-128 px with 2 steps on CPU.
 The caption model is a tiny BLIP (BLIP-base layout) whichever captioner is asked for: a tiny BLIP-2
 needs a tiny OPT and Q-Former for no extra coverage, and both load through the same Auto class.
 """
@@ -17,7 +17,8 @@ TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "car",
 
 
 def clip_tokenizer():
-    """A byte-level CLIP tokenizer built without the hub (OFFLINE-NOTES: vocab dict + no merges)."""
+    """A byte-level CLIP tokenizer built without the hub: a vocab dict and no merges (given file paths, the
+    constructor silently builds an empty vocabulary)."""
     from transformers import CLIPTokenizer
     # GPT-2 / CLIP byte-to-symbol table: printable bytes map to themselves, the rest to 256 + n
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]

@@ -1,4 +1,4 @@
-"""Train the SSD student (SPEC §3-4): day images and their GDT translations, teacher + semantic loss.
+"""Train the SSD student (docs/method.md §3-4): day images and their GDT translations, teacher + semantic loss.
 
     # CPU smoke run (after synthetic.py, gdt.py and train_teacher.py on the synthetic world)
     python train_student.py --tiny --data-root world --size 90x160 --teacher runs/teacher/ckpt.pt \
@@ -45,7 +45,7 @@ def parse_conds(text, gdt_root):
 
 
 class StudentLoss(nn.Module):
-    """Teacher loss (reliability-masked distillation) + w_sem x semantic loss (SPEC §3)."""
+    """Teacher loss (reliability-masked distillation) + w_sem x semantic loss (docs/method.md §3)."""
 
     def __init__(self, net, teacher, teacher_pose, dino, mask="reliable", w_sem=1.0):
         super().__init__()

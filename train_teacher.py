@@ -1,4 +1,4 @@
-"""Train the SSD teacher on day-clear frames (SPEC §2-4): self-supervised (the paper) or on LiDAR.
+"""Train the SSD teacher on day-clear frames (docs/method.md §2-4): self-supervised (the paper) or on LiDAR.
 
     # CPU smoke run on the synthetic world (python synthetic.py --out world)
     python train_teacher.py --tiny --data-root world --size 90x160 --steps 20 --out runs/teacher
@@ -38,7 +38,7 @@ POSE_ORDERS = ("md4all", "temporal")
 
 
 def add_common_args(p):
-    """Flags shared by the teacher and the student trainers (SPEC §4 defaults)."""
+    """Flags shared by the teacher and the student trainers (docs/method.md §4 defaults)."""
     p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar"])
     p.add_argument("--data-root", required=True)
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
@@ -151,7 +151,7 @@ def build_depth_net(args):
 
 
 class SelfSupervisedLoss(nn.Module):
-    """md4all teacher objective (SPEC §3): min reprojection with auto-masking + smoothness + velocity.
+    """md4all teacher objective (docs/method.md §3): min reprojection with auto-masking + smoothness + velocity.
 
     pose_order 'md4all' feeds the pose net (target, source) for both neighbours (md4all's default, the base
     SSD builds on); 'temporal' feeds each pair in time order and inverts the previous frame's result
@@ -185,7 +185,7 @@ class SelfSupervisedLoss(nn.Module):
 
 
 class LidarLoss(nn.Module):
-    """Supervised teacher objective (SPEC §3): SILog against LiDAR projected at network resolution."""
+    """Supervised teacher objective (docs/method.md §3): SILog against LiDAR projected at network resolution."""
 
     def __init__(self, net):
         super().__init__()
@@ -247,7 +247,7 @@ def validate(net, dataset, args, rank, world, device):
 
 
 def param_groups(loss_module, args):
-    """AdamW groups with the SPEC §4 learning rates: encoder, decoder (neck + head), pose net."""
+    """AdamW groups with the learning rates of docs/method.md §4: encoder, decoder (neck + head), pose net."""
     net = loss_module.net
     groups = [{"params": list(net.model.backbone.parameters()), "lr": args.lr_encoder},
               {"params": list(net.model.neck.parameters()) + list(net.model.head.parameters()), "lr": args.lr_decoder}]

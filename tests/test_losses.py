@@ -1,4 +1,4 @@
-"""losses.py against hand-computed values on tiny tensors (SPEC §3)."""
+"""losses.py against hand-computed values on tiny tensors (docs/method.md §3)."""
 import math
 
 import pytest

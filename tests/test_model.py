@@ -1,4 +1,4 @@
-"""The depth and pose networks (SPEC §2): shapes, ranges, gradients, loading and saving."""
+"""The depth and pose networks (docs/method.md §2): shapes, ranges, gradients, loading and saving."""
 import os
 import socket
 
