@@ -1,14 +1,18 @@
-"""Throughput of every SSD stage on the device at hand: GDT, teacher and student training, inference.
+"""Throughput of every SSD stage on the device at hand: GDT, teacher and student training, inference,
+and the data pipeline that feeds training.
 
     python bench.py --tiny                      # CPU smoke run of the same code paths, seconds
     python bench.py                             # one GPU: every figure, full-size models
+    python bench.py --only data                 # CPU: training items/s per worker, workers one GPU needs
+    python bench.py --only flops                # CPU, seconds: FLOPs of every stage at full size
     python bench.py --compile --models-dir /tmp/sd15-random --out bench-compile.json
     python bench.py --only teacher student --train-batch 4     # a subset; the paper's batch
 
 Full size: the real architectures (SD 1.5 + ControlNet + IP-Adapter with its ViT-H image encoder;
 DINOv2 ViT-B + DPT; ResNet-18 pose net) with random weights, which cost what pretrained ones cost.
 The SD models are written once to --models-dir (4 GB, fp16) and loaded by gdt.build_translator.
-Printed, and written atomically to --out as JSON (each section with device, torch version, date):
+Printed, and written atomically to --out as JSON after every figure (an interrupted or failing run
+keeps what it measured; a failing section records its error and the others still run):
 - matmul: measured rate of a large bf16 matmul (fp32 on CPU), the roofline of every share below;
 - gdt: images/s at 576x1024, 30 steps, guidance 7.5, ControlNet + IP-Adapter, of ours
   (gdt.translate_batch, --gdt-batch images a call, fp16, channels-last, --compile) and of the
@@ -18,40 +22,60 @@ Printed, and written atomically to --out as JSON (each section with device, torc
 - teacher, student: training images/s at 518x784 (losses at 320x576; real loss modules, AdamW,
   bf16 autocast, batches already on the device: data loading is not timed) and MFU (FLOPs of one
   forward + backward x steps/s / matmul rate);
-- inference: depth-net frames/s at 518x784, batch 1 and 16; peak GPU memory of each (none on CPU).
+- inference: depth-net frames/s at 518x784, batch 1 and 16; peak GPU memory of each (none on CPU);
+- flops: FLOPs per image of the training steps (teacher, student, LiDAR teacher), of inference and of
+  GDT with the default sampler and with LCM (4 steps, guidance 1), counted on fake tensors (shapes
+  only: full size in seconds on any machine);
+- data: CPU cost of the real data.NuScenesDepth training items (teacher: 3 frames; student: + a GDT
+  translation; LiDAR teacher: 1 frame + LiDAR projection) at the loss and network sizes, on a small
+  synthetic world rendered at nuScenes' 900x1600 with JPEG frames (or --data-root), for the fast
+  decode and the reference path: CPU ms per item, items/s of 1..N DataLoader workers, and the items/s
+  one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
 --tiny: tiny models and sizes on one CPU thread; a smoke test of the code, not a speed claim.
 """
 import argparse
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+import traceback
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.utils import logging as diffusers_logging
 from PIL import Image
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 from transformers.utils import logging as transformers_logging
 
+import data
 import gdt
 import tiny_models
 from model import DepthNet, DinoFeatures, PoseNet
 from train_student import StudentLoss
-from train_teacher import SelfSupervisedLoss, add_common_args, build_depth_net, param_groups, resolve_args
+from train_teacher import LidarLoss, SelfSupervisedLoss, add_common_args, build_depth_net, param_groups, resolve_args
 
-SECTIONS = ("gdt", "teacher", "student", "inference")
+SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data")
 FULL = dict(gdt_size="576x1024", gdt_steps=30, gdt_batch=8, source_size=(900, 1600), encoder="base",
-            pose="resnet18", loss_size=(320, 576), net_size=(518, 784), iters=20)
+            pose="resnet18", loss_size=(320, 576), net_size=(518, 784), iters=20, data_samples=32)
 TINY = dict(gdt_size="64x64", gdt_steps=2, gdt_batch=2, source_size=(64, 64), encoder="tiny", pose="tiny",
-            loss_size=(48, 84), net_size=(42, 70), iters=2)
+            loss_size=(48, 84), net_size=(42, 70), iters=2, data_samples=4)
 TRAIN_BATCHES = (32, 16, 8, 4)  # GPU default: the largest that fits
+GUIDANCE = gdt.SAMPLERS["unipc"]["guidance"]  # gdt.py's default sampler (the paper's)
+H100_BF16_TFLOPS = 989.4  # dense bf16 peak of an H100 SXM (NVIDIA datasheet, without sparsity)
+MFU = 0.40  # the training MFU BENCHMARKS.md targets: the rate the data pipeline must keep up with
+DATA_KINDS = {  # what each trainer's dataset reads per item (train_teacher.py, train_student.py defaults)
+    "teacher": dict(frames=(-1, 0, 1)),
+    "student": dict(frames=(-1, 0, 1), gdt_conds=("night",), p_day=0.0),  # every item reads a translation
+    "lidar_teacher": dict(frames=(0,), with_lidar=True),
+}
 aten = torch.ops.aten
 # FlopCounterMode knows the CUDA attention kernels but not the CPU one, which --tiny would leave out
 CPU_ATTENTION_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flop.__wrapped__,
@@ -61,7 +85,7 @@ CPU_ATTENTION_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa_fl
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny random models and sizes (CPU smoke test)")
-    p.add_argument("--out", default="bench.json", help="JSON of every figure (written atomically)")
+    p.add_argument("--out", default="bench.json", help="JSON of every figure (rewritten atomically after each)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="a subset of the sections")
     p.add_argument("--compile", action="store_true", help="torch.compile UNet + ControlNet and the depth nets")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the trained encoder")
@@ -74,12 +98,46 @@ def parse_args(argv=None):
     p.add_argument("--train-batch", type=int, help=f"default: the largest of {TRAIN_BATCHES} that fits")
     p.add_argument("--iters", type=int, help="timed training steps, and inference passes per batch size (20)")
     p.add_argument("--infer-batches", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--data-root", help="nuScenes-format dataroot for the data section (its first day-clear "
+                   "training scene is read); default: a small synthetic world at 900x1600 (72x128 with --tiny)")
+    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version of --data-root")
+    p.add_argument("--data-workers", nargs="+", type=int, help="DataLoader worker counts (1, 2, 4 .. CPUs)")
+    p.add_argument("--data-samples", type=int, help="items timed per figure (32)")
+    p.add_argument("--gpu-tflops", type=float, help=f"training FLOP rate of one GPU, TFLOP/s (default: {MFU:.0%} "
+                   f"of the measured bf16 matmul rate on a GPU, else of an H100's {H100_BF16_TFLOPS})")
     args = p.parse_args(argv)
     for key, value in (TINY if args.tiny else FULL).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.gdt_images = args.gdt_images or 2 * args.gdt_batch
+    cpus = os.cpu_count() or 1
+    args.data_workers = args.data_workers or sorted({2 ** i for i in range(cpus.bit_length()) if 2 ** i <= cpus} | {cpus})
+    if min(args.data_workers) < 1 or args.data_samples < 1:
+        p.error("--data-workers and --data-samples must be at least 1")
     return args
+
+
+class Results(dict):
+    """Every figure so far, keyed by section, rewritten atomically to `path` each time one is added:
+    a run that is interrupted, or whose later section fails, keeps what it measured."""
+
+    def __init__(self, path, meta):
+        super().__init__(meta=meta)
+        self.path, self.stamp = path, {k: meta[k] for k in ("device", "torch", "date")}
+
+    def add(self, section, **figures):
+        self.setdefault(section, dict(self.stamp)).update(figures)
+        write_json(self, self.path)
+
+
+def write_json(results, path):
+    """Write atomically: a temp file in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
 
 
 def device_name(device):
@@ -87,7 +145,8 @@ def device_name(device):
         return torch.cuda.get_device_name(device)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    return f"CPU {names[0] if names else platform.machine()}, torch threads: {torch.get_num_threads()}"
+    return (f"CPU {names[0] if names else platform.machine()}, {os.cpu_count()} cores, "
+            f"torch threads: {torch.get_num_threads()}")
 
 
 def reset_peak(device):
@@ -120,6 +179,18 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
+@contextmanager
+def shapes_only(build):
+    """The module `build()` makes, with fake tensors: full-size shapes and FLOP counts in seconds, with
+    neither the memory nor the arithmetic (built on the meta device, then faked on the CPU). Tensors
+    made inside the block are fake too; nothing that reads values (.item(), masks) works there. (Plain
+    meta tensors are faster, but model.py's float32 regions ask autocast about the device type.)"""
+    with torch.device("meta"):
+        module = build()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        yield module.to_empty(device="cpu")
+
+
 def matmul_rate(device):
     """The device's measured dense matmul rate: bf16 8192^3 on GPU, fp32 1024^3 on CPU."""
     n, dtype, iters = (8192, torch.bfloat16, 50) if device.type == "cuda" else (1024, torch.float32, 5)
@@ -129,39 +200,78 @@ def matmul_rate(device):
     return dict(matmul=f"{str(dtype).split('.')[-1]} {n}x{n}", tflops=rate / 1e12)
 
 
+def sd15_models():
+    """Random SD 1.5 UNet, VAE and text encoder, the depth ControlNet made from the UNet, and
+    IP-Adapter's ViT-H/14 image encoder, with the real configurations."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+    vocab = len(tiny_models.clip_tokenizer())  # byte-level: the text encoder still sees 77 tokens
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD 1.x
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                        num_hidden_layers=12, projection_dim=768, max_position_embeddings=77,
+                                        bos_token_id=vocab - 2, eos_token_id=vocab - 1))
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
+        image_size=224, projection_dim=1024, hidden_act="gelu"))
+    return torch.nn.ModuleDict(dict(unet=unet, vae=vae, text=text, vision=vision,
+                                    controlnet=ControlNetModel.from_unet(unet)))
+
+
 def save_sd15_models(root):
-    """Random SD 1.5, depth ControlNet and IP-Adapter (ViT-H/14 image encoder) with the real configs,
-    in tiny_models' layout, fp16; reused when `root` holds a finished copy."""
+    """sd15_models() and an IP-Adapter for them in tiny_models' layout, fp16; reused when `root` holds
+    a finished copy."""
     paths = {"sd_model": f"{root}/sd", "controlnet": f"{root}/controlnet", "ip_adapter": f"{root}/ip_adapter"}
     if os.path.exists(os.path.join(root, "complete")):
         return paths
-    from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel,
-                           UniPCMultistepScheduler)
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
-    tokenizer = tiny_models.clip_tokenizer()  # byte-level: the text encoder still sees 77 tokens
+    from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
+    from transformers import CLIPImageProcessor
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD 1.x
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                                            num_hidden_layers=12, projection_dim=768, max_position_embeddings=77,
-                                            bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1))
-        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
-            image_size=224, projection_dim=1024, hidden_act="gelu"))
-        controlnet, ip_weights = ControlNetModel.from_unet(unet), tiny_models.ip_adapter_state_dict(unet, 1024)
+        m = sd15_models()
+        ip_weights = tiny_models.ip_adapter_state_dict(m.unet, m.vision.config.projection_dim)
     # UniPC, as gdt.py swaps in: the naive loop then runs the same 30 UNet calls (PNDM would run 31)
     unipc = UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=unipc,
-                            safety_checker=None, feature_extractor=CLIPImageProcessor(),
+    StableDiffusionPipeline(vae=m.vae, text_encoder=m.text, tokenizer=tiny_models.clip_tokenizer(), unet=m.unet,
+                            scheduler=unipc, safety_checker=None, feature_extractor=CLIPImageProcessor(),
                             requires_safety_checker=False).to(torch.float16).save_pretrained(paths["sd_model"])
-    controlnet.to(torch.float16).save_pretrained(paths["controlnet"])
-    vision.to(torch.float16).save_pretrained(os.path.join(paths["ip_adapter"], "models", "image_encoder"))
+    m.controlnet.to(torch.float16).save_pretrained(paths["controlnet"])
+    m.vision.to(torch.float16).save_pretrained(os.path.join(paths["ip_adapter"], "models", "image_encoder"))
     torch.save(ip_weights, os.path.join(paths["ip_adapter"], "models", "ip-adapter_sd15.bin"))
     open(os.path.join(root, "complete"), "w").close()
     return paths
+
+
+def gdt_flops(size, steps):
+    """FLOPs per image of GDT at `size` (H, W) with the default sampler (`steps`, guidance 7.5) and
+    with LCM (4 steps, guidance 1): text encoder, denoiser calls, VAE decode; on meta tensors. Left
+    out: IP-Adapter's extra attention on 4 image tokens (0.2% at 64x128) and the image encoder (once
+    per reference image, cached); the LCM-LoRA counts as fused into the UNet."""
+    h, w = size
+    with torch.device("meta"):  # diffusers' models run on meta tensors, faster than fake ones
+        m = sd15_models()
+        latents, t = torch.randn(1, 4, h // 8, w // 8), torch.tensor([500])
+        context, tokens = torch.randn(1, 77, m.unet.config.cross_attention_dim), torch.zeros(1, 77, dtype=torch.long)
+
+        def denoise():  # one evaluation: ControlNet residuals into the UNet
+            down, mid = m.controlnet(latents, t, context, controlnet_cond=torch.randn(1, 3, h, w), return_dict=False)
+            return m.unet(latents, t, context, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample
+
+        text, call, decode = (count_flops(fn) for fn in (lambda: m.text(tokens), denoise,
+                                                         lambda: m.vae.decode(latents)))
+    lcm = gdt.SAMPLERS["lcm"]
+
+    def per_image(steps, guidance):  # the negative prompt's pass doubles the text encoder and each call
+        calls = gdt.denoiser_calls_per_image(argparse.Namespace(steps=steps, guidance=guidance, strength=None))
+        return (2 if guidance > 1 else 1) * text + calls * call + decode
+
+    default, fast = per_image(steps, GUIDANCE), per_image(lcm["steps"], lcm["guidance"])
+    return dict(size=f"{h}x{w}", default_steps=steps, default_guidance=GUIDANCE, lcm_steps=lcm["steps"],
+                lcm_guidance=lcm["guidance"], denoiser_call_tflop=call / 1e12, vae_decode_tflop=decode / 1e12,
+                text_encoder_tflop=text / 1e12, default_tflop_per_image=default / 1e12,
+                lcm_tflop_per_image=fast / 1e12, lcm_cost_ratio=fast / default)
 
 
 def gdt_inputs(args, work):
@@ -218,7 +328,7 @@ def gdt_naive(args, paths, work, inputs, device):
     def run(i):
         control = Image.fromarray(gdt.to_uint8(controls[i])).resize((w, h), Image.BICUBIC)
         pipe(prompt=gdt.condition_prompt("night", captions[i]), negative_prompt=gdt.NEGATIVE_PROMPT, image=control,
-             ip_adapter_image=style, height=h, width=w, num_inference_steps=args.gdt_steps, guidance_scale=7.5,
+             ip_adapter_image=style, height=h, width=w, num_inference_steps=args.gdt_steps, guidance_scale=GUIDANCE,
              generator=torch.Generator().manual_seed(gdt.sample_seed(keys[i], "night")))
     run(0)
     reset_peak(device)
@@ -227,21 +337,23 @@ def gdt_naive(args, paths, work, inputs, device):
                 naive_peak_gib=peak_gib(device))
 
 
-def bench_gdt(args, device, rate):
+def bench_gdt(args, device, results):
     """Naive, then ours, on the same images, settings and models (one at a time: each peak is its own)."""
+    from diffusers.utils import logging as diffusers_logging
+    diffusers_logging.disable_progress_bar()  # loading bars would bury the table
     work, cudnn = tempfile.mkdtemp(prefix="bench-gdt-"), torch.backends.cudnn
     flags = cudnn.benchmark, cudnn.deterministic  # build_translator sets them; training must not inherit them
+    results.add("gdt", size=args.gdt_size, steps=args.gdt_steps, guidance=GUIDANCE, images=args.gdt_images)
     try:
         root = args.models_dir or os.path.join(work, "models")
         paths = tiny_models.save_tiny_models(root) if args.tiny else save_sd15_models(root)
         inputs = gdt_inputs(args, work)
-        naive = gdt_naive(args, paths, work, inputs, device)
-        ours = gdt_ours(args, paths, work, inputs, device, rate)
+        results.add("gdt", **gdt_naive(args, paths, work, inputs, device))
+        results.add("gdt", **gdt_ours(args, paths, work, inputs, device, results["matmul"]["tflops"]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         cudnn.benchmark, cudnn.deterministic = flags
-    return dict(size=args.gdt_size, steps=args.gdt_steps, guidance=7.5, images=args.gdt_images,
-                speedup=ours["ours_images_per_s"] / naive["naive_images_per_s"], **ours, **naive)
+    results.add("gdt", speedup=results["gdt"]["ours_images_per_s"] / results["gdt"]["naive_images_per_s"])
 
 
 def trainer_args(args):
@@ -255,21 +367,27 @@ def trainer_args(args):
 
 
 def build_loss(kind, args):
-    """The real loss module of the teacher (self-supervised) or of the student, random weights."""
+    """The real loss module of the self-supervised teacher, the LiDAR teacher or the student, random weights."""
     net = build_depth_net(trainer_args(args))
     if kind == "teacher":
         return SelfSupervisedLoss(net, PoseNet(args.pose, init=None))
+    if kind == "lidar_teacher":
+        return LidarLoss(net)
     teacher = DepthNet(args.encoder, "none", net_size=args.net_size)
     return StudentLoss(net, teacher, PoseNet(args.pose, init=None), DinoFeatures(args.encoder, "none", args.net_size))
 
 
 def synthetic_batch(kind, batch, args, device):
-    """A training batch at the loss resolution, as data.NuScenesDepth collates it, on the device."""
-    (h, w), rand = args.loss_size, lambda: torch.rand(batch, 3, h, w, device=device)
+    """A training batch as data.NuScenesDepth collates it (frames at the loss size, `input` at the network
+    size), on the device."""
+    (h, w), rand = args.loss_size, lambda hw: torch.rand(batch, 3, *hw, device=device)  # noqa: E731
+    if kind == "lidar_teacher":
+        return dict(input=rand(args.net_size), lidar=80 * torch.rand(batch, 1, h, w, device=device))
+    frames = dict(color=rand((h, w)), prev=rand((h, w)), next=rand((h, w)))
     K = torch.tensor([[0.8 * w, 0, w / 2], [0, 0.8 * w, h / 2], [0, 0, 1]], device=device).repeat(batch, 1, 1)
     moved = torch.full((batch,), 0.5, device=device)  # metres between frames, for the velocity loss
     extra = dict(dist_prev=moved, dist_next=moved) if kind == "teacher" else {}
-    return dict(color=rand(), input=rand(), prev=rand(), next=rand(), K=K, **extra)
+    return dict(input=rand(args.net_size), K=K, **frames, **{k + "_aug": v for k, v in frames.items()}, **extra)
 
 
 def train_step(loss_module, optimizer, batch, bf16):
@@ -288,13 +406,27 @@ def step_flops(loss_module, batch):
     return flops
 
 
-def bench_training(kind, args, device, rate):
+def training_tflops(kind, args):
+    """TFLOP per image of one training step (forward + backward), on fake tensors (linear in the batch:
+    tests/test_bench.py checks)."""
+    build = lambda: build_loss(kind, args)  # noqa: E731
+    with nullcontext(build()) if args.tiny else shapes_only(build) as loss_module:  # tiny: real ones are faster
+        batch = synthetic_batch(kind, 1, args, torch.device("cpu"))
+        if kind != "lidar_teacher":
+            return step_flops(loss_module, batch) / 1e12
+        # SILog selects pixels by value, which fake tensors lack, and holds no matmul: count the net's step
+        depth = lambda: loss_module.net(batch["input"], out_size=batch["lidar"].shape[-2:])["depth"]  # noqa: E731
+        return count_flops(lambda: depth().mean().backward()) / 1e12
+
+
+def bench_training(kind, args, device, results):
     """images/s, MFU and peak memory of training steps, at the largest batch that fits."""
-    bf16 = device.type == "cuda"
+    bf16, rate = device.type == "cuda", results["matmul"]["tflops"]
+    flops = training_tflops(kind, args)
+    results.add(kind, loss_size=list(args.loss_size), net_size=list(args.net_size), tflop_per_image=flops,
+                dtype="bf16 autocast" if bf16 else "fp32")
     loss_module, targs = build_loss(kind, args).to(device), trainer_args(args)
     optimizer = torch.optim.AdamW(param_groups(loss_module, targs), weight_decay=targs.weight_decay)
-    # counted at batch 1 before compiling (the count is linear in the batch: tests/test_bench.py checks)
-    flops_per_image = step_flops(loss_module, synthetic_batch(kind, 1, args, device))
     if args.compile:
         loss_module.net.compile()  # the DepthNet: its forward calls backbone, neck and head itself
     batches = [args.train_batch] if args.train_batch else (TRAIN_BATCHES if device.type == "cuda" else [2])
@@ -309,48 +441,173 @@ def bench_training(kind, args, device, rate):
             images_per_s = b * args.iters / seconds(step, args.iters, device)
         except torch.OutOfMemoryError:
             continue
-        return dict(batch=b, steps=args.iters, images_per_s=images_per_s, loss_size=list(args.loss_size),
-                    net_size=list(args.net_size), tflop_per_image=flops_per_image / 1e12,
-                    mfu=flops_per_image * images_per_s / (rate * 1e12), peak_gib=peak_gib(device),
-                    dtype="bf16 autocast" if bf16 else "fp32")
+        return results.add(kind, batch=b, steps=args.iters, images_per_s=images_per_s,
+                           mfu=flops * images_per_s / rate, peak_gib=peak_gib(device))
     raise RuntimeError(f"{kind} training ran out of memory at every batch size in {batches}: try --grad-ckpt")
 
 
 @torch.inference_mode()
-def bench_inference(args, device):
+def bench_inference(args, device, results):
     """Depth-net frames/s and peak memory at the network size, for each of --infer-batches."""
     net = DepthNet(args.encoder, "none", net_size=args.net_size).to(device).eval()
     if args.compile:
         net.compile()
-    figures = dict(net_size=list(args.net_size), dtype="bf16 autocast" if device.type == "cuda" else "fp32")
+    results.add("inference", net_size=list(args.net_size), dtype="bf16 autocast" if device.type == "cuda" else "fp32")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for b in args.infer_batches:
             x = torch.rand(b, 3, *args.net_size, device=device)
             seconds(lambda: net(x), 3 if args.compile else 1, device)
             reset_peak(device)
-            figures[f"batch{b}_frames_per_s"] = b * args.iters / seconds(lambda: net(x), args.iters, device)
-            figures[f"batch{b}_peak_gib"] = peak_gib(device)
-    return figures
+            results.add("inference", **{f"batch{b}_frames_per_s": b * args.iters / seconds(lambda: net(x), args.iters,
+                                                                                              device),
+                                        f"batch{b}_peak_gib": peak_gib(device)})
+
+
+def bench_flops(args, device, results):
+    """FLOPs per image of every stage at the bench's sizes, on fake tensors (the same on any device)."""
+    for kind in DATA_KINDS:
+        results.add("flops", **{f"{kind}_step_tflop_per_image": training_tflops(kind, args)})
+    with shapes_only(lambda: DepthNet(args.encoder, "none", net_size=args.net_size).eval()) as net:
+        frame = count_flops(lambda: net(torch.rand(1, 3, *args.net_size)))
+    results.add("flops", inference_tflop_per_frame=frame / 1e12)
+    size = data.parse_size(args.gdt_size)
+    results.add("flops", **{f"gdt_{k}": v for k, v in gdt_flops(size, args.gdt_steps).items()})
+
+
+def data_world(args, work):
+    """(dataroot, version, scene): --data-root's first day-clear training scene, or a synthetic world of
+    one such scene (3 key frames, a sweep either side of each) rendered with JPEG frames at nuScenes'
+    900x1600 (72x128 with --tiny)."""
+    root, version = args.data_root, args.version
+    if not root:
+        import synthetic
+        root, version = os.path.join(work, "world"), synthetic.VERSION
+        synthetic.render_world(root, train_day=1, train_night=0, train_rain=0, val_day=0, val_night=0, val_rain=0,
+                               keyframes=3, sweeps=1, size=(72, 128) if args.tiny else args.source_size,
+                               workers=min(2, os.cpu_count() or 1))
+    index, val = data.load_index(root, version), data.val_scene_names(version)
+    scenes = [s["name"] for s in index.scenes if s["name"] not in val
+              and data.condition_of(s["description"]) == "day-clear"]
+    if not scenes:
+        raise ValueError(f"--data-root {root} ({version}) has no day-clear training scene for the data section")
+    return root, version, scenes[0]
+
+
+def gdt_folder(root, paths, work):
+    """A GDT output folder holding a 'night' translation of each path as gdt.py writes one (the source's
+    size and format) with its manifest; the image itself is a darkened day frame."""
+    folder = Path(work, "gdt", "night")
+    for path in paths:
+        with Image.open(os.path.join(root, path)) as day:
+            gdt.save_atomic(day.convert("RGB").point(lambda v: v // 3), folder / path)
+    records = [json.dumps({"output": path, "status": "ok"}) for path in paths]
+    (folder / "manifest.rank0.jsonl").write_text("\n".join(records) + "\n")
+    return str(folder.parent)
+
+
+def item_cost(dataset, samples):
+    """CPU ms per item and items/s of dataset[i] in this process, on one thread (as in a worker)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dataset[0]  # warm-up: file cache, lazy tables
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(samples):
+            dataset[i % len(dataset)]
+        return 1e3 * (time.process_time() - cpu) / samples, samples / (time.perf_counter() - wall)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def loader_rate(dataset, workers, samples, batch=4):
+    """Items/s that a DataLoader with `workers` processes delivers once each has handed over its first
+    batch (start-up excluded), batches of 4 (the paper's batch per GPU)."""
+    order = [i % len(dataset) for i in range(samples + batch * workers)]
+    batches = iter(torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=order, num_workers=workers))
+    for _ in range(workers):
+        next(batches)
+    start, n = time.perf_counter(), 0
+    for b in batches:
+        n += len(b["key"])
+    return n / (time.perf_counter() - start)
+
+
+def gpu_rate(args, device, results):
+    """TFLOP/s one GPU spends on training steps, and where the figure comes from."""
+    if args.gpu_tflops:
+        return args.gpu_tflops, "given (--gpu-tflops)"
+    if device.type == "cuda":
+        return MFU * results["matmul"]["tflops"], f"{MFU:.0%} of the measured bf16 matmul rate"
+    return MFU * H100_BF16_TFLOPS, f"{MFU:.0%} of an H100's dense bf16 peak ({H100_BF16_TFLOPS} TFLOP/s)"
+
+
+def bench_data(args, device, results):
+    """CPU cost of each trainer's items, fast decode vs full decode, and the workers one GPU needs."""
+    rate, source = gpu_rate(args, device, results)
+    work = tempfile.mkdtemp(prefix="bench-data-")
+    try:
+        root, version, scene = data_world(args, work)
+        build = lambda kind, fast, **extra: data.NuScenesDepth(  # noqa: E731
+            root, version, "train", size=args.loss_size, net_size=args.net_size, scenes=[scene], color_jitter=True,
+            flip=True, fast_decode=fast, **DATA_KINDS[kind], **extra)
+        day = build("teacher", True)
+        paths = [day.index.sample_data[token]["filename"] for token, _ in day.items]
+        gdt_root = gdt_folder(root, paths, work)
+        with Image.open(os.path.join(root, paths[0])) as frame:
+            results.add("data", dataroot=args.data_root or f"synthetic world ({scene})", frame_size=frame.size[::-1],
+                        frame_format=frame.format, items=len(paths), loss_size=list(args.loss_size),
+                        net_size=list(args.net_size), samples=args.data_samples, workers=args.data_workers,
+                        gpu_tflops=rate, gpu_rate=source, load_average=list(os.getloadavg()))
+        for kind in DATA_KINDS:
+            flops = results.get("flops", {}).get(f"{kind}_step_tflop_per_image") or training_tflops(kind, args)
+            figures = dict(tflop_per_image=flops, gpu_images_per_s=rate / flops)
+            for name, fast in (("full_decode", False), ("fast_decode", True)):
+                dataset = build(kind, fast, **({"gdt_root": gdt_root} if kind == "student" else {}))
+                ms, per_s = item_cost(dataset, args.data_samples)
+                figures[name] = dict(cpu_ms_per_item=ms, items_per_s_one_process=per_s)
+                results.add("data", **{kind: figures})
+                for w in args.data_workers if fast else ():  # the trainers' default path
+                    figures[name][f"items_per_s_{w}_workers"] = loader_rate(dataset, w, args.data_samples)
+                    results.add("data", **{kind: figures})
+            # a worker on a core of its own delivers 1000 / CPU ms items/s (what shared cores measure less of)
+            fast_ms = figures["fast_decode"]["cpu_ms_per_item"]
+            figures.update(fast_speedup=figures["full_decode"]["cpu_ms_per_item"] / fast_ms,
+                           workers_per_gpu=math.ceil(figures["gpu_images_per_s"] * fast_ms / 1e3))
+            results.add("data", **{kind: figures})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def print_table(results):
     meta = results["meta"]
     print(f"\n{meta['device']} | torch {meta['torch']} | {meta['date']} | {meta['command']}")
+    show = lambda v: "n/a (no GPU)" if v is None else f"{v:.4g}" if isinstance(v, float) else v  # noqa: E731
     for section, figures in list(results.items())[1:]:
         for key, value in figures.items():
-            shown = "n/a (no GPU)" if value is None else f"{value:.4g}" if isinstance(value, float) else value
-            if key not in meta:
-                print(f"  {section:<10} {key:<22} {shown}")
+            if key not in meta and key not in DATA_KINDS:
+                print(f"  {section:<10} {key:<30} {show(value)}")
+    if any(kind in results.get("data", {}) for kind in DATA_KINDS):
+        print_data_table(results["data"], show)
 
 
-def write_json(results, path):
-    """Write atomically: a temp file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
+def print_data_table(d, show):
+    """Items/s of each trainer's dataset next to the images/s one GPU consumes."""
+    workers = [f"items_per_s_{w}_workers" for w in d["workers"]]
+    print(f"\n  data items at loss {d['loss_size']}, net {d['net_size']} from {d['frame_format']} frames "
+          f"{d['frame_size']}; GPU: {show(d['gpu_tflops'])} TFLOP/s ({d['gpu_rate']})")
+    print("  " + " | ".join(["item", "decode", "CPU ms/item", "items/s 1 process"]
+                            + [f"items/s {w} workers" for w in d["workers"]] + ["GPU images/s", "workers/GPU"]))
+    for kind in DATA_KINDS:
+        for name in ("full_decode", "fast_decode"):
+            f, g = d.get(kind, {}).get(name, {}), d.get(kind, {})
+            cells = [f.get("cpu_ms_per_item"), f.get("items_per_s_one_process"), *(f.get(w) for w in workers)]
+            last = [g.get("gpu_images_per_s"), g.get("workers_per_gpu")] if name == "fast_decode" else ["", ""]
+            print("  " + " | ".join([kind, name] + ["-" if c is None else str(show(c)) for c in cells + last]))
+
+
+BENCHES = dict(gdt=bench_gdt, teacher=lambda *a: bench_training("teacher", *a),
+               student=lambda *a: bench_training("student", *a), inference=bench_inference, flops=bench_flops,
+               data=bench_data)
 
 
 def main(argv=None):
@@ -362,23 +619,25 @@ def main(argv=None):
         torch.set_num_threads(1)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    diffusers_logging.disable_progress_bar()  # loading bars would bury the table
     transformers_logging.disable_progress_bar()
-    meta = dict(device=device_name(device), torch=torch.__version__, date=datetime.date.today().isoformat())
-    results = {"meta": dict(meta, command=" ".join(["python bench.py", *argv]), tiny=args.tiny)}
-    results["matmul"] = dict(matmul_rate(device), **meta)
-    rate = results["matmul"]["tflops"]
+    results = Results(args.out, dict(device=device_name(device), torch=torch.__version__, tiny=args.tiny,
+                                     date=datetime.date.today().isoformat(),
+                                     command=" ".join(["python bench.py", *argv])))
+    results.add("matmul", **matmul_rate(device))
     torch.manual_seed(0)
+    failed = []
     for section in args.only:
-        if section == "gdt":
-            results["gdt"] = dict(bench_gdt(args, device, rate), **meta)
-        elif section in ("teacher", "student"):
-            results[section] = dict(bench_training(section, args, device, rate), **meta)
-        else:
-            results["inference"] = dict(bench_inference(args, device), **meta)
+        try:
+            BENCHES[section](args, device, results)
+        except Exception as e:  # the other sections still run; the JSON says what failed
+            traceback.print_exc()
+            results.add(section, error=f"{type(e).__name__}: {e}")
+            failed.append(section)
         reset_peak(device)
     print_table(results)
-    write_json(results, args.out)
+    if failed:
+        raise RuntimeError(f"bench.py: section(s) {', '.join(failed)} failed (tracebacks above; their errors are "
+                           f"in {args.out} with every figure measured)")
     return results
 
 
