@@ -17,8 +17,9 @@ keeps what it measured; a failing section records its error and the others still
 - gdt: images/s at 576x1024, 30 steps, guidance 7.5, ControlNet + IP-Adapter, of ours
   (gdt.translate_batch, --gdt-batch images a call, fp16, channels-last, --compile) and of the
   naive loop (the diffusers pipeline once per image, fp16, defaults, reference passed as an image);
-  their ratio; FLOPs per image and their share of the matmul rate. Captions and depth maps are
-  inputs to both (gdt.py computes them once per frame for all conditions);
+  their ratio; FLOPs per image and their share of the matmul rate; ours again with --sampler lcm
+  (4 steps, guidance 1; a random LCM-LoRA, folded into the UNet). Captions and depth maps are
+  inputs to all (gdt.py computes them once per frame for all conditions);
 - teacher, student: training images/s at 518x784 (losses at 320x576; real loss modules, AdamW,
   bf16 autocast, batches already on the device: data loading is not timed) and MFU (FLOPs of one
   forward + backward x steps/s / matmul rate);
@@ -110,8 +111,8 @@ def parse_args(argv=None):
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.gdt_images = args.gdt_images or 2 * args.gdt_batch
-    cpus = os.cpu_count() or 1
-    args.data_workers = args.data_workers or sorted({2 ** i for i in range(cpus.bit_length()) if 2 ** i <= cpus} | {cpus})
+    cpus = os.cpu_count() or 1  # 1, 2, 4, ... and every CPU
+    args.data_workers = args.data_workers or sorted({2 ** i for i in range(cpus.bit_length())} | {cpus})
     if min(args.data_workers) < 1 or args.data_samples < 1:
         p.error("--data-workers and --data-samples must be at least 1")
     return args
@@ -220,10 +221,10 @@ def sd15_models():
 
 
 def save_sd15_models(root):
-    """sd15_models() and an IP-Adapter for them in tiny_models' layout, fp16; reused when `root` holds
-    a finished copy."""
-    paths = {"sd_model": f"{root}/sd", "controlnet": f"{root}/controlnet", "ip_adapter": f"{root}/ip_adapter"}
-    if os.path.exists(os.path.join(root, "complete")):
+    """sd15_models(), an IP-Adapter and an LCM-LoRA for them in tiny_models' layout, fp16; reused when
+    `root` holds a finished copy."""
+    paths = {k: f"{root}/{k}" for k in ("sd_model", "controlnet", "ip_adapter", "lcm_lora")}
+    if os.path.exists(os.path.join(root, "complete")) and os.path.isdir(paths["lcm_lora"]):
         return paths
     from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
     from transformers import CLIPImageProcessor
@@ -239,6 +240,7 @@ def save_sd15_models(root):
     m.controlnet.to(torch.float16).save_pretrained(paths["controlnet"])
     m.vision.to(torch.float16).save_pretrained(os.path.join(paths["ip_adapter"], "models", "image_encoder"))
     torch.save(ip_weights, os.path.join(paths["ip_adapter"], "models", "ip-adapter_sd15.bin"))
+    tiny_models.save_tiny_lcm_lora(paths["lcm_lora"], m.unet)  # rank 4, not 64: fused, a LoRA costs nothing
     open(os.path.join(root, "complete"), "w").close()
     return paths
 
@@ -286,15 +288,16 @@ def gdt_inputs(args, work):
     return images, [f"bench/{i:04d}.jpg" for i in range(n)], ["a street scene"] * n, controls
 
 
-def gdt_ours(args, paths, work, inputs, device, rate):
+def gdt_ours(args, paths, work, inputs, device, rate, sampler):
     """images/s and FLOPs per image of gdt.translate_batch, its models loaded by gdt.build_translator."""
     images, keys, captions, controls = inputs
-    translator = gdt.build_translator(gdt.parse_args([
+    steps = ["--steps", str(args.gdt_steps)] if sampler == "unipc" else []  # lcm: gdt.py's 4 steps, guidance 1
+    translator = gdt.build_translator(gdt.parse_args(steps + [
+        "--sampler", sampler, "--lcm-lora", paths["lcm_lora"],
         "--data-root", work, "--out", work, "--cond", "night", "--captioner", "none", "--style-dir",
         f"{work}/styles", "--control-dir", work,  # never read: the depth maps are passed in
         "--sd-model", paths["sd_model"], "--controlnet", paths["controlnet"], "--ip-adapter", paths["ip_adapter"],
-        "--size", args.gdt_size, "--steps", str(args.gdt_steps), "--batch-size", str(args.gdt_batch),
-        "--dtype", args.gdt_dtype]))
+        "--size", args.gdt_size, "--batch-size", str(args.gdt_batch), "--dtype", args.gdt_dtype]))
     pipe, b = translator.pipe, args.gdt_batch  # build_translator already made them channels-last on GPU
     run = lambda lo, hi: gdt.translate_batch(  # noqa: E731
         translator, images[lo:hi], keys[lo:hi], "night", captions[lo:hi], controls[lo:hi])
@@ -306,9 +309,10 @@ def gdt_ours(args, paths, work, inputs, device, rate):
         run(0, b)
     reset_peak(device)
     images_per_s = len(images) / seconds(lambda: [run(i, i + b) for i in range(0, len(images), b)], 1, device)
-    return dict(ours_images_per_s=images_per_s, ours_batch=b, ours_dtype=str(pipe.unet.dtype).split(".")[-1],
-                tflop_per_image=flops / 1e12, roofline_fraction=flops * images_per_s / (rate * 1e12),
-                ours_peak_gib=peak_gib(device))
+    figures = dict(images_per_s=images_per_s, batch=b, dtype=str(pipe.unet.dtype).split(".")[-1],
+                   tflop_per_image=flops / 1e12, roofline_fraction=flops * images_per_s / (rate * 1e12),
+                   peak_gib=peak_gib(device))
+    return {f"{'ours' if sampler == 'unipc' else sampler}_{k}": v for k, v in figures.items()}
 
 
 def gdt_naive(args, paths, work, inputs, device):
@@ -349,11 +353,14 @@ def bench_gdt(args, device, results):
         paths = tiny_models.save_tiny_models(root) if args.tiny else save_sd15_models(root)
         inputs = gdt_inputs(args, work)
         results.add("gdt", **gdt_naive(args, paths, work, inputs, device))
-        results.add("gdt", **gdt_ours(args, paths, work, inputs, device, results["matmul"]["tflops"]))
+        for sampler in ("unipc", "lcm"):  # ours with the paper's sampler, then with the few-step one
+            results.add("gdt", **gdt_ours(args, paths, work, inputs, device, results["matmul"]["tflops"], sampler))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         cudnn.benchmark, cudnn.deterministic = flags
-    results.add("gdt", speedup=results["gdt"]["ours_images_per_s"] / results["gdt"]["naive_images_per_s"])
+    g = results["gdt"]
+    results.add("gdt", speedup=g["ours_images_per_s"] / g["naive_images_per_s"],
+                lcm_speedup=g["lcm_images_per_s"] / g["ours_images_per_s"])
 
 
 def trainer_args(args):
@@ -566,7 +573,7 @@ def bench_data(args, device, results):
                 ms, per_s = item_cost(dataset, args.data_samples)
                 figures[name] = dict(cpu_ms_per_item=ms, items_per_s_one_process=per_s)
                 results.add("data", **{kind: figures})
-                for w in args.data_workers if fast else ():  # the trainers' default path
+                for w in (args.data_workers if fast else ()):  # the trainers' default path
                     figures[name][f"items_per_s_{w}_workers"] = loader_rate(dataset, w, args.data_samples)
                     results.add("data", **{kind: figures})
             # a worker on a core of its own delivers 1000 / CPU ms items/s (what shared cores measure less of)

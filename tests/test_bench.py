@@ -19,8 +19,8 @@ def _one_thread(one_thread):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    results = bench.main(["--tiny", "--out", str(out), "--gdt-images", "2", "--infer-batches", "1", "2",
-                          "--only", "gdt", "teacher", "student", "inference", "data", "--data-workers", "1",
+    results = bench.main(["--tiny", "--out", str(out), "--gdt-batch", "1", "--gdt-images", "1", "--infer-batches",
+                          "1", "2", "--only", "gdt", "teacher", "student", "inference", "data", "--data-workers", "1",
                           "--data-samples", "2", "--gpu-tflops", "100"])
     return results, out
 
@@ -33,7 +33,8 @@ def test_every_section_gives_positive_finite_figures(tiny_run):
     results, _ = tiny_run
     assert positive(results["matmul"]["tflops"])
     gdt = results["gdt"]
-    for key in ("ours_images_per_s", "naive_images_per_s", "speedup", "tflop_per_image", "roofline_fraction"):
+    for key in ("ours_images_per_s", "naive_images_per_s", "speedup", "ours_tflop_per_image", "ours_roofline_fraction",
+                "lcm_images_per_s", "lcm_tflop_per_image", "lcm_speedup"):
         assert positive(gdt[key]), key
     assert gdt["speedup"] == pytest.approx(gdt["ours_images_per_s"] / gdt["naive_images_per_s"])
     for kind in ("teacher", "student"):
