@@ -1,99 +1,308 @@
-"""Learning check on the synthetic world (CPU, tiny nets): does each stage learn what the paper claims?
+"""Learning check on the synthetic world (CPU, tiny nets): does SSD do what the paper claims?
 
-    OMP_NUM_THREADS=1 python learning_check.py --out runs/check     # about 20 min on 2 CPU cores
+    OMP_NUM_THREADS=1 python learning_check.py --out runs/check --jobs 2     # about 35 min on 2 CPU cores
+    OMP_NUM_THREADS=1 python learning_check.py --out runs/quick --teacher-steps 200 --student-steps 100 --seeds 1
 
-1. Teachers on day-clear frames: LiDAR-supervised and self-supervised, each against the untrained
-   net on the day-clear val frames (abs_rel must drop clearly).
-2. Students on day + classic-translated night / rain frames (gdt.py --backend classic), each against
-   its teacher on the night val frames: from the LiDAR teacher (plain distillation: it has no pose
-   net) and from the self-supervised teacher (the paper's teacher loss).
+Stages, each a real command of this repository run as its own process (logs in <out>/<run>/train.log):
+1. The world: synthetic.py with a 12 Hz camera (--sweeps 5, about 0.5-0.9 m between frames, as nuScenes
+   CAM_FRONT) and cars textured along their length, so the photometric loss sees the depth of what
+   the ego passes; then gdt.py --backend classic: night and rain versions of the day training frames.
+2. Teachers on day-clear frames, one per seed: self-supervised (the paper's setting) and LiDAR-supervised.
+3. Students, the rows of the paper's Table 3 (docs/method.md §3-4): from the self-supervised teacher
+   the teacher loss (`--teacher-mask reliable`, one per seed), plain distillation (`none`), the
+   printed inequality (`printed`), no translations (`--p-day 1`) and the semantic loss; from the
+   LiDAR teacher plain distillation (it has no pose net, so no teacher loss), no translations and
+   the semantic loss.
+4. Evaluation on the val scenes (day-clear, night, day-rain), one table as markdown and JSON,
+   `<out>/learning_check.png` (teacher vs student per condition) and PASS / FAIL lines for the claims.
 
-Tiny random nets stand in for DINOv2 (no weights offline), so the student starts from the teacher
-(--init-from-teacher) and the semantic loss is off: a random "DINOv2" carries no semantics to keep.
-Every stage is resumable, so a rerun continues; results go to `<out>/learning_check.json`.
+Settings of this check, not of the method (the paper's defaults are for a pretrained ViT-B on nuScenes):
+tiny random nets at 90x160; learning rates 1e-3 (self-supervised) and 3e-3 (LiDAR) for the teachers,
+1e-4 for the students; a head starting at 10 m (--init-depth 10: from 0.2 m a random net stalls under
+metric velocity supervision); the pose net fed frames in time order (--pose-order temporal: fed
+(target, source) for both neighbours a small pose net must output +0.8 m and -0.8 m for near-identical
+inputs and does not learn it in this budget). With no pretrained DINOv2 offline, each student starts
+from its teacher (--init-from-teacher), and the semantic-loss rows anchor the student's features to
+that teacher's own encoder (frozen, exported as a transformers Dinov2Model folder): the encoder the
+student starts from, as the paper's student starts from the DINOv2 its semantic loss keeps it near.
+A rerun with the same --out resumes: finished runs are kept, interrupted ones continue.
 """
 import argparse
 import json
 import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
+from transformers import Dinov2Model
 
 import evaluate
-import gdt
 import synthetic
-import train_student
-import train_teacher
-from model import DepthNet, save_checkpoint
+from model import DepthNet, load_depth_net, save_checkpoint
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GROUPS = ("day-clear", "night", "day-rain")
+METRICS = ("abs_rel", "rmse", "a1")
+WORLD = dict(train_day=6, train_night=0, train_rain=0, val_day=2, val_night=2, val_rain=2, keyframes=12, sweeps=5,
+             size=(180, 320), seed=0)  # night and rain training scenes only serve GDT's style references
+TEACHER_LR = {"self": "1e-3", "lidar": "3e-3"}
+# Student variants: (teacher, label, flags). The first of each teacher runs once per seed.
+STUDENTS = [("self", "teacher loss", ["--teacher-mask", "reliable"]),
+            ("self", "plain distillation", ["--teacher-mask", "none"]),
+            ("self", "printed inequality", ["--teacher-mask", "printed"]),
+            ("self", "no translations", ["--teacher-mask", "reliable", "--p-day", "1"]),
+            ("self", "teacher loss + semantic", ["--teacher-mask", "reliable", "--w-sem", "1"]),
+            ("lidar", "plain distillation", ["--teacher-mask", "none"]),
+            ("lidar", "no translations", ["--teacher-mask", "none", "--p-day", "1"]),
+            ("lidar", "plain distillation + semantic", ["--teacher-mask", "none", "--w-sem", "1"])]
 
 
-def evaluate_ckpt(ckpt, world, out, size):
-    return evaluate.main(["--ckpt", ckpt, "--data-root", world, "--size", size, "--workers", "0", "--out", out])
+def slug(text):
+    return text.replace(" + ", "_").replace(" ", "_")
 
 
-def trained(out, steps):
-    ckpt = os.path.join(out, "ckpt.pt")
+def plan_runs(args, world, gdt_out):
+    """Every training run: (name, script, flags, steps, teacher run or None), teachers first."""
+    common = ["--tiny", "--data-root", world, "--size", args.size, "--batch-size", str(args.batch_size),
+              "--workers", "1", "--no-val", "--log-every", "50", "--ckpt-every", "100"]
+    runs = []
+    for sup in ("self", "lidar"):
+        for seed in range(args.seeds):
+            flags = ["--supervision", sup, "--lr-encoder", TEACHER_LR[sup], "--lr-decoder", TEACHER_LR[sup],
+                     "--init-depth", "10", "--seed", str(seed)]
+            if sup == "self":
+                flags += ["--lr-pose", args.lr_pose, "--pose-order", "temporal"]
+            runs.append((f"teacher_{sup}_s{seed}", "train_teacher.py", common + flags, args.teacher_steps, None))
+    for sup, label, extra in STUDENTS:
+        main_row = label == STUDENTS[[s[0] for s in STUDENTS].index(sup)][1]
+        for seed in range(args.seeds if main_row else 1):
+            teacher = f"teacher_{sup}_s{seed}"
+            flags = ["--teacher", os.path.join(args.out, teacher, "ckpt.pt"), "--gdt-root", gdt_out,
+                     "--conds", "night,rain", "--init-from-teacher", "--lr-encoder", "1e-4", "--lr-decoder", "1e-4",
+                     "--seed", str(seed)] + extra
+            if "--w-sem" in extra:
+                flags += ["--sem-weights", os.path.join(args.out, teacher, "encoder")]
+            else:
+                flags += ["--w-sem", "0"]
+            runs.append((f"student_{sup}_{slug(label)}_s{seed}", "train_student.py", common + flags,
+                         args.student_steps, teacher))
+    return runs
+
+
+def finished(run_dir, steps):
+    ckpt = os.path.join(run_dir, "ckpt.pt")
     return os.path.isfile(ckpt) and torch.load(ckpt, map_location="cpu", weights_only=False)["step"] >= steps
+
+
+def train(run, out):
+    """Run one training command to its step count (resuming a checkpoint left by an interrupted run)."""
+    name, script, flags, steps, _ = run
+    run_dir = os.path.join(out, name)
+    if finished(run_dir, steps):
+        return name, 0.0
+    cmd = [sys.executable, os.path.join(HERE, script), *flags, "--out", run_dir, "--steps", str(steps)]
+    if os.path.isfile(os.path.join(run_dir, "ckpt.pt")):
+        cmd.append("--resume")
+    os.makedirs(run_dir, exist_ok=True)
+    start = time.time()
+    with open(os.path.join(run_dir, "train.log"), "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if done.returncode:
+        raise RuntimeError(f"{name} failed (exit {done.returncode}); see {os.path.join(run_dir, 'train.log')}")
+    return name, time.time() - start
+
+
+def export_encoder(ckpt, folder):
+    """Save the DINOv2 encoder of a depth checkpoint as a transformers Dinov2Model folder: the frozen
+    encoder that `train_student.py --sem-weights` loads for the semantic loss."""
+    backbone = load_depth_net(ckpt).model.backbone
+    dino = Dinov2Model(backbone.config)
+    dino.load_state_dict(backbone.state_dict())
+    dino.save_pretrained(folder + ".tmp")
+    os.replace(folder + ".tmp", folder)  # a folder appears whole or not at all: a rerun exports it again
+    return folder
+
+
+def summarize_seeds(results, names):
+    """{group: {metric: (mean, low, high)}} over the runs `names` (one per seed)."""
+    return {g: {m: (float(np.mean(v)), float(min(v)), float(max(v)))
+                for m in METRICS for v in [[results[n][g][m] for n in names]]} for g in GROUPS}
+
+
+def table_rows(results, seeds):
+    """(row label, run names) in the order of the paper's Tables 1 and 3."""
+    by_prefix = lambda prefix: [f"{prefix}_s{s}" for s in range(seeds)]
+    rows = [("untrained net", ["untrained"])]
+    for sup, title in (("self", "self-supervised"), ("lidar", "LiDAR")):
+        rows.append((f"{title} teacher (day-clear)", by_prefix(f"teacher_{sup}")))
+        for s, label, _ in STUDENTS:
+            if s == sup:
+                names = [n for n in by_prefix(f"student_{sup}_{slug(label)}") if n in results]
+                rows.append((f"{title} student: {label}", names))
+    return [(label, names) for label, names in rows if names]
+
+
+def markdown_table(results, seeds):
+    """One markdown table: per condition abs_rel, rmse, a1; several seeds: mean (low-high)."""
+    head = "| row | seeds | " + " | ".join(f"{g} {m}" for g in GROUPS for m in METRICS) + " |"
+    lines = [head, "|" + "---|" * (2 + len(GROUPS) * len(METRICS))]
+    for label, names in table_rows(results, seeds):
+        stats = summarize_seeds(results, names)
+        cells = []
+        for g in GROUPS:
+            for m in METRICS:
+                mean, low, high = stats[g][m]
+                fmt = "{:.2f}" if m == "rmse" else "{:.3f}"
+                cells.append(fmt.format(mean) + (f" ({fmt.format(low)}-{fmt.format(high)})" if len(names) > 1 else ""))
+        lines.append(f"| {label} | {len(names)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claims(results, seeds):
+    """The paper's claims as {statement: pass}: teacher quality, student vs teacher beyond seed spread,
+    and the direction of each Table 3 ablation."""
+    ok, pair = {}, lambda sup: ([f"teacher_{sup}_s{s}" for s in range(seeds)],
+                                [f"student_{sup}_{slug(STUDENTS[[x[0] for x in STUDENTS].index(sup)][1])}_s{s}"
+                                 for s in range(seeds)])
+    ab = lambda name, g: results[name][g]["abs_rel"]
+    teachers, _ = pair("self")
+    ok["self-supervised teacher well under 0.30 abs_rel by day (every seed)"] = all(ab(t, "day-clear") < 0.25
+                                                                                     for t in teachers)
+    ok["self-supervised teacher worse at night than by day (every seed)"] = all(
+        ab(t, "night") > ab(t, "day-clear") for t in teachers)
+    for sup in ("self", "lidar"):
+        teachers, students = pair(sup)
+        for g in ("night", "day-rain"):
+            gains = [ab(t, g) - ab(s, g) for t, s in zip(teachers, students)]
+            spread = max(np.ptp([ab(t, g) for t in teachers]), np.ptp([ab(s, g) for s in students]))
+            ok[f"{sup} student beats its teacher in {g} by more than the seed spread (gain {np.mean(gains):.3f}, "
+               f"spread {spread:.3f})"] = min(gains) > 0 and np.mean(gains) > spread
+        worst = max(ab(s, "day-clear") - ab(t, "day-clear") for t, s in zip(teachers, students))
+        ok[f"{sup} student within 0.01 abs_rel of its teacher by day (worst {worst:+.3f})"] = worst < 0.01
+    main_self = f"student_self_{slug(STUDENTS[0][1])}_s0"
+    for name, label in ((f"student_self_plain_distillation_s0", "teacher loss beats plain distillation"),
+                        (f"student_self_printed_inequality_s0", "teacher loss beats the printed inequality"),
+                        (f"student_self_no_translations_s0", "translations beat none (self-supervised)"),
+                        (f"student_self_teacher_loss_semantic_s0", "semantic loss helps (self-supervised)")):
+        if name in results:
+            better = ab(name, "night") > ab(main_self, "night") if "semantic" not in name else \
+                ab(name, "night") < ab(main_self, "night")
+            ok[f"Table 3: {label} at night (seed 0)"] = better
+    for name, label in (("student_lidar_no_translations_s0", "translations beat none (LiDAR)"),
+                        ("student_lidar_plain_distillation_semantic_s0", "semantic loss helps (LiDAR)")):
+        if name in results:
+            main_lidar = "student_lidar_plain_distillation_s0"
+            ok[f"Table 3: {label} at night (seed 0)"] = (ab(name, "night") > ab(main_lidar, "night")) == (
+                "semantic" not in name)
+    return {claim: bool(passed) for claim, passed in ok.items()}
+
+
+def bar_chart(results, seeds, path):
+    """PNG: abs_rel per condition, teacher vs its main student, for both teachers; the whiskers span the seeds."""
+    bars = [(sup, kind, names) for sup in ("self", "lidar") for kind, names in zip(("teacher", "student"), [
+        [f"teacher_{sup}_s{s}" for s in range(seeds)],
+        [f"student_{sup}_{slug(STUDENTS[[x[0] for x in STUDENTS].index(sup)][1])}_s{s}" for s in range(seeds)]])]
+    colours = {("self", "teacher"): (120, 144, 180), ("self", "student"): (31, 78, 150),
+               ("lidar", "teacher"): (230, 170, 110), ("lidar", "student"): (200, 100, 20)}
+    W, H, left, top, bottom = 900, 480, 70, 50, 70
+    stats = {(sup, kind): summarize_seeds(results, names) for sup, kind, names in bars}
+    top_value = max(v[2] for s in stats.values() for g in GROUPS for v in [s[g]["abs_rel"]]) * 1.15
+    image = Image.new("RGB", (W, H), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=14)
+    y = lambda v: H - bottom - (H - bottom - top) * v / top_value
+    for tick in np.arange(0, top_value, 0.05 if top_value < 0.6 else 0.1):
+        draw.line([(left, y(tick)), (W - 10, y(tick))], fill=(225, 225, 225))
+        draw.text((left - 8, y(tick)), f"{tick:.2f}", fill="black", font=font, anchor="rm")
+    group_w = (W - left - 10) / len(GROUPS)
+    bar_w = group_w * 0.8 / len(bars)
+    for i, g in enumerate(GROUPS):
+        x0 = left + i * group_w + group_w * 0.1
+        for j, (sup, kind, _) in enumerate(bars):
+            mean, low, high = stats[(sup, kind)][g]["abs_rel"]
+            x = x0 + j * bar_w
+            draw.rectangle([x + 2, y(mean), x + bar_w - 2, y(0)], fill=colours[(sup, kind)])
+            if high > low:
+                draw.line([(x + bar_w / 2, y(low)), (x + bar_w / 2, y(high))], fill="black", width=2)
+            draw.text((x + bar_w / 2, y(high) - 3), f"{mean:.3f}", fill="black", font=font, anchor="mb")
+        draw.text((x0 + group_w * 0.4, H - bottom + 12), g, fill="black", font=font, anchor="mt")
+    draw.text((W / 2, 18), f"abs_rel on the synthetic val scenes (lower is better; whiskers: {seeds} seeds)",
+              fill="black", font=font, anchor="mm")
+    for j, (sup, kind, _) in enumerate(bars):
+        x = left + j * 200
+        draw.rectangle([x, H - 30, x + 14, H - 16], fill=colours[(sup, kind)])
+        label = f"{'self-supervised' if sup == 'self' else 'LiDAR'} {kind}"
+        draw.text((x + 20, H - 23), label, fill="black", font=font, anchor="lm")
+    tmp = path + ".tmp.png"
+    image.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/check")
     p.add_argument("--size", default="90x160", help="loss / network resolution HxW")
-    p.add_argument("--teacher-steps", type=int, default=1500)
-    p.add_argument("--student-steps", type=int, default=600)
+    p.add_argument("--teacher-steps", type=int, default=600)
+    p.add_argument("--student-steps", type=int, default=300)
+    p.add_argument("--seeds", type=int, default=2, help="seeds of each teacher and its main student")
+    p.add_argument("--lr-pose", default="1e-3", help="the self-supervised teacher's pose-net learning rate")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--jobs", type=int, default=2, help="training runs at once (one CPU core each)")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    start = time.time()
     world, gdt_out = os.path.join(args.out, "world"), os.path.join(args.out, "gdt_classic")
-    synthetic.render_world(world, train_day=6, train_night=1, train_rain=1, val_day=2, val_night=2, val_rain=2,
-                           keyframes=12, size=(180, 320), seed=0, progress=True)
-    gdt.main(["--backend", "classic", "--dataset", "nuscenes", "--data-root", world, "--out", gdt_out,
-              "--cond", "night", "rain"])
-    common = ["--tiny", "--data-root", world, "--size", args.size, "--batch-size", str(args.batch_size),
-              "--workers", "1", "--no-val", "--log-every", "50", "--ckpt-every", "200"]
-    results = {}
+    synthetic.render_world(world, workers=args.jobs, progress=True, **WORLD)
+    subprocess.run([sys.executable, os.path.join(HERE, "gdt.py"), "--backend", "classic", "--dataset", "nuscenes",
+                    "--data-root", world, "--out", gdt_out, "--cond", "night", "rain"], check=True)
+    runs = plan_runs(args, world, gdt_out)
+    timings = {}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        timings.update(pool.map(lambda r: train(r, args.out), [r for r in runs if r[4] is None]))
+        for seed in range(args.seeds):
+            for sup in ("self", "lidar"):
+                folder = os.path.join(args.out, f"teacher_{sup}_s{seed}", "encoder")
+                if not os.path.isdir(folder):
+                    export_encoder(os.path.join(args.out, f"teacher_{sup}_s{seed}", "ckpt.pt"), folder)
+        timings.update(pool.map(lambda r: train(r, args.out), [r for r in runs if r[4] is not None]))
 
     torch.manual_seed(0)
-    untrained = DepthNet("tiny", init="none", net_size=None)
-    save_checkpoint(os.path.join(args.out, "untrained.pt"), model=untrained.state_dict(), config=untrained.config_dict())
-    results["untrained"] = evaluate_ckpt(os.path.join(args.out, "untrained.pt"), world,
-                                         os.path.join(args.out, "eval_untrained"), args.size)
-    for name, supervision, lr in (("teacher_lidar", "lidar", "3e-3"), ("teacher_self", "self", "1e-4")):
-        out = os.path.join(args.out, name)
-        if not trained(out, args.teacher_steps):
-            # --init-depth 10: from scratch, md4all's 0.2 m start stalls under metric velocity supervision
-            train_teacher.main(common + ["--out", out, "--supervision", supervision, "--steps", str(args.teacher_steps),
-                                         "--lr-encoder", lr, "--lr-decoder", lr, "--lr-pose", "1e-3", "--init-depth", "10"]
-                               + (["--resume"] if os.path.isfile(os.path.join(out, "ckpt.pt")) else []))
-        results[name] = evaluate_ckpt(os.path.join(out, "ckpt.pt"), world, os.path.join(args.out, "eval_" + name), args.size)
-
-    # The LiDAR teacher has no pose net: its student distils everywhere (--teacher-mask none); the
-    # self-supervised teacher's student uses the paper's teacher loss (reliable mask).
-    for name, teacher, mask in (("student_lidar", "teacher_lidar", "none"), ("student_self", "teacher_self", "reliable")):
-        out = os.path.join(args.out, name)
-        if not trained(out, args.student_steps):
-            train_student.main(common + ["--out", out, "--teacher", os.path.join(args.out, teacher, "ckpt.pt"),
-                                         "--gdt-root", gdt_out, "--conds", "night,rain", "--init-from-teacher",
-                                         "--teacher-mask", mask, "--w-sem", "0", "--steps", str(args.student_steps),
-                                         "--lr-encoder", "1e-4", "--lr-decoder", "1e-4"]
-                               + (["--resume"] if os.path.isfile(os.path.join(out, "ckpt.pt")) else []))
-        results[name] = evaluate_ckpt(os.path.join(out, "ckpt.pt"), world, os.path.join(args.out, "eval_" + name), args.size)
-
-    print(f"\n{'abs_rel':<14}" + "".join(f"{g:>11}" for g in evaluate.GROUP_ORDER))
-    for name, summary in results.items():
-        print(f"{name:<14}" + "".join(f"{summary[g]['abs_rel']:>11.4f}" for g in evaluate.GROUP_ORDER))
-    day, untrained = "day-clear", results["untrained"]["day-clear"]["abs_rel"]
-    checks = {f"{t} beats the untrained net on day-clear (< 0.8x)": results[t][day]["abs_rel"] < 0.8 * untrained
-              for t in ("teacher_lidar", "teacher_self")}
-    for student, teacher in (("student_lidar", "teacher_lidar"), ("student_self", "teacher_self")):
-        checks[f"{student} beats {teacher} at night"] = \
-            results[student]["night"]["abs_rel"] < results[teacher]["night"]["abs_rel"]
-        checks[f"{student} within 10% of {teacher} on day-clear"] = \
-            results[student][day]["abs_rel"] < 1.1 * results[teacher][day]["abs_rel"]
-    for claim, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {claim}")
-    with open(os.path.join(args.out, "learning_check.json"), "w") as f:
-        json.dump({"args": vars(args), "results": results, "checks": checks}, f, indent=1)
-    return all(checks.values())
+    untrained = DepthNet("tiny", init="none", net_size=None, init_depth=10)
+    save_checkpoint(os.path.join(args.out, "untrained", "ckpt.pt"), model=untrained.state_dict(),
+                    config=untrained.config_dict())
+    results = {}
+    for name in ["untrained"] + [r[0] for r in runs]:
+        with open(os.path.join(args.out, name, "eval.log"), "w") as log, redirect_stdout(log), redirect_stderr(log):
+            results[name] = evaluate.main(["--ckpt", os.path.join(args.out, name, "ckpt.pt"), "--data-root", world,
+                                           "--size", args.size, "--workers", "0",
+                                           "--out", os.path.join(args.out, name, "eval")])
+    table, ok = markdown_table(results, args.seeds), claims(results, args.seeds)
+    print("\n" + table + "\n")
+    for claim, passed in ok.items():
+        print(f"{'PASS' if passed else 'FAIL'}  {claim}")
+    wall = time.time() - start
+    write_atomic(os.path.join(args.out, "learning_check.md"), table + "\n\n" + "\n".join(
+        f"- {'PASS' if v else 'FAIL'}: {k}" for k, v in ok.items()) + "\n")
+    write_atomic(os.path.join(args.out, "learning_check.json"), json.dumps(
+        {"args": vars(args), "world": WORLD, "commands": {r[0]: [r[1], *r[2]] for r in runs},
+         "results": results, "claims": ok, "train_seconds": timings, "wall_seconds": wall}, indent=1))
+    bar_chart(results, args.seeds, os.path.join(args.out, "learning_check.png"))
+    print(f"wrote {args.out}/learning_check.md, .json and .png in {wall / 60:.1f} min")
+    return all(ok.values())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""learning_check.py: the runs it plans, the frozen encoder it exports, and how it judges and reports results."""
+import argparse
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import learning_check as lc
+from model import DepthNet, DinoFeatures, save_checkpoint
+
+
+def fake_results(teacher, student, seeds=2, **extra):
+    """Results of every run of the check: {group: abs_rel} for teachers and main students per seed (seed s adds
+    0.01 s), every other run at the first student's numbers unless given in `extra`."""
+    metrics = lambda abs_rel: {g: {"abs_rel": abs_rel[g], "rmse": 10 * abs_rel[g], "a1": 1 - abs_rel[g]}
+                               for g in lc.GROUPS}
+    shift = lambda values, s: {g: v + 0.01 * s for g, v in values.items()}
+    args = argparse.Namespace(out="o", size="90x160", batch_size=4, seeds=seeds, lr_pose="1e-3",
+                              teacher_steps=10, student_steps=10)
+    results = {"untrained": metrics(dict.fromkeys(lc.GROUPS, 0.6))}
+    for name, *_ in lc.plan_runs(args, "w", "g"):
+        seed = int(name[-1])
+        results[name] = metrics(shift(teacher if name.startswith("teacher") else extra.get(name, student), seed))
+    return results
+
+
+def test_plan_runs_teachers_first_seeds_for_the_main_rows_and_each_students_teacher():
+    args = argparse.Namespace(out="o", size="90x160", batch_size=4, seeds=2, lr_pose="1e-3", teacher_steps=600,
+                              student_steps=300)
+    runs = lc.plan_runs(args, "w", "g")
+    names = [r[0] for r in runs]
+    assert names[:4] == ["teacher_self_s0", "teacher_self_s1", "teacher_lidar_s0", "teacher_lidar_s1"]
+    assert all(r[4] is None for r in runs[:4]) and all(r[4] in names[:4] for r in runs[4:])
+    assert {"student_self_teacher_loss_s1", "student_lidar_plain_distillation_s1"} < set(names)
+    assert len(runs) == 4 + 6 + 4 and len(set(names)) == len(names)
+    flags = {r[0]: r[2] for r in runs}
+    teacher = flags["teacher_self_s1"]
+    assert teacher[teacher.index("--pose-order") + 1] == "temporal" and teacher[teacher.index("--seed") + 1] == "1"
+    assert "--pose-order" not in flags["teacher_lidar_s0"]
+    sem = flags["student_self_teacher_loss_semantic_s0"]
+    assert sem[sem.index("--sem-weights") + 1] == os.path.join("o", "teacher_self_s0", "encoder")
+    assert sem[sem.index("--w-sem") + 1] == "1" and sem.count("--w-sem") == 1
+    plain = flags["student_self_plain_distillation_s0"]
+    assert plain[plain.index("--teacher-mask") + 1] == "none" and plain[plain.index("--w-sem") + 1] == "0"
+    lidar = flags["student_lidar_no_translations_s0"]
+    assert lidar[lidar.index("--p-day") + 1] == "1" and lidar[lidar.index("--teacher-mask") + 1] == "none"
+
+
+def test_exported_encoder_gives_the_depth_nets_own_tokens(tmp_path):
+    torch.manual_seed(0)
+    net = DepthNet("tiny", init="none", net_size=None).eval()
+    save_checkpoint(str(tmp_path / "ckpt.pt"), model=net.state_dict(), config=net.config_dict())
+    folder = lc.export_encoder(str(tmp_path / "ckpt.pt"), str(tmp_path / "encoder"))
+    assert os.path.isfile(os.path.join(folder, "config.json")) and not os.path.exists(folder + ".tmp")
+    images = torch.rand(2, 3, 42, 70)
+    with torch.no_grad():
+        tokens = net(images)["tokens"]
+    frozen = DinoFeatures("tiny", folder, None)(images)
+    assert tokens.shape == frozen.shape and torch.allclose(tokens, frozen, atol=1e-5)  # semantic loss 0 at start
+
+
+def test_claims_pass_when_the_student_gains_more_than_the_seed_spread():
+    teacher = {"day-clear": 0.20, "night": 0.35, "day-rain": 0.30}
+    student = {"day-clear": 0.205, "night": 0.30, "day-rain": 0.26}
+    ok = lc.claims(fake_results(teacher, student), seeds=2)
+    main = [k for k in ok if not k.startswith("Table 3")]
+    assert len(main) == 2 + 2 * 3 and all(ok[k] for k in main)
+
+
+def test_claims_fail_on_a_gain_within_seed_noise_a_day_loss_or_a_poor_teacher():
+    teacher = {"day-clear": 0.20, "night": 0.35, "day-rain": 0.30}
+    small_gain = dict(teacher, night=0.345)  # 0.005 better; seeds differ by 0.01
+    ok = lc.claims(fake_results(teacher, small_gain), seeds=2)
+    assert not ok[next(k for k in ok if k.startswith("self student beats its teacher in night"))]
+    assert not ok[next(k for k in ok if k.startswith("self student beats its teacher in day-rain"))]
+    day_loss = dict(teacher, **{"day-clear": 0.22, "night": 0.3})
+    ok = lc.claims(fake_results(teacher, day_loss), seeds=2)
+    assert not ok[next(k for k in ok if k.startswith("self student within 0.01"))]
+    ok = lc.claims(fake_results(dict(teacher, **{"day-clear": 0.4}), teacher), seeds=2)
+    assert not ok[next(k for k in ok if "well under" in k)] and not ok[next(k for k in ok if "worse at night" in k)]
+
+
+def test_table_3_directions_compare_each_ablation_with_the_main_student():
+    teacher = {"day-clear": 0.20, "night": 0.35, "day-rain": 0.30}
+    student = {"day-clear": 0.20, "night": 0.30, "day-rain": 0.26}
+    worse, better = dict(student, night=0.33), dict(student, night=0.29)
+    ok = lc.claims(fake_results(teacher, student, student_self_plain_distillation_s0=worse,
+                                student_self_teacher_loss_semantic_s0=better,
+                                student_self_no_translations_s0=better), seeds=2)
+    assert ok["Table 3: teacher loss beats plain distillation at night (seed 0)"]
+    assert ok["Table 3: semantic loss helps (self-supervised) at night (seed 0)"]
+    assert not ok["Table 3: translations beat none (self-supervised) at night (seed 0)"]
+
+
+def test_markdown_table_and_bar_chart(tmp_path):
+    teacher = {"day-clear": 0.20, "night": 0.35, "day-rain": 0.30}
+    results = fake_results(teacher, dict(teacher, night=0.3))
+    table = lc.markdown_table(results, seeds=2).splitlines()
+    assert len(table) == 2 + 1 + 2 + 8  # header, rule, untrained, teachers, students
+    assert table[3].startswith("| self-supervised teacher (day-clear) | 2 | 0.205 (0.200-0.210) |")
+    assert "| self-supervised student: plain distillation | 1 | 0.200 |" in table[5]
+    path = lc.bar_chart(results, 2, str(tmp_path / "chart.png"))
+    with Image.open(path) as image:
+        assert image.size == (900, 480) and len(image.getcolors(1 << 16)) > 20  # bars, text, whiskers
