@@ -151,8 +151,9 @@ def device_name(device):
 
 
 def reset_peak(device):
-    gc.collect()  # pipelines hold reference cycles: free the last section's models first
+    """Start a new peak-memory window on the GPU (nothing to do on CPU, where none is reported)."""
     if device.type == "cuda":
+        gc.collect()  # pipelines hold reference cycles: free the last section's models first
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
