@@ -1,4 +1,4 @@
-"""A synthetic driving world, ray-cast with numpy, written as a nuScenes dataroot that data.py reads (docs/method.md §7).
+"""A synthetic driving world, ray-cast with numpy, written as a nuScenes dataroot data.py reads (docs/method.md §7).
 
     python synthetic.py --out world      # 5 train + 3 val scenes (day-clear, night, rain), 320x180
     python synthetic.py --out tiny --size 90 160 --keyframes 4 --train-night 0 --workers 1
@@ -238,7 +238,8 @@ def car_albedo(lx, ly, z, axis, size, col, fp, seed):
     doors = sum(stripe(lx - c * L, 0.05, fp) for c in (0.22, 0.5, 0.76))  # door and bonnet gaps
     handles = sum(stripe(lx - c * L, 0.18, fp) for c in (0.42, 0.68)) * stripe(z - 0.62 * h, 0.05, fp)
     trim = stripe(z - 0.48 * h, 0.05, fp)
-    paint *= 1 - 0.7 * (np.clip(doors + handles, 0, 1) * side * (z > 0.3) * (z < 0.62 * h) + trim * (axis != 2))[:, None]
+    dark = np.clip(doors + handles, 0, 1) * side * (z > 0.3) * (z < 0.62 * h) + trim * (axis != 2)
+    paint *= 1 - 0.7 * dark[:, None]
     pillar = sum(stripe(u - c * np.where(side, L, W), w, fp) for c, w in ((0.27, 0.12), (0.52, 0.1), (0.78, 0.2)))
     glass = (z > 0.62 * h) & (z < 0.93 * h) & (axis != 2) & (np.clip(pillar, 0, 1) * side < 0.5)
     glass_tint = np.array([.07, .09, .11]) * (1 + 1.5 * fbm(u, z, fp, seed + 13, (0.8, 0.25)))[:, None]
