@@ -11,6 +11,7 @@ and head ourselves (three lines) so the last-layer patch tokens come out of the 
 semantic loss. The head is built as "metric" with max_depth 1, so its output is exactly the sigmoid
 disparity s of md4all; `disp_to_depth` turns s into metres.
 """
+import contextlib
 import os
 import socket
 import tempfile
@@ -77,6 +78,14 @@ def from_pretrained_or_explain(load_fn, name_or_path, hint, **kwargs):
         return load_fn(name_or_path, **kwargs)
     except OSError as e:
         raise explain(str(e).splitlines()[0]) from e
+
+
+def float32_maths(device):
+    """A region where autocast is off, so float32 inputs stay float32 (a no-op on devices without
+    autocast, such as the meta device of shape checks)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def disp_to_depth(disp, min_depth=0.1, max_depth=80.0):
@@ -187,7 +196,7 @@ class DepthNet(nn.Module):
         disp = self.sigmoid_disparity(self.model.neck(list(features), ph, pw), ph, pw)
         # Under bf16 autocast the sigmoid output has 8 bits of mantissa: most neighbouring pixels would get
         # the same disparity and the smoothness gradient would be noise. Everything from here is float32.
-        with torch.autocast(disp.device.type, enabled=False):
+        with float32_maths(disp.device):
             size = images.shape[-2:] if out_size == "input" else disp.shape[-2:] if out_size == "network" else out_size
             if tuple(disp.shape[-2:]) != tuple(size):
                 disp = F.interpolate(disp, size=tuple(size), mode="bilinear", align_corners=False)
@@ -205,7 +214,7 @@ class DepthNet(nn.Module):
         x = head.conv1(fused[head.head_in_index])
         x = F.interpolate(x, (ph * 14, pw * 14), mode="bilinear", align_corners=True)
         x = head.activation1(head.conv2(x))
-        with torch.autocast(x.device.type, enabled=False):
+        with float32_maths(x.device):
             return head.conv3(x.float())
 
     @torch.no_grad()

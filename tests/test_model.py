@@ -268,3 +268,10 @@ def test_export_opens_in_the_transformers_depth_pipeline(tiny_net, tmp_path):
     pipe = pipeline("depth-estimation", model=str(tmp_path / "export"))
     out = pipe(Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 100, 3), dtype=np.uint8)))
     assert out["predicted_depth"].ndim >= 2 and np.isfinite(out["predicted_depth"].numpy()).all()
+
+
+def test_full_size_net_runs_on_the_meta_device_for_shape_checks():
+    with torch.device("meta"):
+        net = DepthNet("small", init="none", net_size=(518, 784))
+        out = net(torch.rand(1, 3, 320, 576))
+    assert out["depth"].shape == (1, 1, 320, 576) and out["tokens"].shape == (1, 37 * 56, 384)
