@@ -757,6 +757,7 @@ def list_images(dataset, data_root, version=None, split='train'):
 
 def default_workers(ranks_per_node=1):
     """DataLoader workers for one training process: the CPUs this process may use, shared among the
-    ranks on the node, less one for the process itself, at most 16 (beyond that workers wait on disk)."""
+    ranks on the node, less one for the process itself. No cap: a ViT-B teacher step consumes items
+    faster than about 30 cores decode them (BENCHMARKS.md), so every core helps."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    return max(0, min(16, cpus // max(ranks_per_node, 1) - 1))
+    return max(0, cpus // max(ranks_per_node, 1) - 1)

@@ -659,7 +659,7 @@ def test_default_workers_share_the_usable_cpus_among_ranks(monkeypatch):
     monkeypatch.setattr(data.os, 'sched_getaffinity', lambda pid: set(range(12)), raising=False)
     assert data.default_workers() == 11 and data.default_workers(ranks_per_node=4) == 2
     monkeypatch.setattr(data.os, 'sched_getaffinity', lambda pid: set(range(64)), raising=False)
-    assert data.default_workers() == 16
+    assert data.default_workers() == 63 and data.default_workers(ranks_per_node=8) == 7
     monkeypatch.setattr(data.os, 'sched_getaffinity', lambda pid: {0}, raising=False)
     assert data.default_workers() == 0
 
