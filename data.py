@@ -425,13 +425,13 @@ class AugmentedDataset(torch.utils.data.Dataset):
     dataset, version = 'folder', None  # gdt.py's --dataset (and nuScenes --version) for this reader
 
     def __init__(self, root, size=None, net_size=None, color_jitter=False, flip=False, gdt_root=None,
-                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True):
+                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, day_input=False):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"data root not found: {root}; pass the dataset folder")
         self.root, self.size, self.jitter, self.flip = root, tuple(size) if size else None, color_jitter, flip
         self.net_size = tuple(net_size) if net_size else None
         self.gdt_root, self.gdt_conds, self.p_day = gdt_root, tuple(gdt_conds), p_day
-        self.seed, self.epoch, self.fast_decode = seed, 0, fast_decode
+        self.seed, self.epoch, self.fast_decode, self.day_input = seed, 0, fast_decode, day_input
         self.gdt_rejected, self.gdt_fallbacks = {}, {}
         if self.gdt_conds and not gdt_root:
             raise ValueError(f"GDT conditions {self.gdt_conds} given without a GDT folder: pass gdt_root "
@@ -538,18 +538,21 @@ class AugmentedDataset(torch.utils.data.Dataset):
         cond = draws['cond']
         if cond != 'day' and relative in self.gdt_rejected.get(cond, ()):
             cond = 'day'  # gdt.py rejected this translation: the day frame stands in
+        day_sizes = [self.size, net] if cond == 'day' or self.day_input else [self.size]
+        (color, *day), full = self._decode(path, day_sizes)
         if cond == 'day':
-            (color, image), full = self._decode(path, [self.size, net])
+            image = day[0]
         else:
             gdt_path = os.path.join(self.gdt_root, cond, relative)
             if not os.path.isfile(gdt_path):
                 raise FileNotFoundError(f"GDT translation missing: {gdt_path} ({cond} version of {relative}); "
                                         "run or resume gdt.py on this dataset (it skips finished images)")
-            (color,), full = self._decode(path, [self.size])
             (image,), _ = self._decode(gdt_path, [net])
         item = dict(color=to_tensor(color), input_cond=cond)
         item['color_aug'] = self._jittered(color, draws, item['color'])
         item['input'] = item['color_aug'] if image is color else self._jittered(image, draws, None)
+        if self.day_input:  # what the frozen teacher and DINOv2 of the student see: the clean day frame
+            item['day_input'] = item['color'] if day[0] is color else to_tensor(day[0])
         return item, full
 
     def _source(self, path, draws):
@@ -567,7 +570,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
     def _flip(self, item, draws):
         """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u)."""
         if draws['flip']:
-            for key in ('color', 'color_aug', 'input', 'prev', 'prev_aug', 'next', 'next_aug', 'lidar', 'gt'):
+            for key in ('color', 'color_aug', 'input', 'day_input', 'prev', 'prev_aug', 'next', 'next_aug',
+                        'lidar', 'gt'):
                 if key in item:
                     item[key] = item[key].flip(-1)
             if 'K' in item:

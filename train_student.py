@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from losses import TEACHER_MASKS, distillation, reprojection_loss, semantic_loss, teacher_loss
 from model import DinoFeatures, checkpoint_kind, load_depth_net, load_pose_net, read_checkpoint
-from train_teacher import add_common_args, build_depth_net, make_dataset, parse_args, run_cli, train
+from train_teacher import add_common_args, build_depth_net, make_dataset, parse_args, predict_poses, run_cli, train
 
 TRANSLATED_CONDITIONS = ("night", "rain", "snow", "fog")  # what gdt.py makes
 
@@ -47,35 +47,36 @@ def parse_conds(text, gdt_root):
 class StudentLoss(nn.Module):
     """Teacher loss (reliability-masked distillation) + w_sem x semantic loss (docs/method.md §3)."""
 
-    def __init__(self, net, teacher, teacher_pose, dino, mask="reliable", w_sem=1.0):
+    def __init__(self, net, teacher, teacher_pose, dino, mask="reliable", w_sem=1.0, pose_order="md4all"):
         super().__init__()
         if mask not in TEACHER_MASKS:
             raise ValueError(f"--teacher-mask {mask!r} is unknown; choose one of {TEACHER_MASKS}")
         self.net, self.teacher, self.teacher_pose, self.dino = net, teacher, teacher_pose, dino
-        self.mask, self.w_sem = mask, w_sem
+        self.mask, self.w_sem, self.pose_order = mask, w_sem, pose_order  # the order the teacher's pose net learnt
         for frozen in (teacher, teacher_pose, dino):
             if frozen is not None:
                 frozen.requires_grad_(False).eval()
 
     def forward(self, batch):
         color = batch["color"]
+        day = batch.get("day_input", color)  # the clean day frame at the network size
         out = self.net(batch["input"], out_size=color.shape[-2:])
         with torch.no_grad():
-            target = self.teacher(color)
+            target = self.teacher(day, out_size=color.shape[-2:])
         distill = distillation(out["scaled_disp"], target["scaled_disp"])
         pe_teacher = pe_student = None
         if self.mask != "none":
             # Where does the teacher's depth explain the day frames better than the student's?
             with torch.no_grad():
                 sources = [batch["prev"], batch["next"]]
-                poses = [self.teacher_pose(color, source) for source in sources]
+                poses = predict_poses(self.teacher_pose, color, *sources, self.pose_order)
                 pe_teacher = reprojection_loss(color, sources, target["depth"], poses, batch["K"], automask=False)[0]
                 pe_student = reprojection_loss(color, sources, out["depth"], poses, batch["K"], automask=False)[0]
         loss_teacher = teacher_loss(distill, pe_teacher, pe_student, self.mask)
         terms = {"teacher": loss_teacher}
         loss = loss_teacher
         if self.w_sem > 0:
-            terms["semantic"] = semantic_loss(out["tokens"], self.dino(color))
+            terms["semantic"] = semantic_loss(out["tokens"], self.dino(day))
             loss = loss + self.w_sem * terms["semantic"]
         return loss, terms
 
@@ -104,7 +105,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     dataset = make_dataset(args, "train", frames=(0,) if args.teacher_mask == "none" else (-1, 0, 1),
                            color_jitter=not args.no_color_jitter, flip=not args.no_flip,
-                           gdt_root=args.gdt_root, gdt_conds=conds, p_day=args.p_day)
+                           gdt_root=args.gdt_root, gdt_conds=conds, p_day=args.p_day, day_input=True)
     if not conds:
         print("train_student.py: no --gdt-root: the student sees day images only")
     for cond, count in (getattr(dataset, "gdt_fallbacks", None) or {}).items():
@@ -123,7 +124,8 @@ def main(argv=None):
     dino = None
     if args.w_sem > 0:
         dino = DinoFeatures(args.encoder, args.sem_weights, args.net_size)
-    train(args, StudentLoss(net, teacher, pose, dino, args.teacher_mask, args.w_sem), dataset, val_dataset)
+    pose_order = (teacher_ckpt.get("args") or {}).get("pose_order", "md4all")
+    train(args, StudentLoss(net, teacher, pose, dino, args.teacher_mask, args.w_sem, pose_order), dataset, val_dataset)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,15 @@ def build_depth_net(args):
     return net
 
 
+def predict_poses(pose_net, target, prev, nxt, order="md4all"):
+    """[T_{t->prev}, T_{t->next}] from the pose net, its inputs ordered as `order` says (docs/method.md §3)."""
+    if order not in POSE_ORDERS:
+        raise ValueError(f"--pose-order {order!r} is unknown; choose one of {POSE_ORDERS}")
+    if order == "md4all":
+        return [pose_net(target, prev), pose_net(target, nxt)]
+    return [invert_transform(pose_net(prev, target)), pose_net(target, nxt)]
+
+
 class SelfSupervisedLoss(nn.Module):
     """md4all teacher objective (docs/method.md §3): min reprojection with auto-masking + smoothness + velocity.
 
@@ -168,9 +177,7 @@ class SelfSupervisedLoss(nn.Module):
     def poses(self, batch):
         """T_{t->s} for the previous and the next frame, from the colour-jittered frames (md4all)."""
         target, prev, nxt = (batch.get(k + "_aug", batch[k]) for k in ("color", "prev", "next"))
-        if self.pose_order == "md4all":
-            return [self.pose(target, prev), self.pose(target, nxt)]
-        return [invert_transform(self.pose(prev, target)), self.pose(target, nxt)]
+        return predict_poses(self.pose, target, prev, nxt, self.pose_order)
 
     def forward(self, batch):
         color, sources = batch["color"], [batch["prev"], batch["next"]]

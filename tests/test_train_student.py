@@ -133,3 +133,34 @@ def test_semantic_loss_uses_the_given_frozen_encoder_with_tiny_nets(tiny_world, 
     train_student.main(student_args(tiny_world, teacher_ckpt, gdt_root, tmp_path / "s", "--steps", "1",
                                     "--sem-weights", str(tmp_path / "dino")))
     assert built and built[0][1] == str(tmp_path / "dino")
+
+
+def test_teacher_and_dinov2_see_the_clean_day_frame_at_network_size(tiny_world, gdt_root):
+    dataset = data.NuScenesDepth(tiny_world, size=(28, 48), net_size=(42, 70), gdt_root=gdt_root,
+                                 gdt_conds=("night",), p_day=0.0, day_input=True, color_jitter=True)
+    day = data.NuScenesDepth(tiny_world, size=(28, 48), net_size=(42, 70))
+    item = dataset[0]
+    assert item["input_cond"] == "night" and item["day_input"].shape == (3, 42, 70)
+    assert torch.equal(item["day_input"], day[0]["input"])  # un-jittered, untranslated, one resize
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, images, out_size=None):
+            seen.append(images)
+            return DepthNet("tiny", init="none", net_size=None).eval()(images, out_size=out_size)
+    batch = torch.utils.data.default_collate([item])
+    StudentLoss(DepthNet("tiny", init="none", net_size=None), Spy(), None, None, "none", 0.0)(batch)
+    assert torch.equal(seen[0], batch["day_input"])
+
+
+@pytest.mark.parametrize("order", ["md4all", "temporal"])
+def test_the_reliability_mask_feeds_the_teacher_pose_net_in_its_own_order(tiny_world, order, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_student, "predict_poses",
+                        lambda net, t, p, n, o: calls.append(o) or train_teacher.predict_poses(net, t, p, n, o))
+    dataset = data.NuScenesDepth(tiny_world, size=(28, 48), frames=(-1, 0, 1))
+    batch = torch.utils.data.default_collate([dataset[0]])
+    torch.manual_seed(0)
+    nets = [DepthNet("tiny", init="none", net_size=None) for _ in range(2)]
+    StudentLoss(*nets, PoseNet("tiny", init=None), None, "reliable", 0.0, pose_order=order)(batch)
+    assert calls == [order]
