@@ -8,20 +8,21 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=erro
 OUT=${1:-runs/quickstart}
 SIZE=90x160
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny nets: threads only spin on small tensors
-# Tiny random nets learn nothing at the paper's ViT learning rates in a few hundred steps, and a random
-# "DINOv2" has no semantics to keep: higher rates, a 10 m start for the fresh head, the student starts
-# from the teacher, no semantic loss. learning_check.py runs the same stages longer.
+# A smoke run of every stage, not a learning result (learning_check.py is that). Tiny random nets learn
+# nothing at the paper's ViT learning rates in a few hundred steps, and a random "DINOv2" has no
+# semantics to keep: the learning check's rates, a 6 m start for the fresh head, the pose pairs in time
+# order, the student starting from the teacher, no semantic loss.
 TINY="--tiny --size $SIZE --batch-size 4 --workers 1 --no-val --log-every 50"
 start=$(date +%s)
 
 python synthetic.py --out "$OUT/world"
 python gdt.py --backend classic --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_classic" --cond night rain
 python gdt.py --tiny --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_tiny" --cond night \
-    --style-dir data --size 64x112 --steps 2 --captioner blip
+    --style-dir data --captioner blip   # --tiny: 64x112, 2 steps
 resume() { [ -f "$1/ckpt.pt" ] && echo --resume || true; }
-python train_teacher.py $TINY --data-root "$OUT/world" --out "$OUT/teacher" --steps 500 \
-    --lr-encoder 1e-4 --lr-decoder 1e-4 --lr-pose 1e-3 --init-depth 10 $(resume "$OUT/teacher")
-python train_student.py $TINY --data-root "$OUT/world" --out "$OUT/student" --steps 150 \
+python train_teacher.py $TINY --data-root "$OUT/world" --out "$OUT/teacher" --steps 300 \
+    --lr-encoder 1e-3 --lr-decoder 1e-3 --lr-pose 3e-3 --init-depth 6 --pose-order temporal $(resume "$OUT/teacher")
+python train_student.py $TINY --data-root "$OUT/world" --out "$OUT/student" --steps 100 \
     --teacher "$OUT/teacher/ckpt.pt" --gdt-root "$OUT/gdt_classic" --conds night,rain \
     --init-from-teacher --w-sem 0 --lr-encoder 1e-4 --lr-decoder 1e-4 $(resume "$OUT/student")
 echo "== teacher (day-clear training frames only)"
