@@ -20,9 +20,9 @@ python gdt.py --backend classic --dataset nuscenes --data-root "$OUT/world" --ou
 python gdt.py --tiny --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_tiny" --cond night \
     --style-dir data --captioner blip   # --tiny: 64x112, 2 steps
 resume() { [ -f "$1/ckpt.pt" ] && echo --resume || true; }
-python train_teacher.py $TINY --data-root "$OUT/world" --out "$OUT/teacher" --steps 300 \
+python train_teacher.py $TINY --data-root "$OUT/world" --out "$OUT/teacher" --steps 250 \
     --lr-encoder 1e-3 --lr-decoder 1e-3 --lr-pose 3e-3 --init-depth 6 --pose-order temporal $(resume "$OUT/teacher")
-python train_student.py $TINY --data-root "$OUT/world" --out "$OUT/student" --steps 100 \
+python train_student.py $TINY --data-root "$OUT/world" --out "$OUT/student" --steps 80 \
     --teacher "$OUT/teacher/ckpt.pt" --gdt-root "$OUT/gdt_classic" --conds night,rain \
     --init-from-teacher --w-sem 0 --lr-encoder 1e-4 --lr-decoder 1e-4 $(resume "$OUT/student")
 echo "== teacher (day-clear training frames only)"
