@@ -189,10 +189,10 @@ def claims(results, seeds):
         worst = max(ab(s, "day-clear") - ab(t, "day-clear") for t, s in zip(teachers, students))
         ok[f"{sup} student within 0.01 abs_rel of its teacher by day (worst {worst:+.3f})"] = worst < 0.01
     main_self = f"student_self_{slug(STUDENTS[0][1])}_s0"
-    for name, label in ((f"student_self_plain_distillation_s0", "teacher loss beats plain distillation"),
-                        (f"student_self_printed_inequality_s0", "teacher loss beats the printed inequality"),
-                        (f"student_self_no_translations_s0", "translations beat none (self-supervised)"),
-                        (f"student_self_teacher_loss_semantic_s0", "semantic loss helps (self-supervised)")):
+    for name, label in (("student_self_plain_distillation_s0", "teacher loss beats plain distillation"),
+                        ("student_self_printed_inequality_s0", "teacher loss beats the printed inequality"),
+                        ("student_self_no_translations_s0", "translations beat none (self-supervised)"),
+                        ("student_self_teacher_loss_semantic_s0", "semantic loss helps (self-supervised)")):
         if name in results:
             better = ab(name, "night") > ab(main_self, "night") if "semantic" not in name else \
                 ab(name, "night") < ab(main_self, "night")

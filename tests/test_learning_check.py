@@ -2,7 +2,6 @@
 import argparse
 import os
 
-import pytest
 import torch
 from PIL import Image
 
