@@ -30,7 +30,8 @@ keeps what it measured; a failing section records its error and the others still
 - data: CPU cost of the real data.NuScenesDepth training items (teacher: 3 frames; student: + a GDT
   translation; LiDAR teacher: 1 frame + LiDAR projection) at the loss and network sizes, on a small
   synthetic world rendered at nuScenes' 900x1600 with JPEG frames (or --data-root), for the fast
-  decode and the reference path: CPU ms per item, items/s of 1..N DataLoader workers, and the items/s
+  path (DCT-scaled decode, affine jitter) and the reference path (full decode for every tensor,
+  torchvision's PIL jitter: the items before the fast path): CPU ms per item, items/s of 1..N DataLoader workers, and the items/s
   one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
 --tiny: tiny models and sizes on one CPU thread; a smoke test of the code, not a speed claim.
 """
@@ -550,14 +551,14 @@ def gpu_rate(args, device, results):
 
 
 def bench_data(args, device, results):
-    """CPU cost of each trainer's items, fast decode vs full decode, and the workers one GPU needs."""
+    """CPU cost of each trainer's items, fast path vs reference path, and the workers one GPU needs."""
     rate, source = gpu_rate(args, device, results)
     work = tempfile.mkdtemp(prefix="bench-data-")
     try:
         root, version, scene = data_world(args, work)
         build = lambda kind, fast, **extra: data.NuScenesDepth(  # noqa: E731
             root, version, "train", size=args.loss_size, net_size=args.net_size, scenes=[scene], color_jitter=True,
-            flip=True, fast_decode=fast, **DATA_KINDS[kind], **extra)
+            flip=True, fast_decode=fast, exact_jitter=not fast, **DATA_KINDS[kind], **extra)
         day = build("teacher", True)
         paths = [day.index.sample_data[token]["filename"] for token, _ in day.items]
         gdt_root = gdt_folder(root, paths, work)
@@ -569,7 +570,7 @@ def bench_data(args, device, results):
         for kind in DATA_KINDS:
             flops = results.get("flops", {}).get(f"{kind}_step_tflop_per_image") or training_tflops(kind, args)
             figures = dict(tflop_per_image=flops, gpu_images_per_s=rate / flops)
-            for name, fast in (("full_decode", False), ("fast_decode", True)):
+            for name, fast in (("reference", False), ("fast", True)):
                 dataset = build(kind, fast, **({"gdt_root": gdt_root} if kind == "student" else {}))
                 ms, per_s = item_cost(dataset, args.data_samples)
                 figures[name] = dict(cpu_ms_per_item=ms, items_per_s_one_process=per_s)
@@ -578,8 +579,8 @@ def bench_data(args, device, results):
                     figures[name][f"items_per_s_{w}_workers"] = loader_rate(dataset, w, args.data_samples)
                     results.add("data", **{kind: figures})
             # a worker on a core of its own delivers 1000 / CPU ms items/s (what shared cores measure less of)
-            fast_ms = figures["fast_decode"]["cpu_ms_per_item"]
-            figures.update(fast_speedup=figures["full_decode"]["cpu_ms_per_item"] / fast_ms,
+            fast_ms = figures["fast"]["cpu_ms_per_item"]
+            figures.update(fast_speedup=figures["reference"]["cpu_ms_per_item"] / fast_ms,
                            workers_per_gpu=math.ceil(figures["gpu_images_per_s"] * fast_ms / 1e3))
             results.add("data", **{kind: figures})
     finally:
@@ -603,13 +604,13 @@ def print_data_table(d, show):
     workers = [f"items_per_s_{w}_workers" for w in d["workers"]]
     print(f"\n  data items at loss {d['loss_size']}, net {d['net_size']} from {d['frame_format']} frames "
           f"{d['frame_size']}; GPU: {show(d['gpu_tflops'])} TFLOP/s ({d['gpu_rate']})")
-    print("  " + " | ".join(["item", "decode", "CPU ms/item", "items/s 1 process"]
+    print("  " + " | ".join(["item", "path", "CPU ms/item", "items/s 1 process"]
                             + [f"items/s {w} workers" for w in d["workers"]] + ["GPU images/s", "workers/GPU"]))
     for kind in DATA_KINDS:
-        for name in ("full_decode", "fast_decode"):
+        for name in ("reference", "fast"):
             f, g = d.get(kind, {}).get(name, {}), d.get(kind, {})
             cells = [f.get("cpu_ms_per_item"), f.get("items_per_s_one_process"), *(f.get(w) for w in workers)]
-            last = [g.get("gpu_images_per_s"), g.get("workers_per_gpu")] if name == "fast_decode" else ["", ""]
+            last = [g.get("gpu_images_per_s"), g.get("workers_per_gpu")] if name == "fast" else ["", ""]
             print("  " + " | ".join([kind, name] + ["-" if c is None else str(show(c)) for c in cells + last]))
 
 

@@ -58,6 +58,9 @@ def add_common_args(p):
     p.add_argument("--lr-decoder", type=float, default=5e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--no-color-jitter", action="store_true")
+    p.add_argument("--exact-jitter", action="store_true",
+                   help="jitter with torchvision's PIL ops as md4all does (about 15 ms more per frame) instead of "
+                        "one affine colour map (data.affine_jitter: within about 2/255 on average)")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--val-every", type=int, default=None, help="steps between validations (default: each epoch)")
     p.add_argument("--no-val", action="store_true", help="skip validation (and best.pt)")
@@ -468,7 +471,7 @@ def main(argv=None):
     args = parse_args(p, argv)
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     self_supervised = args.supervision == "self"
-    augment = dict(color_jitter=not args.no_color_jitter, flip=not args.no_flip)
+    augment = dict(color_jitter=not args.no_color_jitter, exact_jitter=args.exact_jitter, flip=not args.no_flip)
     dataset = make_dataset(args, "train", frames=(-1, 0, 1) if self_supervised else (0,),
                            with_lidar=not self_supervised, **augment)
     val_dataset = None if args.no_val else make_dataset(args, "val")
