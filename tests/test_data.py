@@ -1,7 +1,6 @@
 """data.py: nuScenes / RobotCar / folder readers, LiDAR ground truth, splits, augmentation."""
 import argparse
 import colorsys
-import csv
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import data
+from worlds import DAY, NIGHT, RC_K, make_nuscenes, make_robotcar, save_image
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'nuscenes_sample')
 CAM_TOKEN = 'e3d495d4ac534d54b321f50006683844'
@@ -50,12 +50,15 @@ def hand_projection(K, hw):
     pts = rotate(le['rotation'], pts) + le['translation']               # -> global
     pts = rotate(np.array(ce['rotation']) * [1, -1, -1, -1], pts - ce['translation'])  # -> ego(t_cam)
     pts = rotate(np.array(cc['rotation']) * [1, -1, -1, -1], pts - cc['translation'])  # -> camera
-    depth = np.zeros(hw, np.float32)
     u, v = K[0][0] * pts[:, 0] / pts[:, 2] + K[0][2], K[1][1] * pts[:, 1] / pts[:, 2] + K[1][2]
     keep = (pts[:, 2] > 1) & (1 < u) & (u < hw[1] - 1) & (1 < v) & (v < hw[0] - 1)
-    for x, y, z in zip(u[keep], v[keep], pts[keep, 2]):  # the few thousand points in view, in file order
-        depth[int(y), int(x)] = z  # later points overwrite earlier ones
-    return depth
+    pixel = v[keep].astype(int) * hw[1] + u[keep].astype(int)  # a point at u in [i, i+1) lands on column i
+    # later points (in file order) overwrite earlier ones: each pixel keeps the highest point number
+    last = np.full(hw[0] * hw[1], -1)
+    np.maximum.at(last, pixel, np.arange(pixel.size))
+    depth = np.zeros(hw[0] * hw[1], np.float32)
+    depth[last >= 0] = pts[keep, 2][last[last >= 0]]
+    return depth.reshape(hw)
 
 
 @pytest.fixture(scope='module')
@@ -99,15 +102,44 @@ def test_lidar_map_at_network_size_uses_scaled_intrinsics():
     assert np.allclose(small, hand_projection(K, (320, 576)), atol=1e-4)
 
 
+def depth_colour(z):
+    """Overlay colour of a LiDAR depth: green near, red at 40 m and beyond."""
+    near = int(255 * min(z, 40) / 40)
+    return 255 - near, near, 0
+
+
+def points_within(mask, r):
+    """How many True pixels of `mask` lie in the (2r+1)^2 box around each pixel (an integral image)."""
+    table = np.pad(mask.astype(int), r).cumsum(0).cumsum(1)
+    table = np.pad(table, ((1, 0), (1, 0)))
+    h, w, k = mask.shape[0], mask.shape[1], 2 * r + 1
+    return table[k:k + h, k:k + w] - table[:h, k:k + w] - table[k:k + h, :w] + table[:h, :w]
+
+
 def test_lidar_overlay_png_shows_points_on_the_image(fixture_map, tmp_path):
-    image = Image.open(os.path.join(FIXTURE, CAM_IMAGE)).convert('RGB')
+    plain = Image.open(os.path.join(FIXTURE, CAM_IMAGE)).convert('RGB')
+    image = plain.copy()
     draw = ImageDraw.Draw(image)
-    for v, u in zip(*np.nonzero(fixture_map)):
-        near = int(255 * min(fixture_map[v, u], 40) / 40)
-        draw.ellipse((u - 2, v - 2, u + 2, v + 2), fill=(255 - near, near, 0))
+    points = list(zip(*np.nonzero(fixture_map)))
+    for v, u in points:
+        draw.ellipse((u - 2, v - 2, u + 2, v + 2), fill=depth_colour(fixture_map[v, u]))
     out = tmp_path / 'lidar_on_cam_front.png'
     image.save(out, compress_level=1)
-    assert out.is_file() and Image.open(out).size == (1600, 900)
+    shown, plain = np.asarray(Image.open(out).convert('RGB')).astype(int), np.asarray(plain).astype(int)
+    assert shown.shape == plain.shape == (900, 1600, 3)
+    # every LiDAR pixel shows a depth colour (its own, or a neighbour's dot drawn later): r + g = 255, b = 0
+    v, u = np.nonzero(fixture_map)
+    assert (shown[v, u, 0] + shown[v, u, 1] == 255).all() and (shown[v, u, 2] == 0).all()
+    assert (shown[v, u] != plain[v, u]).any(-1).mean() > 0.99
+    # a point with no other point within 4 px shows its own depth: near points green, far ones red
+    occupied = fixture_map > 0
+    neighbours = points_within(occupied, 4)
+    alone = [(v, u) for v, u in points if neighbours[v, u] == 1]
+    assert len(alone) > 100
+    assert all(tuple(shown[v, u]) == depth_colour(fixture_map[v, u]) for v, u in alone)
+    # away from the dots (their 5x5 boxes) the PNG is the camera image, pixel for pixel
+    covered = points_within(occupied, 2) > 0
+    assert np.array_equal(shown[~covered], plain[~covered]) and covered.mean() < 0.1
 
 
 def test_fixture_lidar_map_matches_the_nuscenes_devkit(fixture_map):
@@ -138,75 +170,7 @@ def test_fixture_lidar_map_matches_the_nuscenes_devkit(fixture_map):
     assert np.allclose(expected, fixture_map, atol=1e-4)
 
 
-# ---------- a fake nuScenes tree ----------
-
-CAM_Q = (0.5, -0.5, 0.5, -0.5)  # camera (z forward, x right, y down) -> ego (x forward, y left, z up)
-CAM_K = [[40.0, 0, 40.0], [0, 40.0, 24.0], [0, 0, 1]]
-SCENES = [  # name, description, ego x positions of the CAM_FRONT frames (K = key frame, S = sweep)
-    ('scene-0001', 'Parked cars, turn left', 'SKSKSKSK', [0, 1, 2, 3, 4, 4, 4, 5]),  # 3rd key frame static
-    ('scene-0002', 'Night, parked cars', 'SKSK', [0, 1, 2, 3]),
-    ('scene-0003', 'Night, RAIN, peds', 'KSK', [0, 1, 2]),
-    ('scene-0012', 'Rain, construction', 'KSK', [0, 0, 0]),
-]
-
-
-def save_image(path, colour, size=(80, 48)):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    image = np.zeros((size[1], size[0], 3), np.uint8)
-    image[..., :] = colour
-    image[:, : size[0] // 4] = 255  # a bright left band makes flips visible
-    Image.fromarray(image).save(path)
-
-
-def make_nuscenes(root, version='v1.0-trainval'):
-    """A tiny dataroot: 80x48 camera, LiDAR points straight ahead, ego moving along x at 10 m/s."""
-    tables = {k: [] for k in data.NUSCENES_TABLES}
-    tables['sensor'] = [dict(token='s-cam', channel='CAM_FRONT', modality='camera'),
-                        dict(token='s-lidar', channel='LIDAR_TOP', modality='lidar')]
-    tables['calibrated_sensor'] = [
-        dict(token='c-cam', sensor_token='s-cam', translation=[1.5, 0, 1.5], rotation=CAM_Q,
-             camera_intrinsic=CAM_K),
-        dict(token='c-lidar', sensor_token='s-lidar', translation=[0, 0, 1.8], rotation=[1, 0, 0, 0],
-             camera_intrinsic=[])]
-    # 10 m and 20 m ahead of the camera, 0.1 m right of and below its axis (lidar sits 0.3 m higher)
-    points = np.array([[11.5, -0.1, -0.4, 0, 0], [21.5, -0.1, -0.4, 0, 0]], np.float32)
-    for s, (name, description, kinds, xs) in enumerate(SCENES):
-        samples = [f'{name}-sample{i}' for i, k in enumerate(kinds) if k == 'K']
-        tables['scene'].append(dict(token=name, name=name, description=description, log_token='log',
-                                    nbr_samples=len(samples), first_sample_token=samples[0],
-                                    last_sample_token=samples[-1]))
-        tokens = [f'{name}-cam{i}' for i in range(len(kinds))]
-        for i, (kind, x) in enumerate(zip(kinds, xs)):
-            stamp = 10 ** 9 * s + 100_000 * i
-            tables['ego_pose'].append(dict(token=f'{tokens[i]}-pose', timestamp=stamp, translation=[x, 0, 0],
-                                           rotation=[1, 0, 0, 0]))
-            folder = 'samples' if kind == 'K' else 'sweeps'
-            filename = f'{folder}/CAM_FRONT/{tokens[i]}.png'
-            save_image(os.path.join(root, filename), (20 * i, 40 * s, 100))
-            tables['sample_data'].append(dict(
-                token=tokens[i], sample_token=f'{name}-sample{i}' if kind == 'K' else '',
-                ego_pose_token=f'{tokens[i]}-pose',
-                calibrated_sensor_token='c-cam', timestamp=stamp, fileformat='png', is_key_frame=kind == 'K',
-                height=48, width=80, filename=filename, prev=tokens[i - 1] if i else '',
-                next=tokens[i + 1] if i + 1 < len(kinds) else ''))
-            if kind == 'K':
-                j = samples.index(f'{name}-sample{i}')
-                tables['sample'].append(dict(token=samples[j], timestamp=stamp, scene_token=name,
-                                             prev=samples[j - 1] if j else '',
-                                             next=samples[j + 1] if j + 1 < len(samples) else ''))
-                lidar_file = f'samples/LIDAR_TOP/{tokens[i]}.pcd.bin'
-                os.makedirs(os.path.join(root, 'samples/LIDAR_TOP'), exist_ok=True)
-                points.tofile(os.path.join(root, lidar_file))
-                tables['sample_data'].append(dict(
-                    token=f'{tokens[i]}-lidar', sample_token=samples[j], ego_pose_token=f'{tokens[i]}-pose',
-                    calibrated_sensor_token='c-lidar', timestamp=stamp, fileformat='pcd', is_key_frame=True,
-                    height=0, width=0, filename=lidar_file, prev='', next=''))
-    os.makedirs(os.path.join(root, version))
-    for name, rows in tables.items():
-        with open(os.path.join(root, version, name + '.json'), 'w') as f:
-            json.dump(rows, f)
-    return str(root)
-
+# ---------- a fake nuScenes tree (tests/worlds.py) ----------
 
 @pytest.fixture
 def nusc(tmp_path):
@@ -462,43 +426,7 @@ def test_fixture_train_split_is_empty_because_its_frame_has_no_neighbours():
         data.list_images('nuscenes', FIXTURE, 'v1.0-mini')
 
 
-# ---------- a fake RobotCar tree ----------
-
-DAY, NIGHT = '2014-12-09-13-21-02', '2014-12-16-18-44-24'
-RC_K = (983.044006 / 16, 983.044006 / 16, 643.646973 / 16, 493.378998 / 16)  # 60x80 = 960x1280 / 16
-RC_POINTS = np.array([[10, 0, 0], [20, 0, 0], [5, 1, 0.5], [60, 0, -1], [5, 0, 2], [-5, 0, 0]], np.float32).T
-
-
-def make_robotcar(root):
-    """Sequences of 60x80 frames, md4all split files, VO with a 90 degree turn, gt points (x forward)."""
-    os.makedirs(root / 'models')
-    (root / 'models' / 'stereo_wide_left.txt').write_text(
-        ' '.join(f'{v:.6f}' for v in RC_K) + '\n0 0 1 0\n1 0 0 0\n0 1 0 0\n0 0 0 1\n')
-    (root / 'splits').mkdir()
-    (root / 'splits' / f'{DAY}_train_stride_1.txt').write_text('100 200 300\n200 300 400\n')
-    (root / 'splits' / f'{DAY}_train_stride_2.txt').write_text('100 300 500\n')  # md4all ships it; unread
-    (root / 'splits' / f'{DAY}_val_stride_1.txt').write_text('100 200 300\n')
-    (root / 'splits' / f'{NIGHT}_val_stride_1.txt').write_text('900 1000 1100\n')
-    (root / 'splits' / f'{DAY}_test.txt').write_text('200\n')
-    (root / 'splits' / f'{NIGHT}_test.txt').write_text('1000 1418756721422679\n')  # a second field is ignored
-    (root / 'filter').mkdir()
-    (root / 'filter' / 'filter_train_samples.txt').write_text('999\n')
-    for sequence, stamps in ((DAY, (100, 200, 300, 400)), (NIGHT, (900, 1000, 1100))):
-        for t in stamps:
-            save_image(str(root / sequence / 'stereo' / 'left' / f'{t}.png'), (t % 256, 0, 0), size=(80, 60))
-        gt_dir = root / sequence / data.ROBOTCAR_GT_DIR
-        gt_dir.mkdir(parents=True)
-        for t in stamps:
-            RC_POINTS.tofile(gt_dir / f'{t}.pcd.bin')
-    (root / DAY / 'vo').mkdir()
-    with open(root / DAY / 'vo' / 'vo.csv', 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['source_timestamp', 'destination_timestamp', 'x', 'y', 'z', 'roll', 'pitch', 'yaw'])
-        writer.writerow([300, 200, 1, 0, 0, 0, 0, math.pi / 2])  # rows need not be in time order
-        writer.writerow([200, 100, 1, 0, 0, 0, 0, 0])
-        writer.writerow([400, 300, 2, 0, 0, 0, 0, 0])
-    return str(root)
-
+# ---------- a fake RobotCar tree (tests/worlds.py) ----------
 
 @pytest.fixture
 def robotcar(tmp_path):
@@ -621,8 +549,9 @@ def test_image_sizes_must_be_positive_and_argparse_says_so(capsys):
             data.parse_size(text)
     parser = argparse.ArgumentParser(prog='train_teacher.py')
     parser.add_argument('--size', type=data.parse_size)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(['--size', '0x160'])
+    assert exit_info.value.code == 2  # argparse's usage-error status
     assert "train_teacher.py: error: argument --size: image size '0x160': both sides must be positive" \
         in capsys.readouterr().err
 
