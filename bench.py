@@ -62,7 +62,8 @@ import gdt
 import tiny_models
 from model import DepthNet, DinoFeatures, PoseNet
 from train_student import StudentLoss
-from train_teacher import LidarLoss, SelfSupervisedLoss, add_common_args, build_depth_net, param_groups, resolve_args
+from train_teacher import LidarLoss, SelfSupervisedLoss
+from training import add_common_args, build_depth_net, depth_param_groups, resolve_args
 
 SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data")
 FULL = dict(gdt_size="576x1024", gdt_steps=30, gdt_batch=8, source_size=(900, 1600), encoder="base",
@@ -366,13 +367,20 @@ def bench_gdt(args, device, results):
 
 
 def trainer_args(args):
-    """train_teacher's flags at their defaults (what build_depth_net and param_groups read), bench's net."""
+    """The trainers' flags at their defaults (what build_depth_net reads, the learning rates), bench's net."""
     size = "x".join(str(v) for v in args.net_size)
     ns = resolve_args(add_common_args(argparse.ArgumentParser()).parse_args(
         ["--data-root", "-", "--out", "-", "--encoder", args.encoder, "--init", "none", "--net-size", size]
         + ["--grad-ckpt"] * args.grad_ckpt))
-    ns.lr_pose = 1e-4  # train_teacher.main's --lr-pose default
     return ns
+
+
+def param_groups(loss_module, targs):
+    """The AdamW groups the trainer of `loss_module` builds: encoder, decoder, and the teacher's pose net."""
+    groups = depth_param_groups(loss_module.net, targs.lr_encoder, targs.lr_decoder)
+    if isinstance(loss_module, SelfSupervisedLoss):
+        groups.append(dict(name="lr_pose", params=list(loss_module.pose.parameters()), lr=1e-4))  # --lr-pose default
+    return groups
 
 
 def build_loss(kind, args):
@@ -400,7 +408,7 @@ def synthetic_batch(kind, batch, args, device):
 
 
 def train_step(loss_module, optimizer, batch, bf16):
-    """The core of train_teacher.train's step: autocast forward, backward, AdamW step; no host sync."""
+    """The core of training.train's step: autocast forward, backward, AdamW step; no host sync."""
     with torch.autocast(batch["color"].device.type, dtype=torch.bfloat16, enabled=bf16):
         loss, _ = loss_module(batch)
     optimizer.zero_grad(set_to_none=True)

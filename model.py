@@ -313,6 +313,21 @@ def invert_transform(T):
     return inv
 
 
+POSE_ORDERS = ("md4all", "temporal")
+
+
+def predict_poses(pose_net, target, prev, nxt, order="md4all"):
+    """[T_{t->prev}, T_{t->next}] from the pose net, its inputs ordered as `order` says (docs/method.md §3):
+    'md4all' feeds (target, source) for both neighbours (md4all's default, the base SSD builds on);
+    'temporal' feeds each pair in time order and inverts the previous frame's result (monodepth2), so the
+    net always predicts forward motion."""
+    if order not in POSE_ORDERS:
+        raise ValueError(f"--pose-order {order!r} is unknown; choose one of {POSE_ORDERS}")
+    if order == "md4all":
+        return [pose_net(target, prev), pose_net(target, nxt)]
+    return [invert_transform(pose_net(prev, target)), pose_net(target, nxt)]
+
+
 def resnet_config(size):
     """ResNet-18 on two stacked RGB frames (6 channels); tiny: a narrow one for tests."""
     from transformers import ResNetConfig

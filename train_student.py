@@ -2,10 +2,10 @@
 
     # CPU smoke run (after synthetic.py, gdt.py and train_teacher.py on the synthetic world)
     python train_student.py --tiny --data-root world --size 90x160 --teacher runs/teacher/ckpt.pt \
-        --gdt-root gdt --conds night,rain --steps 20 --out runs/student
+        --gdt-root gdt --conds night rain --steps 20 --out runs/student
     # the paper's setting on one GPU / on 8 GPUs
     python train_student.py --data-root /data/nuscenes --teacher runs/teacher/ckpt.pt \
-        --gdt-root /data/gdt --conds night,rain --out runs/student
+        --gdt-root /data/gdt --conds night rain --out runs/student
     torchrun --standalone --nproc_per_node=8 train_student.py ...same flags...
 
 The student sees the day frame with probability --p-day, else its translation into a condition drawn
@@ -15,7 +15,7 @@ pretrained DINOv2 on the day frame anchors the student's encoder features (seman
 
 Table 3 ablations: GDT vs classic translation: point --gdt-root at `gdt.py --backend classic` output;
 teacher loss vs plain distillation: --teacher-mask none; semantic loss off: --w-sem 0.
-Checkpoints, --resume, DDP, bf16, logging: the same loop as train_teacher.py.
+Checkpoints, --resume, DDP, bf16, logging: training.py's loop, as for the teacher.
 """
 import argparse
 
@@ -23,23 +23,25 @@ import torch
 import torch.nn as nn
 
 from losses import TEACHER_MASKS, distillation, reprojection_loss, semantic_loss, teacher_loss
-from model import DinoFeatures, checkpoint_kind, load_depth_net, load_pose_net, read_checkpoint
-from train_teacher import add_common_args, build_depth_net, make_dataset, parse_args, predict_poses, run_cli, train
+from model import DinoFeatures, checkpoint_kind, load_depth_net, load_pose_net, predict_poses, read_checkpoint
+from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, run_cli, train
 
 TRANSLATED_CONDITIONS = ("night", "rain", "snow", "fog")  # what gdt.py makes
 
 
-def parse_conds(text, gdt_root):
-    """--conds 'night, rain' -> ('night', 'rain'); checks the names and that --gdt-root goes with them."""
-    if text is None:
+def parse_conds(words, gdt_root):
+    """--conds night rain (or night,rain) -> ('night', 'rain'), duplicates dropped; checks the names and
+    that --gdt-root goes with them."""
+    if words is None:
         return ("night", "rain") if gdt_root else ()
-    conds = tuple(c.strip() for c in text.split(",") if c.strip())
+    words = [words] if isinstance(words, str) else words
+    conds = tuple(dict.fromkeys(c.strip() for w in words for c in w.split(",") if c.strip()))
     unknown = [c for c in conds if c not in TRANSLATED_CONDITIONS]
     if unknown:
         raise ValueError(f"--conds: unknown condition(s) {', '.join(map(repr, unknown))}; gdt.py makes "
                          f"{', '.join(TRANSLATED_CONDITIONS)}")
     if conds and not gdt_root:
-        raise ValueError(f"--conds {text} needs --gdt-root, the folder gdt.py wrote (<root>/<cond>/...); without "
+        raise ValueError(f"--conds {' '.join(conds)} needs --gdt-root, the folder gdt.py wrote (<root>/<cond>/...); without "
                          f"translations the student would see day images only")
     return conds
 
@@ -85,8 +87,9 @@ def main(argv=None):
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--teacher", required=True, help="teacher checkpoint from train_teacher.py")
     p.add_argument("--gdt-root", default=None, help="gdt.py output folder (<root>/<cond>/<relative path>)")
-    p.add_argument("--conds", default=None, help="translated conditions to draw from, comma-separated "
-                                                 "(default with --gdt-root: night,rain)")
+    p.add_argument("--conds", "--cond", nargs="+", default=None, metavar="COND",
+                   help="translated conditions to draw from, as gdt.py's --cond: night rain (or night,rain; "
+                        "default with --gdt-root: night rain)")
     p.add_argument("--p-day", type=float, default=2 / 3,
                    help="probability of the day frame (the paper: |C|/(|C|+1); md4all: 1/(|C|+1))")
     p.add_argument("--teacher-mask", default="reliable", choices=TEACHER_MASKS,
@@ -125,7 +128,10 @@ def main(argv=None):
     if args.w_sem > 0:
         dino = DinoFeatures(args.encoder, args.sem_weights, args.net_size)
     pose_order = (teacher_ckpt.get("args") or {}).get("pose_order", "md4all")
-    train(args, StudentLoss(net, teacher, pose, dino, args.teacher_mask, args.w_sem, pose_order), dataset, val_dataset)
+    loss_module = StudentLoss(net, teacher, pose, dino, args.teacher_mask, args.w_sem, pose_order)
+    groups = depth_param_groups(net, args.lr_encoder, args.lr_decoder)
+    extra = dict(config=net.config_dict(), pose=None, pose_config=None)
+    train(args, loss_module, groups, {"model": net}, extra, dataset, val_dataset, kind="student")
 
 
 if __name__ == "__main__":

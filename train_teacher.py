@@ -11,155 +11,16 @@
 
 Writes `<out>/ckpt.pt` (model, pose net, optimiser, scheduler, step, config; every --ckpt-every steps
 and at the end), `<out>/best.pt` (lowest night abs_rel on the validation split), `<out>/log.jsonl`.
-The training loop here (`train`) is also the student's: train_student.py passes its own loss module.
+The loop, the shared flags and resume live in training.py; this file is the teacher's objective.
 """
 import argparse
-import gc
-import json
-import math
-import os
-import sys
-import time
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
-import data
-from evaluate import net_predictor, score_loader, summarize
 from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
-from model import (DepthNet, ModelUnavailable, PoseNet, checkpoint_kind, invert_transform, read_checkpoint,
-                   save_checkpoint)
-
-POSE_ORDERS = ("md4all", "temporal")
-
-
-def add_common_args(p):
-    """Flags shared by the teacher and the student trainers (docs/method.md §4 defaults)."""
-    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar"])
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
-    p.add_argument("--out", required=True, help="run folder: ckpt.pt, best.pt, log.jsonl")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a checkpoint")
-    p.add_argument("--encoder", default="base", choices=["tiny", "small", "base", "large"])
-    p.add_argument("--init", default="dinov2", choices=["dinov2", "depth-anything-v2-small", "none"])
-    p.add_argument("--weights", default=None, help="hub id or local folder for --init (default: the official one)")
-    p.add_argument("--size", type=data.parse_size, default=None, help="loss resolution HxW (nuScenes 320x576, RobotCar 320x544)")
-    p.add_argument("--net-size", type=data.parse_size, default=(518, 784), help="depth-net input HxW, multiples of 14")
-    p.add_argument("--min-depth", type=float, default=0.1)
-    p.add_argument("--max-depth", type=float, default=None, help="default 80 (nuScenes) / 50 (RobotCar)")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="per process")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--steps", type=positive_int, default=None, help="total optimiser steps (overrides --epochs)")
-    p.add_argument("--lr-encoder", type=float, default=5e-6)
-    p.add_argument("--lr-decoder", type=float, default=5e-5)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--no-color-jitter", action="store_true")
-    p.add_argument("--exact-jitter", action="store_true",
-                   help="jitter with torchvision's PIL ops as md4all does (about 15 ms more per frame) instead of "
-                        "one affine colour map (data.affine_jitter: within about 2/255 on average)")
-    p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--val-every", type=int, default=None, help="steps between validations (default: each epoch)")
-    p.add_argument("--no-val", action="store_true", help="skip validation (and best.pt)")
-    p.add_argument("--ckpt-every", type=int, default=1000)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from <out>/ckpt.pt; --lr-* flags given with it replace the checkpoint's rates")
-    p.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted (then --resume)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers per process (default: the CPUs per process on this machine, less one)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the depth net")
-    p.add_argument("--init-depth", type=float, default=None,
-                   help="start a fresh head at this depth (m) instead of md4all's 0.2 m (helps from-scratch nets)")
-    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the encoder: less memory, ~30%% slower")
-    p.add_argument("--tiny", action="store_true", help="tiny random nets, no downloads (tests, smoke runs)")
-    return p
-
-
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def given_flags(parser, argv):
-    """Destinations of the flags written on the command line (not left at their defaults)."""
-    words = {w.split("=")[0] for w in (sys.argv[1:] if argv is None else argv) if w.startswith("--")}
-    return {a.dest for a in parser._actions if words & set(a.option_strings)}
-
-
-def check_run_folder(args):
-    """Refuse to write into the dataset, or over a finished run without --resume / --overwrite."""
-    out, root = os.path.realpath(args.out), os.path.realpath(args.data_root)
-    if out == root or out.startswith(root + os.sep):
-        raise ValueError(f"--out {args.out} is inside --data-root {args.data_root}: checkpoints would be written "
-                         "into the dataset; choose a folder outside it")
-    ckpt = os.path.join(args.out, "ckpt.pt")
-    if os.path.isfile(ckpt) and not (args.resume or args.overwrite):
-        step = read_checkpoint(ckpt).get("step", "?")
-        raise ValueError(f"{args.out} already holds a run (ckpt.pt at step {step}): pass --resume to continue it, "
-                         f"--overwrite to replace it, or another --out")
-
-
-def run_cli(main, prog):
-    """Run `main()`, turning the errors a user can cause (missing files, bad flags or checkpoints, models
-    that cannot be loaded) into one line `<prog>: error: ...` and exit status 1 (argparse's usage errors exit
-    with 2); real bugs keep their traceback."""
-    try:
-        return main()
-    except (FileNotFoundError, ValueError, ModelUnavailable) as e:
-        message = str(e).strip()
-        if "DataLoader worker" in message.splitlines()[0]:  # the worker's traceback: keep its last line
-            message = message.splitlines()[-1]
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-def resolve_args(args):
-    """Fill dataset-dependent defaults and the --tiny overrides."""
-    robotcar = args.dataset == "robotcar"
-    args.size = args.size or ((320, 544) if robotcar else (320, 576))
-    args.max_depth = args.max_depth or (50.0 if robotcar else 80.0)
-    if args.workers is None:
-        args.workers = data.default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    if args.tiny:
-        args.encoder, args.init, args.net_size = "tiny", "none", None
-    return args
-
-
-def make_dataset(args, split, **kwargs):
-    """The md4all dataset of `args` for `split` at the loss resolution."""
-    kwargs = dict(size=args.size, net_size=args.net_size, seed=args.seed, **kwargs)
-    if args.dataset == "robotcar":  # validation on md4all's val split, never on the test split
-        return data.RobotCarDepth(args.data_root, split=split, **kwargs)
-    return data.NuScenesDepth(args.data_root, args.version, split, **kwargs)
-
-
-def build_depth_net(args):
-    net = DepthNet(args.encoder, args.init, args.weights, args.min_depth, args.max_depth, args.net_size,
-                   init_depth=args.init_depth)
-    if args.grad_ckpt:
-        net.model.activation_checkpointing_enable()
-    return net
-
-
-def predict_poses(pose_net, target, prev, nxt, order="md4all"):
-    """[T_{t->prev}, T_{t->next}] from the pose net, its inputs ordered as `order` says (docs/method.md §3)."""
-    if order not in POSE_ORDERS:
-        raise ValueError(f"--pose-order {order!r} is unknown; choose one of {POSE_ORDERS}")
-    if order == "md4all":
-        return [pose_net(target, prev), pose_net(target, nxt)]
-    return [invert_transform(pose_net(prev, target)), pose_net(target, nxt)]
+from model import POSE_ORDERS, PoseNet, predict_poses
+from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, run_cli, train
 
 
 class SelfSupervisedLoss(nn.Module):
@@ -207,237 +68,6 @@ class LidarLoss(nn.Module):
         return loss, {"silog": loss}
 
 
-class SkipSampler(torch.utils.data.Sampler):
-    """The indices of `sampler` after the first `skip`: resumes mid-epoch on the same order."""
-
-    def __init__(self, sampler, skip):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        return iter(list(self.sampler)[self.skip:])
-
-    def __len__(self):
-        return len(self.sampler) - self.skip
-
-
-def setup_distributed():
-    """(rank, world size, device): DDP when torchrun set RANK, plain single process otherwise."""
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if torch.cuda.is_available():
-        local = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
-def all_reduce_sums(values, device):
-    """Sum a list of floats over all ranks (metrics travel as sums and counts)."""
-    if not dist.is_initialized():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def validate(net, dataset, args, rank, world, device):
-    """Per-group md4all metrics of `net` on `dataset`, each rank evaluating a strided shard."""
-    shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
-    loader = DataLoader(shard, batch_size=args.batch_size, num_workers=args.workers)
-    was_training = net.training
-    totals, _ = score_loader(loader, net_predictor(net.eval(), device), args.min_depth, args.max_depth)
-    net.train(was_training)
-    groups = ["all", "day-clear", "night", "day-rain"]
-    keys = ["count", "abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
-    flat = all_reduce_sums([totals.get(g, {}).get(k, 0.0) for g in groups for k in keys], device)
-    totals = {g: dict(zip(keys, flat[i * len(keys):(i + 1) * len(keys)])) for i, g in enumerate(groups)}
-    return summarize({g: t for g, t in totals.items() if t["count"] > 0})
-
-
-def param_groups(loss_module, args):
-    """AdamW groups with the learning rates of docs/method.md §4: encoder, decoder (neck + head), pose net."""
-    net = loss_module.net
-    groups = [{"params": list(net.model.backbone.parameters()), "lr": args.lr_encoder},
-              {"params": list(net.model.neck.parameters()) + list(net.model.head.parameters()), "lr": args.lr_decoder}]
-    if getattr(loss_module, "pose", None) is not None and any(p.requires_grad for p in loss_module.pose.parameters()):
-        groups.append({"params": list(loss_module.pose.parameters()), "lr": args.lr_pose})
-    return groups
-
-
-def checkpoint_parts(loss_module, optimizer, scheduler, step, best, args):
-    net, pose = loss_module.net, getattr(loss_module, "pose", None)
-    trained_pose = pose is not None and any(p.requires_grad for p in pose.parameters())
-    return dict(model=net.state_dict(), config=net.config_dict(),
-                pose=pose.state_dict() if trained_pose else None,
-                pose_config=pose.config_dict() if trained_pose else None,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step, best=best,
-                args={k: v for k, v in vars(args).items() if not callable(v)})
-
-
-def resume(ckpt_path, loss_module, optimizer, scheduler, args, master):
-    """Load model, pose net, optimiser and scheduler from `ckpt_path`; returns (step, best).
-
-    Learning-rate flags written on this command line replace the checkpoint's (the fix the NaN stop
-    advises); the others keep the checkpoint's. log.jsonl loses the records past the checkpoint's step.
-    """
-    if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start afresh")
-    ckpt = read_checkpoint(ckpt_path)
-    kind, student = checkpoint_kind(ckpt), "teacher" in vars(args)
-    if (kind == "student") != student:
-        raise ValueError(f"--resume: {ckpt_path} is a {kind} checkpoint, and this is "
-                         f"{'train_student.py' if student else 'train_teacher.py'}; use another --out")
-    loss_module.net.load_state_dict(ckpt["model"])
-    if ckpt.get("pose") is not None:
-        loss_module.pose.load_state_dict(ckpt["pose"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    step = ckpt["step"]
-    changed = {}
-    for group, name in zip(optimizer.param_groups, LR_FLAGS):
-        new = getattr(args, name)
-        if name in getattr(args, "given", ()) and new != group["initial_lr"]:
-            changed[name] = (group["initial_lr"], new)
-            group["initial_lr"] = new
-    if changed:  # keep the linear decay: the new rate scaled by where the schedule stands
-        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs,
-                                       [f(step) for f in scheduler.lr_lambdas]):
-            group["lr"] = base * factor
-    log_path = os.path.join(os.path.dirname(ckpt_path), "log.jsonl")
-    if master and os.path.isfile(log_path):  # records after the checkpoint will be written again
-        with open(log_path) as f:
-            records = [line for line in f if json.loads(line).get("step", 0) <= step]
-        with open(log_path, "w") as f:
-            f.writelines(records)
-    if master:
-        record = dict(step=step, resumed_from=ckpt_path,
-                      lr_changed={k: {"from": a, "to": b} for k, (a, b) in changed.items()})
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for name, (a, b) in changed.items():
-            print(f"resume: --{name.replace('_', '-')} {a:g} -> {b:g} (from this command line)")
-    return step, ckpt["best"]
-
-
-LR_FLAGS = ("lr_encoder", "lr_decoder", "lr_pose")  # the order of param_groups
-
-
-def train(args, loss_module, dataset, val_dataset=None):
-    """The training loop of both stages: DDP when under torchrun, bf16 on GPU, atomic checkpoints,
-    exact resume, JSONL log, best checkpoint by night abs_rel."""
-    rank, world, device = setup_distributed()
-    torch.manual_seed(args.seed + rank)
-    master = rank == 0
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path, log_path = os.path.join(args.out, "ckpt.pt"), os.path.join(args.out, "log.jsonl")
-    torch.set_flush_denormal(True)  # CPU: a saturated sigmoid's denormal gradients can cost 10x per step
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
-
-    steps_per_epoch = len(dataset) // (args.batch_size * world)
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training split has {len(dataset)} frames, fewer than --batch-size {args.batch_size} "
-                         f"x {world} processes: lower --batch-size or add data")
-    total = args.steps or args.epochs * steps_per_epoch
-    loss_module.to(device)
-    optimizer = torch.optim.AdamW(param_groups(loss_module, args), weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
-    step, best = 0, math.inf
-    if args.resume:
-        step, best = resume(ckpt_path, loss_module, optimizer, scheduler, args, master)
-    elif master and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run (--overwrite, or no checkpoint yet): the old log would mix two runs
-    if args.compile:
-        loss_module.net.compile()  # in place: state-dict keys unchanged
-    model = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else loss_module
-    validating = val_dataset is not None and not args.no_val
-    val_every = args.val_every or steps_per_epoch
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
-
-    def log(record):
-        if master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def save(path):
-        if master:
-            save_checkpoint(path, **checkpoint_parts(loss_module, optimizer, scheduler, step, best, args))
-
-    bar = tqdm(total=total, initial=step, disable=not master, desc=os.path.basename(args.out.rstrip("/")),
-               dynamic_ncols=True)
-    sums, count, finite, tick = None, 0, torch.ones((), dtype=torch.bool, device=device), time.time()
-    # Items are fetched as (epoch, index) pairs, so the workers can live across epochs and still draw
-    # each epoch's augmentation (they keep the dataset copy they started with).
-    pairs = data.EpochSampler(sampler)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=pairs, num_workers=args.workers,
-                        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0)
-    while step < total and step != args.stop_at:
-        epoch, skip = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        pairs.set_epoch(epoch, SkipSampler(sampler, skip * args.batch_size))  # a resume skips the finished part
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, terms = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            # Accumulate on the device: no host sync per step; NaN is checked when we log or save.
-            values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
-            sums = values if sums is None else sums + values
-            finite &= torch.isfinite(values).all()
-            count += 1
-            bar.update(1)
-            due_log = step % args.log_every == 0 or step == total or step == args.stop_at
-            due_save = step % args.ckpt_every == 0 or step == total or step == args.stop_at
-            if due_log or due_save:
-                if all_reduce_sums([float(not finite)], device)[0] > 0:
-                    raise SystemExit(f"loss became NaN/inf before step {step}; stopped without saving. The last "
-                                     f"good checkpoint is {ckpt_path} (if any): resume from it with lower "
-                                     f"learning rates (--resume --lr-encoder ... --lr-decoder ...: flags given "
-                                     f"with --resume replace the checkpoint's), or check the data of this epoch.")
-            if due_log:
-                reduced = all_reduce_sums(sums.tolist() + [count], device)
-                mean = [v / reduced[-1] for v in reduced[:-1]]
-                rate = count * args.batch_size * world / (time.time() - tick)
-                record = dict(step=step, epoch=epoch, loss=mean[0], **dict(zip(terms, mean[1:])),
-                              lr=scheduler.get_last_lr()[0], images_per_s=rate)
-                log(record)
-                bar.set_postfix(loss=f"{mean[0]:.4f}", img_s=f"{rate:.1f}")
-                sums, count, tick = None, 0, time.time()
-            if validating and (step % val_every == 0 or step == total):
-                metrics = validate(loss_module.net, val_dataset, args, rank, world, device)
-                score = metrics.get("night", metrics.get("all"))["abs_rel"]
-                log(dict(step=step, val=metrics))
-                if score < best:
-                    best = score
-                    save(os.path.join(args.out, "best.pt"))
-            if due_save:
-                save(ckpt_path)
-            if step == total or step == args.stop_at:
-                break
-    bar.close()
-    if dist.is_initialized():
-        dist.barrier()
-        # The DDP reducer's destructor waits on gloo/NCCL work that needs the process group and the GIL:
-        # destroyed after the group (or while it tears down) it can deadlock. Release it first.
-        del model
-        gc.collect()
-        dist.destroy_process_group()
-    if master:
-        print(f"done: step {step}; checkpoint {ckpt_path}"
-              + (f", best {os.path.join(args.out, 'best.pt')}" if os.path.isfile(os.path.join(args.out, "best.pt")) else "")
-              + f", log {log_path}")
-    return step
-
-
 def calibrate_pretrained_head(net, dataset, args):
     """Depth-Anything-V2's relative head under our sigmoid: move its start to --init-depth (default 10 m)
     on the first training items (the same on every rank). See DepthNet.calibrate_head."""
@@ -447,14 +77,6 @@ def calibrate_pretrained_head(net, dataset, args):
     scale, shift = net.calibrate_head(images, args.init_depth or 10.0)
     print(f"Depth-Anything head calibrated to start at {args.init_depth or 10.0:g} m (scale {scale:.3g}, "
           f"shift {shift:.3g})")
-
-
-def parse_args(parser, argv):
-    """Parse, fill dataset defaults and record which flags were written (see `resume`)."""
-    args = resolve_args(parser.parse_args(argv))
-    args.given = sorted(given_flags(parser, argv))
-    check_run_folder(args)
-    return args
 
 
 def main(argv=None):
@@ -481,9 +103,15 @@ def main(argv=None):
         pose_init = None if args.tiny or args.pose_init == "none" else args.pose_init
         pose = PoseNet("tiny" if args.tiny else "resnet18", init=pose_init)
         loss_module = SelfSupervisedLoss(net, pose, args.w_smooth, args.w_velocity, args.pose_order)
+        groups = depth_param_groups(net, args.lr_encoder, args.lr_decoder) + [
+            dict(name="lr_pose", params=list(pose.parameters()), lr=args.lr_pose)]
+        modules, extra = {"model": net, "pose": pose}, {"pose_config": pose.config_dict()}
     else:
         loss_module = LidarLoss(net)
-    train(args, loss_module, dataset, val_dataset)
+        groups = depth_param_groups(net, args.lr_encoder, args.lr_decoder)
+        modules, extra = {"model": net}, {"pose": None, "pose_config": None}
+    train(args, loss_module, groups, modules, dict(config=net.config_dict(), **extra), dataset, val_dataset,
+          kind="teacher")
 
 
 if __name__ == "__main__":

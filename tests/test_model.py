@@ -76,7 +76,22 @@ def test_infer_returns_a_depth_map_at_the_image_size(tiny_net):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8))
     depth = tiny_net.infer(image)
     assert isinstance(depth, np.ndarray) and depth.shape == (50, 90) and depth.dtype == np.float32
-    assert tiny_net.training is False
+
+
+def test_infer_runs_in_eval_mode_and_gives_back_the_mode_it_found(tiny_net):
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (28, 42, 3), dtype=np.uint8))
+    seen = []
+    hook = tiny_net.register_forward_pre_hook(lambda module, inputs: seen.append(module.training))
+    try:
+        tiny_net.train()
+        tiny_net.infer(image)
+        assert seen == [False] and tiny_net.training is True  # a training net stays in training mode
+        tiny_net.eval()
+        tiny_net.infer(image)
+        assert seen == [False, False] and tiny_net.training is False
+    finally:
+        hook.remove()
+        tiny_net.eval()
 
 
 def test_dinov2_init_loads_the_encoder_from_a_local_folder(tmp_path):

@@ -9,6 +9,7 @@ from PIL import Image
 
 import data
 import train_student
+import model
 import train_teacher
 from model import DepthNet, DinoFeatures, PoseNet
 from train_student import StudentLoss
@@ -97,13 +98,18 @@ def test_missing_translations_fail_before_training_with_the_command_that_makes_t
     assert not (tmp_path / "s" / "ckpt.pt").exists()
 
 
-def test_conds_are_parsed_with_spaces_and_checked():
+def test_conds_are_parsed_with_spaces_and_checked(tmp_path):
     assert train_student.parse_conds("night, rain", "gdt") == ("night", "rain")
+    # gdt.py's shape: space-separated words, commas inside them allowed, duplicates dropped
+    assert train_student.parse_conds(["night", "rain,night"], "gdt") == ("night", "rain")
+    with pytest.raises(ValueError, match=r"unknown condition\(s\) 'dusk'"):  # the trainer's own parser takes the list
+        train_student.main(["--tiny", "--data-root", str(tmp_path / "d"), "--teacher", "t.pt", "--gdt-root", "g",
+                            "--out", str(tmp_path / "o"), "--cond", "night", "dusk"])
     assert train_student.parse_conds(None, "gdt") == ("night", "rain")
     assert train_student.parse_conds(None, None) == ()
     with pytest.raises(ValueError, match="unknown condition.*'dusk'"):
         train_student.parse_conds("night,dusk", "gdt")
-    with pytest.raises(ValueError, match="--conds night,rain needs --gdt-root"):
+    with pytest.raises(ValueError, match="--conds night rain needs --gdt-root"):
         train_student.parse_conds("night,rain", None)
 
 
@@ -157,7 +163,7 @@ def test_teacher_and_dinov2_see_the_clean_day_frame_at_network_size(tiny_world, 
 def test_the_reliability_mask_feeds_the_teacher_pose_net_in_its_own_order(tiny_world, order, monkeypatch):
     calls = []
     monkeypatch.setattr(train_student, "predict_poses",
-                        lambda net, t, p, n, o: calls.append(o) or train_teacher.predict_poses(net, t, p, n, o))
+                        lambda net, t, p, n, o: calls.append(o) or model.predict_poses(net, t, p, n, o))
     dataset = data.NuScenesDepth(tiny_world, size=(28, 48), frames=(-1, 0, 1))
     batch = torch.utils.data.default_collate([dataset[0]])
     torch.manual_seed(0)
