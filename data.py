@@ -21,24 +21,23 @@ import math
 import os
 from collections import defaultdict
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageStat
 
 CONDITIONS = ('day-clear', 'day-rain', 'night-clear', 'night-rain')
-CAMERA = 'CAM_FRONT'
-NUSCENES_TABLES = ('scene', 'sample', 'sample_data', 'calibrated_sensor', 'ego_pose', 'sensor')
-SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'splits')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-MIN_SPEED = 0.5  # m/s; md4all drops slower training frames (a static ego gives no parallax)
-# md4all's two RobotCar sequences; the night one is only ever evaluated.
-ROBOTCAR_SEQUENCES = {'2014-12-09-13-21-02': 'day-clear', '2014-12-16-18-44-24': 'night-clear'}
-ROBOTCAR_GT_DIR = 'lms_front_synchronized/vo/time_margin=+-4.0e+06'  # md4all precompute_depth_gt.py
-# md4all's split files, <sequence><suffix>; a *_train_stride_2.txt beside them is never read
-ROBOTCAR_SPLIT_FILES = {'train': '_train_stride_1.txt', 'val': '_val_stride_1.txt', 'test': '_test.txt'}
-ROBOTCAR_CROP = 768 / 960  # md4all keeps the top 768 of 960 rows (drops the car's bonnet)
 LUMA = np.array([0.299, 0.587, 0.114])  # PIL's 'L' weights (ITU-R 601), what Contrast and Color blend to
+
+# The per-dataset defaults of md4all's protocol, in one place: the loss size (H, W) items come at,
+# the depth cap of training and evaluation (docs/method.md §5) and the share of rows kept from the top.
+DATASET_DEFAULTS = {
+    'nuscenes': dict(size=(320, 576), max_depth=80.0, crop=1.0),
+    'robotcar': dict(size=(320, 544), max_depth=50.0, crop=768 / 960),  # the top 768 of 960 rows: no bonnet
+    'folder': dict(size=None, max_depth=80.0, crop=1.0),  # size None: each image at its own size
+}
 
 
 def parse_size(text):
@@ -52,34 +51,12 @@ def parse_size(text):
     return h, w
 
 
-def condition_of(description):
-    """Condition label of a nuScenes scene from its description (md4all, docs/method.md §5)."""
-    text = description.lower()
-    return ('night' if 'night' in text else 'day') + ('-rain' if 'rain' in text else '-clear')
-
-
-def quaternion_to_rotation(q):
-    """3x3 rotation matrix of a unit quaternion given as (w, x, y, z)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-
-def euler_to_rotation(roll, pitch, yaw):
-    """3x3 rotation Rz(yaw) Ry(pitch) Rx(roll), the RobotCar SDK's euler_to_so3."""
-    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch),
-                              math.cos(yaw), math.sin(yaw))
-    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-                     [-sp, cp * sr, cp * cr]])
-
-
-def rigid_transform(record):
-    """4x4 matrix of a nuScenes calibrated_sensor / ego_pose record: sensor -> ego, or ego -> global."""
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = quaternion_to_rotation(record['rotation']), record['translation']
-    return T
+def read_text(path, fix):
+    """Contents of a small text file the protocol needs; a missing one names itself and the fix."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} missing: {fix}")
+    with open(path) as f:
+        return f.read()
 
 
 def scale_intrinsics(K, from_hw, to_hw):
@@ -100,13 +77,339 @@ def scatter_depth(u, v, z, hw, nearest=False):
     return depth
 
 
-def project_to_depth_map(points, K, hw, min_depth=1.0):
-    """nuScenes ground truth (docs/method.md §5): camera points (3, N) -> map; z > 1 m, 1 px border, last wins."""
-    points = points[:, points[2] > min_depth]
-    uvw = K @ points
-    u, v = uvw[0] / uvw[2], uvw[1] / uvw[2]
-    inside = (u > 1) & (u < hw[1] - 1) & (v > 1) & (v < hw[0] - 1)
-    return scatter_depth(u[inside].astype(np.int64), v[inside].astype(np.int64), points[2, inside], hw)
+def to_tensor(image):
+    """(3, H, W) float32 in [0, 1] of a PIL RGB image."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+
+
+def png_complete(path):
+    """Whether a PNG file ends with its IEND chunk (a file cut short does not)."""
+    with open(path, 'rb') as f:
+        f.seek(max(os.path.getsize(path) - 12, 0))
+        return f.read() == b'\x00\x00\x00\x00IEND\xaeB`\x82'
+
+
+def color_jitter(image, brightness, contrast, saturation, hue):
+    """torchvision's ColorJitter with given factors on a PIL RGB image, in md4all's fixed order.
+
+    md4all jitters the resized PIL frames before ToTensor, so this is torchvision's PIL path:
+    brightness, contrast (towards the mean grey) and saturation (towards each pixel's grey) are
+    uint8 blends; hue adds int(hue * 255) to the 8-bit HSV hue, wrapping round the colour circle.
+    md4all applies the four in this order every time (not ColorJitter's random order).
+    """
+    image = ImageEnhance.Brightness(image).enhance(brightness)
+    image = ImageEnhance.Contrast(image).enhance(contrast)
+    image = ImageEnhance.Color(image).enhance(saturation)
+    shift = int(hue * 255)  # torchvision truncates towards zero
+    if shift == 0:  # no shift: skip the lossy 8-bit HSV round trip torchvision would make
+        return image
+    h, s, v = image.convert('HSV').split()
+    h = Image.fromarray(np.asarray(h) + np.uint8(shift % 256))  # uint8 addition wraps round the circle
+    return Image.merge('HSV', (h, s, v)).convert('RGB')
+
+
+def affine_jitter(image, brightness, contrast, saturation, hue):
+    """color_jitter's four steps as one affine colour map, applied in a single PIL pass (about 7x faster).
+
+    Brightness scales, contrast blends towards the mean grey, saturation towards each pixel's grey:
+    all three are affine in RGB, so they compose exactly. Hue is the one approximation: HSV's hue is
+    the angle round the grey axis (1, 1, 1) on a hexagon, so a shift by `hue` of the colour circle
+    becomes a rotation by hue * 360 degrees about that axis. Clipping to [0, 255] happens once at the
+    end instead of after each step. tests/test_data.py measures the distance to color_jitter on the
+    nuScenes fixture frame over md4all's ranges.
+    """
+    mean = float(LUMA @ ImageStat.Stat(image).mean) * brightness  # grey mean after the brightness step
+    A, t = np.eye(3) * brightness, np.zeros(3)
+    A, t = contrast * A, contrast * t + (1 - contrast) * mean
+    S = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), LUMA)
+    A, t = S @ A, S @ t
+    angle, axis = 2 * math.pi * hue, np.ones(3) / math.sqrt(3)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    R = np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross  # Rodrigues' formula
+    A, t = R @ A, R @ t
+    return image.convert('RGB', tuple(np.concatenate([A, t[:, None]], axis=1).ravel().tolist()))
+
+
+def read_gdt_rejected(folder):
+    """Relative paths that gdt.py recorded as rejected in `<folder>/manifest.rank*.jsonl` (last record wins)."""
+    status = {}
+    for manifest in sorted(glob.glob(os.path.join(folder, 'manifest.rank*.jsonl'))):
+        with open(manifest) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a killed run
+                    continue
+                output = record.get('output', '')
+                if os.path.isabs(output) or output.startswith(folder.rstrip(os.sep) + os.sep):
+                    output = os.path.relpath(output, folder)  # records of older runs hold the full path
+                status[os.path.normpath(output)] = record.get('status', 'ok')
+    return {path for path, s in status.items() if s == 'rejected'}
+
+
+class ItemDraws(NamedTuple):
+    """The seven uniform numbers in [0, 1) behind an item's random choices, drawn in this order from numpy's
+    generator seeded by (seed, epoch, index): ranks, workers and resumes draw the same (reordering them
+    changes every item)."""
+    swap: float        # GDT swap: the depth net sees a translation when swap >= p_day
+    condition: float   # which one: gdt_conds[int(condition * len(gdt_conds))]
+    flip: float        # horizontal flip when flip < 0.5
+    brightness: float  # colour jitter factors 0.8 + 0.4 x: md4all's [0.8, 1.2]
+    contrast: float
+    saturation: float
+    hue: float         # hue shift 0.1 (x - 0.5): md4all's [-0.05, 0.05]
+
+    @classmethod
+    def draw(cls, seed, epoch, index):
+        return cls(*np.random.default_rng([seed, epoch, index]).random(len(cls._fields)))
+
+
+class Augmentation(NamedTuple):
+    """What an item's draws decide: the depth net's input condition, the flip, the jitter factors."""
+    cond: str         # 'day' or one of gdt_conds
+    flip: bool
+    jitter: tuple | None  # (brightness, contrast, saturation, hue) for color_jitter; None: no jitter
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Shared item machinery: lazy image reads, GDT input swap, colour jitter, flip, seeded per item.
+
+    The options every Dataset below takes by keyword:
+    - size: (H, W) of the loss frames (`color`, `prev`, `next`, `lidar`); None keeps the image's size.
+    - net_size: (H, W) of `input`, what the depth net sees, resized once from the full frame (None: size).
+    - color_jitter, flip: md4all's augmentations, drawn per item (ItemDraws).
+    - gdt_root, gdt_conds, p_day: GDT input swap (docs/method.md §4): with probability 1 - p_day the
+      depth net sees `<gdt_root>/<cond>/<relative path>` for a cond drawn from gdt_conds (gdt.py's output).
+    - seed: with (epoch, index), the seed of every random choice of an item.
+    - fast_decode, exact_jitter: the cheap decode and jitter below, or the reference ones.
+    - day_input: also return `day_input`, the clean day frame at net_size (the student's frozen teacher
+      and DINOv2 see it).
+
+    fast_decode=True decodes a frame once per scale its sizes allow: JPEGs at 1/2, 1/4 or 1/8 (PIL
+    draft, DCT scaling) where a size is at most that share of the frame, then Lanczos to the size;
+    no float conversion before the resize. fast_decode=False decodes the full frame for every tensor
+    (the reference). On nuScenes' 1600x900 CAM_FRONT fixture frame at 320x576 the two differ by at
+    most 0.047 (12/255) and on average 0.0015 (in [0, 1] units); PNGs and sizes above half the frame
+    are bit-identical. exact_jitter=False jitters with affine_jitter, True with color_jitter (torchvision's
+    PIL ops, as md4all; about 15 ms more per 320x576 frame).
+    """
+    crop = 1.0  # share of image rows kept from the top
+    dataset, version = 'folder', None  # gdt.py's --dataset (and nuScenes --version) for this reader
+
+    def __init__(self, root, size=None, *, net_size=None, color_jitter=False, flip=False, gdt_root=None,
+                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=False, day_input=False):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"data root not found: {root}; pass the dataset folder")
+        self.root, self.size, self.jitter, self.flip = root, tuple(size) if size else None, color_jitter, flip
+        self.net_size = tuple(net_size) if net_size else None
+        self.gdt_root, self.gdt_conds, self.p_day = gdt_root, tuple(gdt_conds), p_day
+        self.seed, self.epoch, self.fast_decode, self.day_input = seed, 0, fast_decode, day_input
+        self.exact_jitter = exact_jitter
+        self.gdt_rejected, self.gdt_fallbacks = {}, {}
+        if self.gdt_conds and not gdt_root:
+            raise ValueError(f"GDT conditions {self.gdt_conds} given without a GDT folder: pass gdt_root "
+                             "(--gdt-root), or no conditions to train on day images only")
+        missing = [c for c in self.gdt_conds if not os.path.isdir(os.path.join(gdt_root or '', c))]
+        if gdt_root and (missing or not self.gdt_conds):
+            raise FileNotFoundError(f"GDT folders missing under {gdt_root}: {missing or 'no gdt_conds given'}; "
+                                    "run gdt.py for these conditions or pass the ones it produced")
+
+    def __len__(self):
+        return len(self.items)
+
+    def set_epoch(self, epoch):
+        """Choose the epoch whose random draws the items use. Call it before each epoch's iterator:
+        workers copy the dataset when it starts (persistent workers need EpochSampler instead)."""
+        self.epoch = epoch
+
+    def _check_gdt(self, paths):
+        """Every translation the items may draw exists or is recorded as rejected (then the day image
+        stands in, counted in gdt_fallbacks); anything else fails now, not hours into training."""
+        if not self.gdt_root:
+            return
+        missing = []
+        for cond in self.gdt_conds:
+            folder = os.path.join(self.gdt_root, cond)
+            rejected = read_gdt_rejected(folder)
+            absent = [p for p in paths if not os.path.isfile(os.path.join(folder, p))]
+            self.gdt_rejected[cond] = {p for p in absent if os.path.normpath(p) in rejected}
+            self.gdt_fallbacks[cond] = len(self.gdt_rejected[cond])
+            missing += [os.path.join(folder, p) for p in absent if p not in self.gdt_rejected[cond]]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} GDT translations missing under {self.gdt_root}, e.g. {', '.join(missing[:3])}; "
+                f"make them with: python gdt.py --dataset {self.dataset} --data-root {self.root} "
+                f"{'' if self.version in (None, 'v1.0-trainval') else f'--version {self.version} '}"
+                f"--out {self.gdt_root} --cond {' '.join(self.gdt_conds)} (it skips finished images)")
+
+    def _open(self, path):
+        """The PIL image at `path`, header read; a missing or unreadable file names itself."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image missing: {path}; check that the data root holds the dataset "
+                                    "files (nuScenes: samples/ and sweeps/ blobs)")
+        try:
+            return Image.open(path)
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"image unreadable: {path} ({e}); replace the file from the dataset download") from e
+
+    def _decode(self, path, sizes):
+        """PIL RGB images of `path` top-cropped and Lanczos-resized to each (H, W) in sizes (None: no
+        resize), and the frame's full (H, W). The fast path decodes a JPEG once per DCT scale its
+        sizes allow (a 320x576 loss image from 900x1600 at 1/2, a 518x784 input at 1/1): cheaper than
+        a Lanczos pass over the full frame, and every loss-size frame of an item comes out alike.
+        The reference path (fast_decode=False) decodes the full frame for every output."""
+        frames, resized = {}, {}
+        for size in sizes:
+            if self.fast_decode and size in resized:
+                continue
+            with self._open(path) as im:  # reading the header is cheap: the pixels decode in _load_rgb
+                full = (im.height, im.width)
+                if self.fast_decode and size is not None:  # PIL takes the smallest scale covering size
+                    im.draft('RGB', (size[1], math.ceil(size[0] / self.crop)))
+                if not self.fast_decode or im.size not in frames:
+                    frames[im.size] = self._load_rgb(im, path)
+                frame = frames[im.size]
+            keep = size is None or frame.size == size[::-1]
+            resized[size] = frame if keep else frame.resize(size[::-1], Image.LANCZOS)
+        return [resized[s] for s in sizes], full
+
+    def _load_rgb(self, im, path):
+        """The decoded, top-cropped RGB frame; a truncated or corrupt file names itself."""
+        try:
+            frame = im.convert('RGB') if im.mode != 'RGB' else im.copy()
+            if im.format == 'PNG' and not png_complete(path):  # PIL accepts a cut after the last pixel row
+                raise OSError("no IEND chunk at the end")
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"image unreadable: {path} ({e}); the file is truncated or corrupt: "
+                             "replace it from the dataset download") from e
+        keep = round(frame.height * self.crop)
+        return frame if keep == frame.height else frame.crop((0, 0, frame.width, keep))
+
+    def _intrinsics(self, K, full_hw, hw):
+        """K of the full image, for the top-cropped image resized to hw, as float32."""
+        crop_hw = (round(full_hw[0] * self.crop), full_hw[1])  # a top crop keeps cx, cy
+        return torch.tensor(scale_intrinsics(K, crop_hw, hw), dtype=torch.float32)
+
+    def _draws(self, index):
+        """(index, Augmentation) of an item from its ItemDraws. `index` is an int (the epoch of
+        set_epoch) or an (epoch, index) pair from EpochSampler."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        u = ItemDraws.draw(self.seed, epoch, index)
+        swap = self.gdt_root and u.swap >= self.p_day
+        cond = self.gdt_conds[int(u.condition * len(self.gdt_conds))] if swap else 'day'
+        jitter = (0.8 + 0.4 * u.brightness, 0.8 + 0.4 * u.contrast, 0.8 + 0.4 * u.saturation,
+                  0.1 * (u.hue - 0.5)) if self.jitter else None
+        return index, Augmentation(cond, bool(self.flip and u.flip < 0.5), jitter)
+
+    def _target(self, path, relative, draws):
+        """color, color_aug, input, input_cond of the target frame and its full (H, W).
+
+        `input` is resized once from the full frame (or its GDT translation) to net_size (size when
+        None); the jitter of color_aug and input uses the item's factors (md4all: pose and depth nets
+        see jittered frames, the photometric loss the plain ones).
+        """
+        net = self.net_size or self.size
+        cond = draws.cond
+        if cond != 'day' and relative in self.gdt_rejected.get(cond, ()):
+            cond = 'day'  # gdt.py rejected this translation: the day frame stands in
+        day_sizes = [self.size, net] if cond == 'day' or self.day_input else [self.size]
+        (color, *day), full = self._decode(path, day_sizes)
+        if cond == 'day':
+            image = day[0]
+        else:
+            gdt_path = os.path.join(self.gdt_root, cond, relative)
+            if not os.path.isfile(gdt_path):
+                raise FileNotFoundError(f"GDT translation missing: {gdt_path} ({cond} version of {relative}); "
+                                        "run or resume gdt.py on this dataset (it skips finished images)")
+            (image,), _ = self._decode(gdt_path, [net])
+        item = dict(color=to_tensor(color), input_cond=cond)
+        item['color_aug'] = self._jittered(color, draws, item['color'])
+        item['input'] = item['color_aug'] if image is color else self._jittered(image, draws, None)
+        if self.day_input:  # what the frozen teacher and DINOv2 of the student see: the clean day frame
+            item['day_input'] = item['color'] if day[0] is color else to_tensor(day[0])
+        return item, full
+
+    def _source(self, path, draws):
+        """A neighbouring frame at the loss size: plain (photometric loss) and jittered (pose net)."""
+        (frame,), _ = self._decode(path, [self.size])
+        plain = to_tensor(frame)
+        return plain, self._jittered(frame, draws, plain)
+
+    def _jittered(self, image, draws, plain):
+        """Tensor of the PIL image with the item's jitter; `plain` (or a fresh tensor) without jitter."""
+        if draws.jitter is None:
+            return plain if plain is not None else to_tensor(image)
+        jitter = color_jitter if self.exact_jitter else affine_jitter
+        return to_tensor(jitter(image, *draws.jitter))
+
+    def _flip(self, item, draws):
+        """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u)."""
+        if draws.flip:
+            for key in ('color', 'color_aug', 'input', 'day_input', 'prev', 'prev_aug', 'next', 'next_aug',
+                        'lidar', 'gt'):
+                if key in item:
+                    item[key] = item[key].flip(-1)
+            if 'K' in item:
+                item['K'][0, 2] = item['color'].shape[-1] - item['K'][0, 2]
+        return item
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """(epoch, index) pairs of a sampler's indices: items draw their epoch's augmentation even in
+    persistent workers, which keep the dataset copy they started with. The DataLoader iterates this
+    sampler in the main process, so before each epoch's iter(loader) call set_epoch(epoch), and pass
+    `sampler` there to swap the index order (a resume that skips the finished part of an epoch)."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch, sampler=None):
+        self.epoch, self.sampler = epoch, sampler or self.sampler
+        if hasattr(self.sampler, 'set_epoch'):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+def default_workers(ranks_per_node=1):
+    """DataLoader workers for one training process: the CPUs this process may use, shared among the
+    ranks on the node, less one for the process itself. No cap: a ViT-B teacher step consumes items
+    faster than about 30 cores decode them (BENCHMARKS.md), so every core helps."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return max(0, cpus // max(ranks_per_node, 1) - 1)
+
+
+# nuScenes (docs/method.md §4, §5): its JSON tables, the LiDAR ground truth, the Dataset.
+
+CAMERA = 'CAM_FRONT'
+NUSCENES_TABLES = ('scene', 'sample', 'sample_data', 'calibrated_sensor', 'ego_pose', 'sensor')
+SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'splits')
+MIN_SPEED = 0.5  # m/s; md4all drops slower training frames (a static ego gives no parallax)
+
+
+def condition_of(description):
+    """Condition label of a nuScenes scene from its description (md4all, docs/method.md §5)."""
+    text = description.lower()
+    return ('night' if 'night' in text else 'day') + ('-rain' if 'rain' in text else '-clear')
+
+
+def quaternion_to_rotation(q):
+    """3x3 rotation matrix of a unit quaternion given as (w, x, y, z)."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def rigid_transform(record):
+    """4x4 matrix of a nuScenes calibrated_sensor / ego_pose record: sensor -> ego, or ego -> global."""
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = quaternion_to_rotation(record['rotation']), record['translation']
+    return T
 
 
 def read_nuscenes_points(path):
@@ -120,6 +423,22 @@ def read_nuscenes_points(path):
         raise ValueError(f"LiDAR file {path} has {size} bytes, not a whole number of 20-byte points "
                          "(5 float32): it is truncated; extract it again from the nuScenes download")
     return np.fromfile(path, dtype=np.float32).reshape(-1, 5)[:, :3].T.astype(np.float64)
+
+
+def project_to_depth_map(points, K, hw, min_depth=1.0):
+    """nuScenes ground truth (docs/method.md §5): camera points (3, N) -> map; z > 1 m, 1 px border, last wins."""
+    points = points[:, points[2] > min_depth]
+    uvw = K @ points
+    u, v = uvw[0] / uvw[2], uvw[1] / uvw[2]
+    inside = (u > 1) & (u < hw[1] - 1) & (v > 1) & (v < hw[0] - 1)
+    return scatter_depth(u[inside].astype(np.int64), v[inside].astype(np.int64), points[2, inside], hw)
+
+
+def val_scene_names(version):
+    """The official validation scene names (the md4all / SSD test scenes) of a nuScenes version."""
+    mini = '_mini' if 'mini' in version else ''
+    with open(os.path.join(SPLITS_DIR, f'nuscenes{mini}_val.txt')) as f:
+        return set(f.read().split())
 
 
 class NuScenesIndex:
@@ -251,6 +570,84 @@ def lidar_depth_map(dataroot, version, cam_sample_data_token, size=None):
     return load_index(dataroot, version).lidar_depth_map(cam_sample_data_token, size)
 
 
+def condition_frames(data_root, version, cond):
+    """CAM_FRONT key frames (paths) of the training scenes whose description names `cond`: GDT's real
+    style references (docs/method.md §1), frames depth training never uses. Weather references ('rain') come
+    from day scenes only, as the prompt says 'in a rainy day'; 'night' takes every night scene."""
+    index, val = load_index(data_root, version), val_scene_names(version)
+    wanted = lambda text: cond in text and (cond == 'night' or 'night' not in text)  # noqa: E731
+    paths = sorted(index.sample_data[t]['filename'] for s in index.scenes
+                   if s['name'] not in val and wanted(s['description'].lower()) for t in index.scene_key_frames(s))
+    if not paths:
+        raise ValueError(f"no training scene in {data_root} ({version}) is described as '{cond}'"
+                         f"{'' if cond == 'night' else ' by day'}: pass real '{cond}' images with "
+                         f"--style-dir {cond}=DIR, or --no-ip-adapter")
+    return paths
+
+
+class NuScenesDepth(AugmentedDataset):
+    """nuScenes CAM_FRONT key frames of md4all's 'train' or 'val' split (docs/method.md §4, §5).
+
+    frames=(-1, 0, 1) adds the adjacent CAM_FRONT frames (sweeps) and how far the camera moved to
+    them (dist_prev, dist_next: camera centres from ego_pose and calibration, like md4all's pose).
+    Val items carry `gt`, the full-resolution LiDAR map; with_lidar adds `lidar` at the loss size;
+    `scenes` (names) keeps only those scenes. The keyword options are AugmentedDataset's.
+    """
+    dataset, crop = 'nuscenes', DATASET_DEFAULTS['nuscenes']['crop']
+
+    def __init__(self, data_root, version='v1.0-trainval', split='train', size=DATASET_DEFAULTS['nuscenes']['size'],
+                 frames=(0,), with_lidar=False, scenes=None, *, net_size=None, color_jitter=False, flip=False,
+                 gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=False,
+                 day_input=False):
+        super().__init__(data_root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
+                         gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,
+                         exact_jitter=exact_jitter, day_input=day_input)
+        if split == 'val' and tuple(frames) != (0,):
+            raise ValueError("nuScenes val items have no source frames at scene ends; use frames=(0,)")
+        self.split, self.frames, self.with_lidar, self.version = split, frames, with_lidar, version
+        self.index = load_index(data_root, version)
+        self.items = self.index.split(split, scenes)
+        self._check_gdt([self.index.sample_data[token]['filename'] for token, _ in self.items])
+
+    def __getitem__(self, i):
+        i, draws = self._draws(i)
+        token, cond = self.items[i]
+        sd = self.index.sample_data[token]
+        item, full = self._target(os.path.join(self.root, sd['filename']), sd['filename'], draws)
+        K = self.index.calibrated_sensor[sd['calibrated_sensor_token']]['camera_intrinsic']
+        hw = item['color'].shape[-2:]
+        item.update(K=self._intrinsics(K, full, hw), cond=cond, key=token, path=sd['filename'])
+        for step, name in ((-1, 'prev'), (1, 'next')):
+            if step in self.frames:
+                other = self.index.neighbour(token, step)
+                item[name], item[name + '_aug'] = self._source(os.path.join(self.root, other['filename']), draws)
+                moved = self.index.camera_centre(token) - self.index.camera_centre(other['token'])
+                item['dist_' + name] = torch.tensor(np.linalg.norm(moved), dtype=torch.float32)
+        if self.with_lidar:
+            item['lidar'] = torch.from_numpy(self.index.lidar_depth_map(token, hw))[None]
+        if self.split == 'val':
+            item['gt'] = torch.from_numpy(self.index.lidar_depth_map(token))[None]
+        return self._flip(item, draws)
+
+
+# Oxford RobotCar as md4all prepares it (docs/method.md §7): split files, ground truth, the Dataset.
+
+# md4all's two RobotCar sequences; the night one is only ever evaluated.
+ROBOTCAR_SEQUENCES = {'2014-12-09-13-21-02': 'day-clear', '2014-12-16-18-44-24': 'night-clear'}
+ROBOTCAR_GT_DIR = 'lms_front_synchronized/vo/time_margin=+-4.0e+06'  # md4all precompute_depth_gt.py
+# md4all's split files, <sequence><suffix>; a *_train_stride_2.txt beside them is never read
+ROBOTCAR_SPLIT_FILES = {'train': '_train_stride_1.txt', 'val': '_val_stride_1.txt', 'test': '_test.txt'}
+
+
+def euler_to_rotation(roll, pitch, yaw):
+    """3x3 rotation Rz(yaw) Ry(pitch) Rx(roll), the RobotCar SDK's euler_to_so3."""
+    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch),
+                              math.cos(yaw), math.sin(yaw))
+    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                     [-sp, cp * sr, cp * cr]])
+
+
 def read_robotcar_intrinsics(path):
     """K (3x3) and G_camera_image (4x4) of a RobotCar camera model file (first line: fx fy cx cy)."""
     if not os.path.isfile(path):
@@ -273,7 +670,7 @@ def read_robotcar_points(path, split='test'):
     return points.reshape(3, -1).astype(np.float64)
 
 
-def robotcar_depth_map(points, K, G_camera_image, hw, max_depth=50.0):
+def robotcar_depth_map(points, K, G_camera_image, hw, max_depth=DATASET_DEFAULTS['robotcar']['max_depth']):
     """md4all RobotCar ground truth: camera-frame points (3, N) -> (H, W) map, rounded pixel, nearest wins.
 
     md4all stores points in RobotCar's camera frame (x forward); G_camera_image maps the image frame
@@ -356,329 +753,24 @@ def read_robotcar_split(data_root, split, sequences=None):
     return frames
 
 
-def read_text(path, fix):
-    """Contents of a small text file the protocol needs; a missing one names itself and the fix."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} missing: {fix}")
-    with open(path) as f:
-        return f.read()
-
-
-def color_jitter(image, brightness, contrast, saturation, hue):
-    """torchvision's ColorJitter with given factors on a PIL RGB image, in md4all's fixed order.
-
-    md4all jitters the resized PIL frames before ToTensor, so this is torchvision's PIL path:
-    brightness, contrast (towards the mean grey) and saturation (towards each pixel's grey) are
-    uint8 blends; hue adds int(hue * 255) to the 8-bit HSV hue, wrapping round the colour circle.
-    md4all applies the four in this order every time (not ColorJitter's random order).
-    """
-    image = ImageEnhance.Brightness(image).enhance(brightness)
-    image = ImageEnhance.Contrast(image).enhance(contrast)
-    image = ImageEnhance.Color(image).enhance(saturation)
-    shift = int(hue * 255)  # torchvision truncates towards zero
-    if shift == 0:  # no shift: skip the lossy 8-bit HSV round trip torchvision would make
-        return image
-    h, s, v = image.convert('HSV').split()
-    h = Image.fromarray(np.asarray(h) + np.uint8(shift % 256))  # uint8 addition wraps round the circle
-    return Image.merge('HSV', (h, s, v)).convert('RGB')
-
-
-def affine_jitter(image, brightness, contrast, saturation, hue):
-    """color_jitter's four steps as one affine colour map, applied in a single PIL pass (about 7x faster).
-
-    Brightness scales, contrast blends towards the mean grey, saturation towards each pixel's grey:
-    all three are affine in RGB, so they compose exactly. Hue is the one approximation: HSV's hue is
-    the angle round the grey axis (1, 1, 1) on a hexagon, so a shift by `hue` of the colour circle
-    becomes a rotation by hue * 360 degrees about that axis. Clipping to [0, 255] happens once at the
-    end instead of after each step. tests/test_data.py measures the distance to color_jitter on the
-    nuScenes fixture frame over md4all's ranges.
-    """
-    mean = float(LUMA @ ImageStat.Stat(image).mean) * brightness  # grey mean after the brightness step
-    A, t = np.eye(3) * brightness, np.zeros(3)
-    A, t = contrast * A, contrast * t + (1 - contrast) * mean
-    S = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), LUMA)
-    A, t = S @ A, S @ t
-    angle, axis = 2 * math.pi * hue, np.ones(3) / math.sqrt(3)
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    R = np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross  # Rodrigues' formula
-    A, t = R @ A, R @ t
-    return image.convert('RGB', tuple(np.concatenate([A, t[:, None]], axis=1).ravel().tolist()))
-
-
-def to_tensor(image):
-    """(3, H, W) float32 in [0, 1] of a PIL RGB image."""
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
-
-
-def png_complete(path):
-    """Whether a PNG file ends with its IEND chunk (a file cut short does not)."""
-    with open(path, 'rb') as f:
-        f.seek(max(os.path.getsize(path) - 12, 0))
-        return f.read() == b'\x00\x00\x00\x00IEND\xaeB`\x82'
-
-
-def read_gdt_rejected(folder):
-    """Relative paths that gdt.py recorded as rejected in `<folder>/manifest.rank*.jsonl` (last record wins)."""
-    status = {}
-    for manifest in sorted(glob.glob(os.path.join(folder, 'manifest.rank*.jsonl'))):
-        with open(manifest) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a killed run
-                    continue
-                output = record.get('output', '')
-                if os.path.isabs(output) or output.startswith(folder.rstrip(os.sep) + os.sep):
-                    output = os.path.relpath(output, folder)  # records of older runs hold the full path
-                status[os.path.normpath(output)] = record.get('status', 'ok')
-    return {path for path, s in status.items() if s == 'rejected'}
-
-
-class AugmentedDataset(torch.utils.data.Dataset):
-    """Shared item machinery: lazy image reads, GDT input swap, colour jitter, flip, seeded per item.
-
-    fast_decode=True decodes a frame once per scale its sizes allow: JPEGs at 1/2, 1/4 or 1/8 (PIL
-    draft, DCT scaling) where a size is at most that share of the frame, then Lanczos to the size;
-    no float conversion before the resize. fast_decode=False decodes the full frame for every tensor
-    (the reference). On nuScenes' 1600x900 CAM_FRONT fixture frame at 320x576 the two differ by at
-    most 0.047 (12/255) and on average 0.0015 (in [0, 1] units); PNGs and sizes above half the frame
-    are bit-identical. exact_jitter=False jitters with affine_jitter, True with color_jitter (torchvision's
-    PIL ops, as md4all; about 15 ms more per 320x576 frame).
-    """
-    crop = 1.0  # share of image rows kept from the top
-    dataset, version = 'folder', None  # gdt.py's --dataset (and nuScenes --version) for this reader
-
-    def __init__(self, root, size=None, net_size=None, color_jitter=False, flip=False, gdt_root=None,
-                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=False, day_input=False):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"data root not found: {root}; pass the dataset folder")
-        self.root, self.size, self.jitter, self.flip = root, tuple(size) if size else None, color_jitter, flip
-        self.net_size = tuple(net_size) if net_size else None
-        self.gdt_root, self.gdt_conds, self.p_day = gdt_root, tuple(gdt_conds), p_day
-        self.seed, self.epoch, self.fast_decode, self.day_input = seed, 0, fast_decode, day_input
-        self.exact_jitter = exact_jitter
-        self.gdt_rejected, self.gdt_fallbacks = {}, {}
-        if self.gdt_conds and not gdt_root:
-            raise ValueError(f"GDT conditions {self.gdt_conds} given without a GDT folder: pass gdt_root "
-                             "(--gdt-root), or no conditions to train on day images only")
-        missing = [c for c in self.gdt_conds if not os.path.isdir(os.path.join(gdt_root or '', c))]
-        if gdt_root and (missing or not self.gdt_conds):
-            raise FileNotFoundError(f"GDT folders missing under {gdt_root}: {missing or 'no gdt_conds given'}; "
-                                    "run gdt.py for these conditions or pass the ones it produced")
-
-    def __len__(self):
-        return len(self.items)
-
-    def set_epoch(self, epoch):
-        """Choose the epoch whose random draws the items use. Call it before each epoch's iterator:
-        workers copy the dataset when it starts (persistent workers need EpochSampler instead)."""
-        self.epoch = epoch
-
-    def _check_gdt(self, paths):
-        """Every translation the items may draw exists or is recorded as rejected (then the day image
-        stands in, counted in gdt_fallbacks); anything else fails now, not hours into training."""
-        if not self.gdt_root:
-            return
-        missing = []
-        for cond in self.gdt_conds:
-            folder = os.path.join(self.gdt_root, cond)
-            rejected = read_gdt_rejected(folder)
-            absent = [p for p in paths if not os.path.isfile(os.path.join(folder, p))]
-            self.gdt_rejected[cond] = {p for p in absent if os.path.normpath(p) in rejected}
-            self.gdt_fallbacks[cond] = len(self.gdt_rejected[cond])
-            missing += [os.path.join(folder, p) for p in absent if p not in self.gdt_rejected[cond]]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} GDT translations missing under {self.gdt_root}, e.g. {', '.join(missing[:3])}; "
-                f"make them with: python gdt.py --dataset {self.dataset} --data-root {self.root} "
-                f"{'' if self.version in (None, 'v1.0-trainval') else f'--version {self.version} '}"
-                f"--out {self.gdt_root} --cond {' '.join(self.gdt_conds)} (it skips finished images)")
-
-    def _open(self, path):
-        """The PIL image at `path`, header read; a missing or unreadable file names itself."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image missing: {path}; check that the data root holds the dataset "
-                                    "files (nuScenes: samples/ and sweeps/ blobs)")
-        try:
-            return Image.open(path)
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"image unreadable: {path} ({e}); replace the file from the dataset download") from e
-
-    def _decode(self, path, sizes):
-        """PIL RGB images of `path` top-cropped and Lanczos-resized to each (H, W) in sizes (None: no
-        resize), and the frame's full (H, W). The fast path decodes a JPEG once per DCT scale its
-        sizes allow (a 320x576 loss image from 900x1600 at 1/2, a 518x784 input at 1/1): cheaper than
-        a Lanczos pass over the full frame, and every loss-size frame of an item comes out alike.
-        The reference path (fast_decode=False) decodes the full frame for every output."""
-        frames, resized = {}, {}
-        for size in sizes:
-            if self.fast_decode and size in resized:
-                continue
-            with self._open(path) as im:  # reading the header is cheap: the pixels decode in _load_rgb
-                full = (im.height, im.width)
-                if self.fast_decode and size is not None:  # PIL takes the smallest scale covering size
-                    im.draft('RGB', (size[1], math.ceil(size[0] / self.crop)))
-                if not self.fast_decode or im.size not in frames:
-                    frames[im.size] = self._load_rgb(im, path)
-                frame = frames[im.size]
-            keep = size is None or frame.size == size[::-1]
-            resized[size] = frame if keep else frame.resize(size[::-1], Image.LANCZOS)
-        return [resized[s] for s in sizes], full
-
-    def _load_rgb(self, im, path):
-        """The decoded, top-cropped RGB frame; a truncated or corrupt file names itself."""
-        try:
-            frame = im.convert('RGB') if im.mode != 'RGB' else im.copy()
-            if im.format == 'PNG' and not png_complete(path):  # PIL accepts a cut after the last pixel row
-                raise OSError("no IEND chunk at the end")
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"image unreadable: {path} ({e}); the file is truncated or corrupt: "
-                             "replace it from the dataset download") from e
-        keep = round(frame.height * self.crop)
-        return frame if keep == frame.height else frame.crop((0, 0, frame.width, keep))
-
-    def _intrinsics(self, K, full_hw, hw):
-        """K of the full image, for the top-cropped image resized to hw, as float32."""
-        crop_hw = (round(full_hw[0] * self.crop), full_hw[1])  # a top crop keeps cx, cy
-        return torch.tensor(scale_intrinsics(K, crop_hw, hw), dtype=torch.float32)
-
-    def _draws(self, index):
-        """The item's seeded draws: input condition (GDT swap), flip, jitter factors (md4all's ranges).
-        `index` is an int (the epoch of set_epoch) or an (epoch, index) pair from EpochSampler."""
-        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
-        u = np.random.default_rng([self.seed, epoch, index]).random(7)
-        cond = self.gdt_conds[int(u[1] * len(self.gdt_conds))] if self.gdt_root and u[0] >= self.p_day else 'day'
-        # brightness, contrast, saturation in [0.8, 1.2], hue in [-0.05, 0.05]
-        jitter = (*(0.8 + 0.4 * u[3:6]), 0.1 * (u[6] - 0.5)) if self.jitter else None
-        return index, dict(cond=cond, flip=self.flip and u[2] < 0.5, jitter=jitter)
-
-    def _target(self, path, relative, draws):
-        """color, color_aug, input, input_cond of the target frame and its full (H, W).
-
-        `input` is resized once from the full frame (or its GDT translation) to net_size (size when
-        None); the jitter of color_aug and input uses the item's factors (md4all: pose and depth nets
-        see jittered frames, the photometric loss the plain ones).
-        """
-        net = self.net_size or self.size
-        cond = draws['cond']
-        if cond != 'day' and relative in self.gdt_rejected.get(cond, ()):
-            cond = 'day'  # gdt.py rejected this translation: the day frame stands in
-        day_sizes = [self.size, net] if cond == 'day' or self.day_input else [self.size]
-        (color, *day), full = self._decode(path, day_sizes)
-        if cond == 'day':
-            image = day[0]
-        else:
-            gdt_path = os.path.join(self.gdt_root, cond, relative)
-            if not os.path.isfile(gdt_path):
-                raise FileNotFoundError(f"GDT translation missing: {gdt_path} ({cond} version of {relative}); "
-                                        "run or resume gdt.py on this dataset (it skips finished images)")
-            (image,), _ = self._decode(gdt_path, [net])
-        item = dict(color=to_tensor(color), input_cond=cond)
-        item['color_aug'] = self._jittered(color, draws, item['color'])
-        item['input'] = item['color_aug'] if image is color else self._jittered(image, draws, None)
-        if self.day_input:  # what the frozen teacher and DINOv2 of the student see: the clean day frame
-            item['day_input'] = item['color'] if day[0] is color else to_tensor(day[0])
-        return item, full
-
-    def _source(self, path, draws):
-        """A neighbouring frame at the loss size: plain (photometric loss) and jittered (pose net)."""
-        (frame,), _ = self._decode(path, [self.size])
-        plain = to_tensor(frame)
-        return plain, self._jittered(frame, draws, plain)
-
-    def _jittered(self, image, draws, plain):
-        """Tensor of the PIL image with the item's jitter; `plain` (or a fresh tensor) without jitter."""
-        if draws['jitter'] is None:
-            return plain if plain is not None else to_tensor(image)
-        jitter = color_jitter if self.exact_jitter else affine_jitter
-        return to_tensor(jitter(image, *draws['jitter']))
-
-    def _flip(self, item, draws):
-        """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u)."""
-        if draws['flip']:
-            for key in ('color', 'color_aug', 'input', 'day_input', 'prev', 'prev_aug', 'next', 'next_aug',
-                        'lidar', 'gt'):
-                if key in item:
-                    item[key] = item[key].flip(-1)
-            if 'K' in item:
-                item['K'][0, 2] = item['color'].shape[-1] - item['K'][0, 2]
-        return item
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """(epoch, index) pairs of a sampler's indices: items draw their epoch's augmentation even in
-    persistent workers, which keep the dataset copy they started with. The DataLoader iterates this
-    sampler in the main process, so before each epoch's iter(loader) call set_epoch(epoch), and pass
-    `sampler` there to swap the index order (a resume that skips the finished part of an epoch)."""
-
-    def __init__(self, sampler):
-        self.sampler, self.epoch = sampler, 0
-
-    def set_epoch(self, epoch, sampler=None):
-        self.epoch, self.sampler = epoch, sampler or self.sampler
-        if hasattr(self.sampler, 'set_epoch'):
-            self.sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        return ((self.epoch, i) for i in self.sampler)
-
-    def __len__(self):
-        return len(self.sampler)
-
-
-class NuScenesDepth(AugmentedDataset):
-    """nuScenes CAM_FRONT key frames of md4all's 'train' or 'val' split (docs/method.md §4, §5).
-
-    frames=(-1, 0, 1) adds the adjacent CAM_FRONT frames (sweeps) and how far the camera moved to
-    them (dist_prev, dist_next: camera centres from ego_pose and calibration, like md4all's pose).
-    Val items carry `gt`, the full-resolution LiDAR map; with_lidar adds `lidar` at the loss size.
-    """
-    dataset = 'nuscenes'
-
-    def __init__(self, data_root, version='v1.0-trainval', split='train', size=(320, 576), frames=(0,),
-                 with_lidar=False, scenes=None, **augment):
-        super().__init__(data_root, size, **augment)
-        if split == 'val' and tuple(frames) != (0,):
-            raise ValueError("nuScenes val items have no source frames at scene ends; use frames=(0,)")
-        self.split, self.frames, self.with_lidar, self.version = split, frames, with_lidar, version
-        self.index = load_index(data_root, version)
-        self.items = self.index.split(split, scenes)
-        self._check_gdt([self.index.sample_data[token]['filename'] for token, _ in self.items])
-
-    def __getitem__(self, i):
-        i, draws = self._draws(i)
-        token, cond = self.items[i]
-        sd = self.index.sample_data[token]
-        item, full = self._target(os.path.join(self.root, sd['filename']), sd['filename'], draws)
-        K = self.index.calibrated_sensor[sd['calibrated_sensor_token']]['camera_intrinsic']
-        hw = item['color'].shape[-2:]
-        item.update(K=self._intrinsics(K, full, hw), cond=cond, key=token, path=sd['filename'])
-        for step, name in ((-1, 'prev'), (1, 'next')):
-            if step in self.frames:
-                other = self.index.neighbour(token, step)
-                item[name], item[name + '_aug'] = self._source(os.path.join(self.root, other['filename']), draws)
-                moved = self.index.camera_centre(token) - self.index.camera_centre(other['token'])
-                item['dist_' + name] = torch.tensor(np.linalg.norm(moved), dtype=torch.float32)
-        if self.with_lidar:
-            item['lidar'] = torch.from_numpy(self.index.lidar_depth_map(token, hw))[None]
-        if self.split == 'val':
-            item['gt'] = torch.from_numpy(self.index.lidar_depth_map(token))[None]
-        return self._flip(item, draws)
-
-
 class RobotCarDepth(AugmentedDataset):
     """Oxford RobotCar as md4all prepares it (docs/method.md §7); images and gt keep the top 768 of 960 rows.
 
     Layout: `<root>/<sequence>/stereo/left/<timestamp>.png`, `<root>/<sequence>/vo/vo.csv`,
     `<root>/<sequence>/{ROBOTCAR_GT_DIR}/<timestamp>.pcd.bin` (float32, 3 x N, camera frame),
     `<root>/models/stereo_wide_left.txt`, split and filter files as in read_robotcar_split.
+    `sequences` ({name: condition}) replaces md4all's two; max_depth caps `gt` and `lidar`. The keyword
+    options are AugmentedDataset's.
     """
-    crop = ROBOTCAR_CROP
-    dataset = 'robotcar'
+    dataset, crop = 'robotcar', DATASET_DEFAULTS['robotcar']['crop']
 
-    def __init__(self, data_root, split='train', size=(320, 544), frames=(0,), with_lidar=False,
-                 sequences=None, max_depth=50.0, **augment):
-        super().__init__(data_root, size, **augment)
+    def __init__(self, data_root, split='train', size=DATASET_DEFAULTS['robotcar']['size'], frames=(0,),
+                 with_lidar=False, sequences=None, max_depth=DATASET_DEFAULTS['robotcar']['max_depth'], *,
+                 net_size=None, color_jitter=False, flip=False, gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0,
+                 fast_decode=True, exact_jitter=False, day_input=False):
+        super().__init__(data_root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
+                         gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,
+                         exact_jitter=exact_jitter, day_input=day_input)
         self.split, self.frames, self.with_lidar, self.max_depth = split, frames, with_lidar, max_depth
         self.vo = {}
         self.items = read_robotcar_split(data_root, split, sequences)
@@ -721,11 +813,20 @@ class RobotCarDepth(AugmentedDataset):
         return self._flip(item, draws)
 
 
-class FolderDepth(AugmentedDataset):
-    """Every .jpg/.jpeg/.png under a folder (recursive); a same-stem .npy depth map becomes `gt`."""
+# An image folder, and the image lists gdt.py translates.
 
-    def __init__(self, root, size=None, **augment):
-        super().__init__(root, size, **augment)
+
+class FolderDepth(AugmentedDataset):
+    """Every .jpg/.jpeg/.png under a folder (recursive); a same-stem .npy depth map becomes `gt`.
+    The keyword options are AugmentedDataset's."""
+    dataset, crop = 'folder', DATASET_DEFAULTS['folder']['crop']
+
+    def __init__(self, root, size=DATASET_DEFAULTS['folder']['size'], *, net_size=None, color_jitter=False, flip=False,
+                 gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=False,
+                 day_input=False):
+        super().__init__(root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
+                         gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,
+                         exact_jitter=exact_jitter, day_input=day_input)
         self.items = list_images('folder', root)
         self._check_gdt(self.items)
 
@@ -738,28 +839,6 @@ class FolderDepth(AugmentedDataset):
         if os.path.isfile(depth_path):
             item['gt'] = torch.from_numpy(np.load(depth_path).astype(np.float32))[None]
         return self._flip(item, draws)
-
-
-def val_scene_names(version):
-    """The official validation scene names (the md4all / SSD test scenes) of a nuScenes version."""
-    mini = '_mini' if 'mini' in version else ''
-    with open(os.path.join(SPLITS_DIR, f'nuscenes{mini}_val.txt')) as f:
-        return set(f.read().split())
-
-
-def condition_frames(data_root, version, cond):
-    """CAM_FRONT key frames (paths) of the training scenes whose description names `cond`: GDT's real
-    style references (docs/method.md §1), frames depth training never uses. Weather references ('rain') come
-    from day scenes only, as the prompt says 'in a rainy day'; 'night' takes every night scene."""
-    index, val = load_index(data_root, version), val_scene_names(version)
-    wanted = lambda text: cond in text and (cond == 'night' or 'night' not in text)  # noqa: E731
-    paths = sorted(index.sample_data[t]['filename'] for s in index.scenes
-                   if s['name'] not in val and wanted(s['description'].lower()) for t in index.scene_key_frames(s))
-    if not paths:
-        raise ValueError(f"no training scene in {data_root} ({version}) is described as '{cond}'"
-                         f"{'' if cond == 'night' else ' by day'}: pass real '{cond}' images with "
-                         f"--style-dir {cond}=DIR, or --no-ip-adapter")
-    return paths
 
 
 def list_images(dataset, data_root, version=None, split='train'):
@@ -783,11 +862,3 @@ def list_images(dataset, data_root, version=None, split='train'):
             raise ValueError(f"no .jpg/.jpeg/.png images under {data_root}")
         return paths
     raise ValueError(f"unknown dataset {dataset!r}; use 'nuscenes', 'robotcar' or 'folder'")
-
-
-def default_workers(ranks_per_node=1):
-    """DataLoader workers for one training process: the CPUs this process may use, shared among the
-    ranks on the node, less one for the process itself. No cap: a ViT-B teacher step consumes items
-    faster than about 30 cores decode them (BENCHMARKS.md), so every core helps."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    return max(0, cpus // max(ranks_per_node, 1) - 1)

@@ -248,6 +248,37 @@ def test_items_are_reproducible_from_seed_epoch_and_index(nusc):
     assert not torch.equal(a[1]['input'], b[1]['input'])
 
 
+def test_items_draw_seven_named_numbers_in_a_fixed_order(nusc, tmp_path):
+    u = data.ItemDraws.draw(3, 5, 1)
+    assert tuple(u) == tuple(np.random.default_rng([3, 5, 1]).random(7))  # swap, condition, flip, jitter x4
+    for cond in ('night', 'rain'):
+        for token in ('scene-0001-cam1', 'scene-0001-cam3'):
+            save_image(str(tmp_path / 'gdt' / cond / f'samples/CAM_FRONT/{token}.png'), (0, 0, 0))
+    ds = data.NuScenesDepth(nusc, size=(24, 40), color_jitter=True, flip=True, gdt_root=str(tmp_path / 'gdt'),
+                            gdt_conds=('night', 'rain'), p_day=0.5, seed=3)
+    choices = []
+    for epoch in range(12):
+        u = data.ItemDraws.draw(3, epoch, 1)
+        ds.set_epoch(epoch)
+        index, augmentation = ds._draws(1)
+        cond = 'day' if u.swap < 0.5 else ('night', 'rain')[int(u.condition * 2)]
+        jitter = (0.8 + 0.4 * u.brightness, 0.8 + 0.4 * u.contrast, 0.8 + 0.4 * u.saturation, 0.1 * (u.hue - 0.5))
+        assert index == 1 and augmentation == (cond, u.flip < 0.5, jitter)
+        assert ds[1]['input_cond'] == cond
+        choices.append((cond, u.flip < 0.5))
+    assert {c for c, _ in choices} == {'day', 'night', 'rain'} and {f for _, f in choices} == {True, False}
+
+
+def test_datasets_take_their_defaults_from_one_table_and_name_unknown_options(nusc, robotcar):
+    assert data.NuScenesDepth(nusc).size == data.DATASET_DEFAULTS['nuscenes']['size'] == (320, 576)
+    rc = data.RobotCarDepth(robotcar)
+    assert (rc.size, rc.crop, rc.max_depth) == ((320, 544), 0.8, 50.0)
+    assert data.DATASET_DEFAULTS['robotcar'] == dict(size=rc.size, max_depth=rc.max_depth, crop=rc.crop)
+    assert data.FolderDepth(os.path.join(FIXTURE, 'samples', 'CAM_FRONT')).size is None
+    with pytest.raises(TypeError, match='gdt_rot'):
+        data.NuScenesDepth(nusc, gdt_rot='/data/gdt')  # a misspelt option fails, it is not swallowed
+
+
 def pil(image):
     """PIL RGB image of a (3, H, W) tensor in [0, 1] that came from 8-bit pixels."""
     return Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy())
@@ -257,7 +288,7 @@ def pil(image):
 def test_jitter_reaches_depth_and_pose_frames_with_one_set_of_factors_never_the_loss_frames(nusc, exact):
     ds = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), color_jitter=True, exact_jitter=exact)
     item, plain = ds[0], data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1))[0]
-    factors = ds._draws(0)[1]['jitter']
+    factors = ds._draws(0)[1].jitter
     jitter = data.color_jitter if exact else data.affine_jitter
     for key in ('color', 'prev', 'next'):
         assert torch.equal(item[key], plain[key]) and torch.equal(plain[key + '_aug'], plain[key])
