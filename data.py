@@ -10,8 +10,10 @@ Items are dicts of tensors: `color`, `prev`, `next` (un-jittered, photometric lo
 jittered `*_aug` twins (pose net) at the loss size `size`; `input` (what the depth net sees: GDT
 swap, jitter) at `net_size`, resized once from the full frame. Every random choice of an item (GDT
 swap, condition, flip, jitter) is seeded by (seed, epoch, index): DDP ranks, workers and resumes agree.
-Pixel (u, v) covers [u, u+1) x [v, v+1): a point lands on floor(u), intrinsics scale by W'/W, a
-flip maps cx to W - cx. nuScenes is read from its JSON tables (the devkit pins numpy < 2).
+Pixels follow the project's one convention (stated in losses.py): pixel (i, j) covers [i, i+1) x [j, j+1),
+so intrinsics scale by W'/W, a flip maps cx to W - cx and a nuScenes LiDAR point at u lands on floor(u)
+(as the devkit's int cast). RobotCar's ground truth rounds u instead: md4all's protocol, kept for parity.
+nuScenes is read from its JSON tables (the devkit pins numpy < 2).
 """
 import argparse
 import csv
@@ -60,7 +62,7 @@ def read_text(path, fix):
 
 
 def scale_intrinsics(K, from_hw, to_hw):
-    """Intrinsics of an image resized from from_hw to to_hw (H, W)."""
+    """Intrinsics of an image resized from from_hw to to_hw (H, W): u' = u W'/W (losses.py's pixel convention)."""
     return np.array(K, dtype=np.float64) * [[to_hw[1] / from_hw[1]], [to_hw[0] / from_hw[0]], [1]]
 
 
@@ -343,7 +345,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         return to_tensor(jitter(image, *draws.jitter))
 
     def _flip(self, item, draws):
-        """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u)."""
+        """Mirror the item's images and maps and its principal point (u -> W - u: losses.py's convention)."""
         if draws.flip:
             for key in ('color', 'color_aug', 'input', 'day_input', 'prev', 'prev_aug', 'next', 'next_aug',
                         'lidar', 'gt'):
@@ -675,7 +677,8 @@ def robotcar_depth_map(points, K, G_camera_image, hw, max_depth=DATASET_DEFAULTS
 
     md4all stores points in RobotCar's camera frame (x forward); G_camera_image maps the image frame
     (z forward) to it, so its inverse comes first, as in the SDK's CameraModel.project. The SDK's
-    bounds 0.5 <= u <= W-1, 0.5 <= v <= H-1 and md4all's rounding are kept for the protocol.
+    bounds 0.5 <= u <= W-1, 0.5 <= v <= H-1 and md4all's rounding (not the floor of losses.py's pixel
+    convention) are kept for the protocol.
     """
     xyz = np.linalg.solve(G_camera_image, np.vstack([points, np.ones((1, points.shape[1]))]))[:3]
     xyz = xyz[:, xyz[2] > 0]
