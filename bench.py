@@ -224,10 +224,11 @@ def sd15_models():
 
 
 def save_sd15_models(root):
-    """sd15_models(), an IP-Adapter and an LCM-LoRA for them in tiny_models' layout, fp16; reused when
-    `root` holds a finished copy."""
-    paths = {k: f"{root}/{k}" for k in ("sd_model", "controlnet", "ip_adapter", "lcm_lora")}
-    if os.path.exists(os.path.join(root, "complete")) and os.path.isdir(paths["lcm_lora"]):
+    """sd15_models(), an IP-Adapter and an LCM-LoRA for them, fp16, in the folders `gdt.py --models-dir root`
+    reads (gdt.model_paths; no depth model or captioner); reused when `root` holds a finished copy."""
+    paths = gdt.model_paths(root)
+    if os.path.exists(os.path.join(root, "complete")) and all(
+            os.path.isdir(paths[k]) for k in ("sd_model", "controlnet", "ip_adapter", "lcm_lora")):
         return paths
     from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
     from transformers import CLIPImageProcessor
@@ -241,8 +242,9 @@ def save_sd15_models(root):
                             scheduler=unipc, safety_checker=None, feature_extractor=CLIPImageProcessor(),
                             requires_safety_checker=False).to(torch.float16).save_pretrained(paths["sd_model"])
     m.controlnet.to(torch.float16).save_pretrained(paths["controlnet"])
-    m.vision.to(torch.float16).save_pretrained(os.path.join(paths["ip_adapter"], "models", "image_encoder"))
-    torch.save(ip_weights, os.path.join(paths["ip_adapter"], "models", "ip-adapter_sd15.bin"))
+    weight = os.path.join(paths["ip_adapter"], paths["ip_adapter_weight"])
+    m.vision.to(torch.float16).save_pretrained(os.path.join(os.path.dirname(weight), "image_encoder"))
+    torch.save(ip_weights, weight)
     tiny_models.save_tiny_lcm_lora(paths["lcm_lora"], m.unet)  # rank 4, not 64: fused, a LoRA costs nothing
     open(os.path.join(root, "complete"), "w").close()
     return paths
@@ -294,13 +296,12 @@ def gdt_inputs(args, work):
 def gdt_ours(args, paths, work, inputs, device, rate, sampler):
     """images/s and FLOPs per image of gdt.translate_batch, its models loaded by gdt.build_translator."""
     images, keys, captions, controls = inputs
-    steps = ["--steps", str(args.gdt_steps)] if sampler == "unipc" else []  # lcm: gdt.py's 4 steps, guidance 1
-    translator = gdt.build_translator(gdt.parse_args(steps + [
-        "--sampler", sampler, "--lcm-lora", paths["lcm_lora"],
-        "--data-root", work, "--out", work, "--cond", "night", "--captioner", "none", "--style-dir",
-        f"{work}/styles", "--control-dir", work,  # never read: the depth maps are passed in
-        "--sd-model", paths["sd_model"], "--controlnet", paths["controlnet"], "--ip-adapter", paths["ip_adapter"],
-        "--size", args.gdt_size, "--batch-size", str(args.gdt_batch), "--dtype", args.gdt_dtype]))
+    settings = gdt.Settings(sampler=sampler, steps=args.gdt_steps if sampler == "unipc" else None,  # lcm: its 4 steps
+                            size=data.parse_size(args.gdt_size), captioner="none", dtype=args.gdt_dtype,
+                            control_dir=work, audit=False)  # never read: the depth maps are passed in
+    style_dir = os.path.join(work, "styles", "night")
+    styles = {"night": [os.path.join(style_dir, p) for p in data.list_images("folder", style_dir)]}
+    translator = gdt.build_translator(settings, paths, styles, batch_size=args.gdt_batch)
     pipe, b = translator.pipe, args.gdt_batch  # build_translator already made them channels-last on GPU
     run = lambda lo, hi: gdt.translate_batch(  # noqa: E731
         translator, images[lo:hi], keys[lo:hi], "night", captions[lo:hi], controls[lo:hi])
@@ -353,7 +354,7 @@ def bench_gdt(args, device, results):
     results.add("gdt", size=args.gdt_size, steps=args.gdt_steps, guidance=GUIDANCE, images=args.gdt_images)
     try:
         root = args.models_dir or os.path.join(work, "models")
-        paths = tiny_models.save_tiny_models(root) if args.tiny else save_sd15_models(root)
+        paths = tiny_models.write_models(root) if args.tiny else save_sd15_models(root)
         inputs = gdt_inputs(args, work)
         results.add("gdt", **gdt_naive(args, paths, work, inputs, device))
         for sampler in ("unipc", "lcm"):  # ours with the paper's sampler, then with the few-step one

@@ -1,16 +1,21 @@
 """Tiny random stand-ins for every model GDT loads (docs/method.md §1), written in the hub repositories' own
-layouts so `gdt.py --tiny` loads them back through the same code as the real ids.
+layouts and folder names, so `gdt.py --models-dir DIR` loads them through the same code as the real models:
+
+    python tiny_models.py --out DIR      # DIR/stable-diffusion-v1-5, DIR/control_v11f1p_sd15_depth, ...
+    python gdt.py --models-dir DIR --tiny ...
 
 Shapes chosen so that they run in well under a second at 64-128 px with 2 steps on CPU.
 The caption model is a tiny BLIP (BLIP-base layout) whichever captioner is asked for: a tiny BLIP-2
 needs a tiny OPT and Q-Former for no extra coverage, and both load through the same Auto class.
 """
-import atexit
+import argparse
 import os
 import shutil
-import tempfile
+from pathlib import Path
 
 import torch
+
+import gdt
 
 TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "car", "street", "road",
               "on", "the", "with", "city", "building", "trees", "parked", "driving", "down", "of"]
@@ -47,9 +52,9 @@ def ip_adapter_state_dict(unet, image_embed_dim, tokens=4):
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
-def save_tiny_sd(root):
+def save_tiny_sd(paths):
     """Tiny SD 1.5 (UNet, VAE, CLIP text encoder + tokenizer, UniPC), ControlNet, IP-Adapter (CLIP
-    vision encoder + weights) and LCM-LoRA, saved as `root/{sd,controlnet,ip_adapter,lcm_lora}` hub-style folders."""
+    vision encoder + weights) and LCM-LoRA, saved in hub layouts at paths["sd_model"], ... (gdt.model_paths)."""
     from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel,
                            UniPCMultistepScheduler)
     from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
@@ -71,13 +76,13 @@ def save_tiny_sd(root):
     StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                             scheduler=UniPCMultistepScheduler(steps_offset=1), safety_checker=None,
                             feature_extractor=CLIPImageProcessor(size=32, crop_size=32),
-                            requires_safety_checker=False).save_pretrained(os.path.join(root, "sd"))
+                            requires_safety_checker=False).save_pretrained(paths["sd_model"])
     ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32)).save_pretrained(
-        os.path.join(root, "controlnet"))
-    vision.save_pretrained(os.path.join(root, "ip_adapter", "models", "image_encoder"))
-    torch.save(ip_adapter_state_dict(unet, vision.config.projection_dim),
-               os.path.join(root, "ip_adapter", "models", "ip-adapter_sd15.bin"))
-    save_tiny_lcm_lora(os.path.join(root, "lcm_lora"), unet)
+        paths["controlnet"])
+    weight = os.path.join(paths["ip_adapter"], paths["ip_adapter_weight"])
+    vision.save_pretrained(os.path.join(os.path.dirname(weight), "image_encoder"))
+    torch.save(ip_adapter_state_dict(unet, vision.config.projection_dim), weight)
+    save_tiny_lcm_lora(paths["lcm_lora"], unet)
 
 
 def save_tiny_lcm_lora(folder, unet):
@@ -126,33 +131,32 @@ def save_tiny_blip(folder):
                   tokenizer=tokenizer).save_pretrained(folder)
 
 
-def save_tiny_models(root=None):
-    """Write every tiny model under `root` once (seeded, so the same files every time) and return
-    the local paths to use in place of the hub ids. No root: a temp folder `gdt-tiny-<pid>-*`,
-    removed at exit (gdt.py removes those of killed processes). A folder written by an older
-    version (a model missing) is written again."""
-    if root is None:
-        root = tempfile.mkdtemp(prefix=f"gdt-tiny-{os.getpid()}-")
-        atexit.register(shutil.rmtree, root, True)
+def write_models(root):
+    """Write every tiny model under `root` in the folders `gdt.py --models-dir root` reads
+    (gdt.model_paths: root/stable-diffusion-v1-5, root/control_v11f1p_sd15_depth, ...), seeded, so
+    the same files every time; a finished folder is kept. Returns gdt.model_paths(root)."""
     root = os.path.abspath(root)
-    paths = {"sd_model": os.path.join(root, "sd"), "controlnet": os.path.join(root, "controlnet"),
-             "ip_adapter": os.path.join(root, "ip_adapter"), "depth_model": os.path.join(root, "depth"),
-             "caption_model": os.path.join(root, "blip"), "lcm_lora": os.path.join(root, "lcm_lora")}
-    if not os.path.exists(os.path.join(root, "complete")) or not all(map(os.path.exists, paths.values())):
-        # written beside root and renamed into place: torchrun ranks sharing one --tiny DIR never
-        # load half-written files; the first rank to finish wins, the others drop their copy
-        tmp = f"{root}.tmp{os.getpid()}"
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            save_tiny_sd(tmp)
-            save_tiny_depth(os.path.join(tmp, "depth"))
-            save_tiny_blip(os.path.join(tmp, "blip"))
-        open(os.path.join(tmp, "complete"), "w").close()
-        if os.path.exists(root) and not all(map(os.path.exists, paths.values())):  # an older version's folder
-            os.replace(root, f"{tmp}.old")
-            shutil.rmtree(f"{tmp}.old")
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            shutil.rmtree(tmp)
+    paths = gdt.model_paths(root)
+    blip2 = gdt.model_paths(root, captioner="blip2")["caption_model"]
+    blip = gdt.model_paths(root, captioner="blip")["caption_model"]
+    folders = [paths[k] for k in gdt.MODELS] + [blip, blip2]
+    if Path(root, "complete").exists() and all(map(os.path.isdir, folders)):
+        return paths
+    Path(root, "complete").unlink(missing_ok=True)
+    for folder in folders:  # an interrupted or older write: start again
+        shutil.rmtree(folder, ignore_errors=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_tiny_sd(paths)
+        save_tiny_depth(paths["depth_model"])
+        save_tiny_blip(blip)
+    shutil.copytree(blip, blip2)  # the tiny BLIP stands in for BLIP-2 as well (one Auto class loads both)
+    Path(root, "complete").touch()
     return paths
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder to fill (DIR for gdt.py --models-dir DIR)")
+    for name, path in write_models(parser.parse_args().out).items():
+        print(f"{name}: {path}")

@@ -5,8 +5,9 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import gdt
 import tiny_models
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tools/ holds scripts, not a package
+import gdt_report  # noqa: E402
 
 SOURCES = {"a.png": ((48, 80), "RGB"), "sub/b.png": ((60, 60), "L"), "sub/c.jpg": ((50, 70), "RGB")}
 
@@ -28,7 +32,7 @@ def _one_thread(one_thread):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A folder dataset (RGB PNG, greyscale PNG, JPEG of different sizes), real-style reference
-    folders per condition, and the tiny models written once."""
+    folders per condition, and the tiny models written once to the folder gdt.py --models-dir reads."""
     root = tmp_path_factory.mktemp("gdt")
     rng = np.random.default_rng(0)
     for key, ((h, w), mode) in SOURCES.items():
@@ -40,13 +44,21 @@ def world(tmp_path_factory):
         for i in range(3):
             Image.fromarray((rng.random((40, 40, 3)) * 255 * (i + 1) / 3).astype(np.uint8)).save(
                 root / "styles" / cond / f"{i}.png")
-    tiny_models.save_tiny_models(str(root / "tiny"))
+    tiny_models.write_models(str(root / "models"))
     return root
 
 
 def cli(world, out, *extra):
-    return ["--tiny", str(world / "tiny"), "--steps", "2", "--size", "64x64", "--data-root", str(world / "data"),
-            "--out", str(out), "--style-dir", str(world / "styles"), "--cond", "night", "rain", *extra]
+    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--size", "64x64", "--data-root",
+            str(world / "data"), "--out", str(out), "--style-dir", str(world / "styles"), "--cond", "night", "rain",
+            *extra]
+
+
+def library_translator(world, **settings):
+    """What cli() builds, through the library: Settings, model_paths and styles, no command line."""
+    styles = {c: sorted(str(p) for p in (world / "styles" / c).iterdir()) for c in ("night", "rain")}
+    return gdt.build_translator(gdt.Settings(steps=2, size=(64, 64), tiny=True, **settings),
+                                gdt.model_paths(world / "models"), styles)
 
 
 def outputs(out):
@@ -61,12 +73,12 @@ def first_run(world):
 
 @pytest.fixture(scope="module")
 def translator(world):
-    return gdt.build_translator(gdt.parse_args(cli(world, world / "unused")))
+    return library_translator(world)
 
 
 @pytest.fixture(scope="module")
 def lcm_translator(world):
-    return gdt.build_translator(gdt.parse_args(cli(world, world / "unused", "--sampler", "lcm")))
+    return library_translator(world, sampler="lcm")
 
 
 def redraw_cli(world, first_run, out, *extra):
@@ -203,7 +215,8 @@ def test_manifest_has_one_valid_record_per_output(world, first_run):
             assert r["output"] == r["key"] and r["source"] == str(world / "data" / r["key"])
             assert r["status"] == "ok" and set(r["agreement"]) == {"abs_rel", "delta1"}
             assert r["attempts"] == [dict(attempt=0, seed=r["seed"], agreement=r["agreement"])]
-            assert "lcm_lora" not in r["models"] and r["models"]["depth_model"] == str(world / "tiny" / "depth")
+            assert "lcm_lora" not in r["models"]
+            assert r["models"]["depth_model"] == str(world / "models" / "Depth-Anything-V2-Small-hf")
             assert r["prompt"] == f"{phrase}, {r['caption']}".rstrip(", ") and r["cond"] == cond
             assert r["seed"] == gdt.sample_seed(r["key"], cond)
             assert os.path.dirname(r["style"]) == str(world / "styles" / cond)
@@ -298,9 +311,47 @@ def test_classic_backend_translates_without_any_model(world, tmp_path):
 
 
 def test_unknown_condition_is_refused(world, tmp_path, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         gdt.parse_args(["--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "dusk"])
-    assert "invalid choice: 'dusk'" in capsys.readouterr().err
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'dusk'" in err and "--cond/--conds" in err and "night, rain, snow, fog" in err
+
+
+def test_conditions_are_space_or_comma_separated_under_either_flag_name_without_duplicates(capsys):
+    base = ["--data-root", "d", "--out", "o"]
+    for given in (["--cond", "night", "rain"], ["--cond", "night,rain"], ["--conds", "night, rain", "night"],
+                  ["--conds", "night,", "rain,night"]):
+        assert gdt.parse_args(base + given).cond == ["night", "rain"], given
+    assert gdt.parse_args(base).cond == ["night", "rain"]
+    assert gdt.parse_args(base + ["--conds", "fog,snow", "fog"]).cond == ["fog", "snow"]
+    with pytest.raises(SystemExit) as exit_:
+        gdt.parse_args(base + ["--conds", "night,dusk"])
+    assert exit_.value.code == 2 and "--cond/--conds: invalid choice: 'dusk'" in capsys.readouterr().err
+
+
+def test_models_dir_points_every_model_at_its_standard_folder_and_a_model_flag_wins(world):
+    paths = gdt.model_paths("M", captioner="blip", depth_model="my/depth")
+    assert paths == dict(sd_model=os.path.join("M", "stable-diffusion-v1-5"),
+                         controlnet=os.path.join("M", "control_v11f1p_sd15_depth"), depth_model="my/depth",
+                         lcm_lora=os.path.join("M", "lcm-lora-sdv1-5"), ip_adapter=os.path.join("M", "IP-Adapter"),
+                         caption_model=os.path.join("M", "blip-image-captioning-base"),
+                         ip_adapter_weight="models/ip-adapter_sd15.bin")
+    assert gdt.model_paths()["sd_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert gdt.model_paths()["caption_model"] == "Salesforce/blip2-opt-2.7b"
+    written = set(os.listdir(world / "models"))  # tiny_models.py fills exactly these folders
+    for captioner in ("blip2", "blip"):
+        assert {os.path.basename(p) for k, p in gdt.model_paths("M", captioner).items() if k != "ip_adapter_weight"} \
+            <= written
+    assert (world / "models" / "IP-Adapter" / "models" / "ip-adapter_sd15.bin").exists()
+
+
+def test_library_settings_translate_as_the_command_line_does(world, first_run, translator):
+    key = "a.png"
+    (out, record), = gdt.translate_audited(translator, [Image.open(world / "data" / key)], [key], "night")
+    assert record["status"] == "ok" and record["seed"] == gdt.sample_seed(key, "night")
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(Image.open(first_run / "night" / key)))
+    assert record["agreement"] == gdt.read_manifests(first_run / "night")[key]["agreement"]
 
 
 def test_empty_input_is_refused(tmp_path):
@@ -318,11 +369,12 @@ def test_unreadable_image_is_named(tmp_path):
 
 def test_ip_adapter_without_style_images_is_refused(world, tmp_path):
     with pytest.raises(ValueError, match="--style-dir night=DIR.*--no-ip-adapter"):
-        gdt.main(["--tiny", str(world / "tiny"), "--data-root", str(world / "data"), "--out", str(tmp_path)])
+        gdt.main(["--models-dir", str(world / "models"), "--tiny", "--data-root", str(world / "data"),
+                  "--out", str(tmp_path)])
 
 
 def test_unreachable_model_id_fails_at_once_naming_it_and_the_alternatives(world, tmp_path):
-    with pytest.raises(RuntimeError, match="nobody/no-such-depth-model.*--control-dir or --tiny"):
+    with pytest.raises(RuntimeError, match="nobody/no-such-depth-model.*--control-dir or --models-dir"):
         gdt.main(["--captioner", "none", "--depth-model", "nobody/no-such-depth-model", "--no-ip-adapter",
                   "--data-root", str(world / "data"), "--out", str(tmp_path)])
 
@@ -379,12 +431,13 @@ def test_upside_down_translation_fails_the_threshold_and_is_rejected_not_written
     def fake_translate(translator, images, keys, cond, captions=None, controls=None, attempt=0):
         outs = [im if k == "same.png" else im.transpose(Image.FLIP_TOP_BOTTOM) for im, k in zip(images, keys)]
         return outs, [dict(cond=cond, attempt=attempt, key=k, seed=gdt.sample_seed(k, cond, attempt),
-                           **gdt.run_record(translator.args)) for k in keys]
+                           **gdt.run_record(translator)) for k in keys]
     monkeypatch.setattr(gdt, "load_depth_model", lambda *args: luminance_depth)
     monkeypatch.setattr(gdt, "translate_batch", fake_translate)
     out = tmp_path / "out" / "night"
-    run = ["--tiny", str(world / "tiny"), "--captioner", "none", "--no-ip-adapter", "--cond", "night",
-           "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--min-agreement", "0.9"]
+    run = ["--models-dir", str(world / "models"), "--tiny", "--captioner", "none", "--no-ip-adapter",
+           "--cond", "night", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+           "--min-agreement", "0.9"]
     gdt.main(run + ["--max-tries", "2"])
     records = gdt.read_manifests(out)
     assert records["same.png"]["status"] == "ok" and records["same.png"]["agreement"]["delta1"] == 1
@@ -401,7 +454,7 @@ def test_upside_down_translation_fails_the_threshold_and_is_rejected_not_written
 
 
 def test_report_summarises_counts_rejections_percentiles_and_the_worst_frames(world, redraw_run, tmp_path):
-    summary = gdt.main(["--report", str(tmp_path), "--gdt-root", str(redraw_run), "--tiny", str(world / "tiny")])
+    summary = gdt_report.main([str(redraw_run), "--out", str(tmp_path), "--models-dir", str(world / "models")])
     assert summary == json.loads((tmp_path / "report.json").read_text())
     records = gdt.read_manifests(redraw_run / "night")
     night, delta1 = summary["night"], [r["agreement"]["delta1"] for r in records.values()]
@@ -418,11 +471,11 @@ def test_report_summarises_counts_rejections_percentiles_and_the_worst_frames(wo
 
 
 def test_report_needs_a_gdt_folder(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        gdt.parse_args(["--report", str(tmp_path)])
-    assert "--gdt-root" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        gdt_report.parse_args([])
+    assert exit_.value.code == 2 and "required: gdt_root" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no manifest"):
-        gdt.main(["--report", str(tmp_path / "r"), "--gdt-root", str(tmp_path)])
+        gdt_report.main([str(tmp_path), "--out", str(tmp_path / "r")])
 
 
 def call_counts(pipe, monkeypatch):
@@ -436,7 +489,7 @@ def test_lcm_sampler_runs_on_tiny_models_with_its_lora_folded_into_the_unet(worl
                                                                             monkeypatch):
     from diffusers import LCMScheduler
     pipe, plain = lcm_translator.pipe, translator.pipe
-    assert isinstance(pipe.scheduler, LCMScheduler) and lcm_translator.args.guidance == 1
+    assert isinstance(pipe.scheduler, LCMScheduler) and lcm_translator.settings.guidance == 1
     to_q = lambda p: p.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight  # noqa: E731
     assert type(to_q(pipe)) is type(to_q(plain)) and not torch.equal(to_q(pipe), to_q(plain))  # LoRA in the weights
     assert torch.equal(pipe.unet.conv_in.weight, plain.unet.conv_in.weight)  # a layer the LoRA leaves alone
@@ -446,8 +499,8 @@ def test_lcm_sampler_runs_on_tiny_models_with_its_lora_folded_into_the_unet(worl
     gdt.translate_batch(translator, images[:1], sorted(SOURCES)[:1], "night")
     assert [o.size for o in outs] == [im.size for im in images] and records[0]["models"]["lcm_lora"]
     # one row per image (guidance 1: no negative pass), as many calls as the count says
-    assert lcm_calls == [1] * 2 * gdt.denoiser_calls_per_image(lcm_translator.args) == [1] * 4
-    assert plain_calls == [2] * (gdt.denoiser_calls_per_image(translator.args) // 2) == [2, 2]
+    assert lcm_calls == [1] * 2 * gdt.denoiser_calls_per_image(lcm_translator.settings) == [1] * 4
+    assert plain_calls == [2] * (gdt.denoiser_calls_per_image(translator.settings) // 2) == [2, 2]
 
 
 def test_lcm_flops_per_image_are_at_most_an_eighth_of_the_default_at_the_same_size(translator, lcm_translator):
@@ -459,7 +512,8 @@ def test_lcm_flops_per_image_are_at_most_an_eighth_of_the_default_at_the_same_si
             pipe.unet(latents, 10, encoder_hidden_states=text, down_block_additional_residuals=down,
                       mid_block_additional_residual=mid, added_cond_kwargs={"image_embeds": [torch.zeros(1, 1, 32)]})
         return counter.get_total_flops()
-    defaults = [gdt.parse_args(["--data-root", "d", "--out", "o", "--sampler", s]) for s in ("unipc", "lcm")]
+    defaults = [gdt.settings_from_args(gdt.parse_args(["--data-root", "d", "--out", "o", "--sampler", s]))
+                for s in ("unipc", "lcm")]
     assert [gdt.denoiser_calls_per_image(a) for a in defaults] == [60, 4]  # 30 steps x 2, 4 steps x 1
     per_call = call_flops(translator.pipe)
     assert per_call > 0 and call_flops(lcm_translator.pipe) == per_call  # the folded LoRA costs nothing
@@ -481,16 +535,19 @@ def test_16_bit_png_is_read_at_its_depth_not_clipped_white(tmp_path):
 
 def test_tiny_defaults_to_a_smoke_run_and_help_shows_examples_and_defaults(capsys):
     base = ["--data-root", "d", "--out", "o"]
-    parsed = lambda *extra: gdt.parse_args(base + list(extra))  # noqa: E731
+    parsed = lambda *extra: gdt.settings_from_args(gdt.parse_args(base + list(extra)))  # noqa: E731
     assert (parsed("--tiny").size, parsed("--tiny").steps) == ((64, 112), 2)
     assert (parsed().size, parsed().steps, parsed().guidance) == ((576, 1024), 30, 7.5)
     assert (parsed("--sampler", "lcm").steps, parsed("--sampler", "lcm").guidance) == (4, 1.0)
     assert (parsed("--tiny", "--steps", "5", "--size", "32x48").steps, parsed("--tiny", "--size", "32x48").size) == (
         5, (32, 48))
-    with pytest.raises(SystemExit):
+    assert (gdt.Settings(sampler="lcm").steps, gdt.Settings(sampler="lcm").guidance) == (4, 1.0)  # library: the same
+    with pytest.raises(SystemExit) as exit_:
         gdt.parse_args(["--help"])
+    assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for expected in ("python gdt.py --tiny", "--sampler lcm", "--report", "(default: 0.6)", "(default: unipc)",
+    for expected in ("python gdt.py --tiny", "--sampler lcm", "tools/gdt_report.py", "(default: 0.6)",
+                     "(default: unipc)",
                      "64x112", "24 GB"):
         assert expected in text, expected
     assert "(default: None)" not in text and "(default: False)" not in text
@@ -502,25 +559,22 @@ def test_tiny_defaults_to_a_smoke_run_and_help_shows_examples_and_defaults(capsy
                                            (["--keep-rejected"], "--min-agreement too"),
                                            (["--max-tries", "0"], "--max-tries must be at least 1")])
 def test_bad_flags_are_refused_naming_the_flag(argv, message, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         gdt.parse_args(["--data-root", "d", "--out", "o"] + argv)
-    assert re.search(message, capsys.readouterr().err)
+    assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
 
 
-def test_leftovers_of_killed_runs_are_removed_at_the_next_start(world, tmp_path, monkeypatch):
+def test_leftovers_of_killed_runs_are_removed_at_the_next_start(world, tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     long_ago = time.time() - 3600
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    stale = [tmp_path / "out" / "fog" / "sub" / f".b.png.tmp{dead.pid}", tmp_path / "tmp" / f"gdt-tiny-{dead.pid}-x1"]
-    alive = [tmp_path / "out" / "fog" / f".z.png.tmp{os.getpid()}", tmp_path / "tmp" / f"gdt-tiny-{os.getpid()}-x2"]
-    for path in stale + alive:
+    stale = tmp_path / "out" / "fog" / "sub" / f".b.png.tmp{dead.pid}"
+    alive = tmp_path / "out" / "fog" / f".z.png.tmp{os.getpid()}"
+    recent = tmp_path / "out" / "fog" / f".y.png.tmp{dead.pid}"  # no such process, but just written
+    for path in (stale, alive, recent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.mkdir() if "gdt-tiny" in path.name else path.write_bytes(b"half")
-        os.utime(path, (long_ago, long_ago))
+        path.write_bytes(b"half")
+        os.utime(path, (long_ago, long_ago) if path != recent else None)
     gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(tmp_path / "out"),
               "--cond", "fog"])
-    args = gdt.parse_args(["--tiny", str(world / "tiny"), "--data-root", "d", "--out", "o"])
-    gdt.use_tiny_models(args)
-    assert [p.exists() for p in stale + alive] == [False, False, True, True]
-    assert args.sd_model == str(world / "tiny" / "sd")
+    assert [p.exists() for p in (stale, alive, recent)] == [False, True, True]
