@@ -384,12 +384,12 @@ def parse_args(argv):
 def evaluate(args):
     """Run the evaluation of parsed `args`: {mode: summary per group} and the per-image rows."""
     from torch.utils.data import DataLoader
-    args.max_depth = args.max_depth or (50.0 if args.dataset == "robotcar" else 80.0)
+    defaults = data.DATASET_DEFAULTS[args.dataset]
+    args.max_depth = args.max_depth or defaults["max_depth"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, trained = load_checkpoint(args.ckpt) if args.ckpt else (None, {})
     if args.size is None:  # the size the checkpoint was trained at, else the dataset's default
-        default = {"nuscenes": (320, 576), "robotcar": (320, 544), "folder": None}[args.dataset]
-        args.size = tuple(trained["size"]) if trained.get("size") else default
+        args.size = tuple(trained["size"]) if trained.get("size") else defaults["size"]
     dataset = make_eval_dataset(args, net.net_size if net is not None else None)
     batch_size = 1 if args.dataset == "folder" else args.batch_size  # a folder's ground truths differ in size
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)

@@ -94,9 +94,8 @@ def add_common_args(p):
 
 def resolve_args(args):
     """Fill dataset-dependent defaults and the --tiny overrides."""
-    robotcar = args.dataset == "robotcar"
-    args.size = args.size or ((320, 544) if robotcar else (320, 576))
-    args.max_depth = args.max_depth or (50.0 if robotcar else 80.0)
+    defaults = data.DATASET_DEFAULTS[args.dataset]
+    args.size, args.max_depth = args.size or defaults["size"], args.max_depth or defaults["max_depth"]
     if args.workers is None:
         args.workers = data.default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if args.tiny:
