@@ -31,9 +31,10 @@ From another script (no command line; Settings holds the flags' defaults):
 
     translator = gdt.build_translator(gdt.Settings(sampler="lcm"), gdt.model_paths("models/"),
                                       styles={"night": ["real_night.jpg"]})
-    images, records = gdt.translate_audited(translator, [Image.open("day.jpg")], ["day.jpg"], "night")
+    [(night, record)] = gdt.translate_audited(translator, [Image.open("day.jpg")], ["day.jpg"], "night")
 """
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -152,19 +153,14 @@ def remove_stale(paths):
     Returns the count."""
     removed = 0
     for path in paths:
-        pid = int(re.search(r"\.tmp(\d+)", os.path.basename(path))[1])
         try:
-            os.kill(pid, 0)
-            continue  # alive
-        except PermissionError:  # someone else's live process
-            continue
+            os.kill(int(re.search(r"\.tmp(\d+)$", path)[1]), 0)  # the writer is alive (PermissionError: not ours)
         except ProcessLookupError:
-            pass
-        try:
-            if time.time() - os.path.getmtime(path) > STALE_AGE_S:
-                os.unlink(path)
-                removed += 1
-        except FileNotFoundError:  # removed meanwhile by another rank
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another rank
+                if time.time() - os.path.getmtime(path) > STALE_AGE_S:
+                    os.unlink(path)
+                    removed += 1
+        except PermissionError:
             pass
     return removed
 
@@ -444,7 +440,7 @@ def build_translator(settings, models=None, styles=None, batch_size=4, compile=F
     if settings.control_dir is None or settings.audit:
         alternative = "--no-audit or " if settings.control_dir else "--control-dir or "
         depth = load_depth_model(models["depth_model"], device, dtype, alternative)
-    pipe = load_pipeline(models["sd_model"], models["controlnet"], settings.strength is not None, dtype)
+    pipe = load_pipeline(models["sd_model"], models["controlnet"], bool(settings.strength), dtype)
     if settings.sampler == "lcm":
         fuse_lcm_lora(pipe, models["lcm_lora"])
     else:
@@ -692,14 +688,14 @@ def parse_args(argv=None):
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
     p.add_argument("--split", default="train", help="nuScenes / RobotCar split to translate")
     p.add_argument("--out", required=True, help="writes OUT/<cond>/<path relative to --data-root>")
-    p.add_argument("--cond", "--conds", nargs="+", default=["night", "rain"], metavar="COND",
-                   help=f"target conditions, space- or comma-separated: {', '.join(PHRASES)}")
+    p.add_argument("--cond", "--conds", nargs="+", metavar="COND",
+                   help=f"target conditions ({', '.join(PHRASES)}), space- or comma-separated; default: night,rain")
     p.add_argument("--backend", choices=("diffusion", "classic"), default="diffusion",
                    help="diffusion: SD 1.5 + depth ControlNet (the paper); classic: a no-model simulation")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="unipc",
                    help="unipc: the paper's setting; lcm: SD 1.5 + --lcm-lora, LCMScheduler, 4 steps, guidance 1")
-    p.add_argument("--models-dir", help="every model below from DIR/<last part of its id> (DIR/stable-diffusion-v1-5, "
-                   "...); `python tiny_models.py --out DIR` writes random tiny ones")
+    p.add_argument("--models-dir", metavar="DIR", help="every model below from DIR/<last part of its id> "
+                   "(DIR/stable-diffusion-v1-5, ...); `python tiny_models.py --out DIR` writes random tiny ones")
     p.add_argument("--sd-model", help=f"SD 1.5 id or folder (default {MODELS['sd_model']})")
     p.add_argument("--controlnet", help=f"depth ControlNet (default {MODELS['controlnet']})")
     p.add_argument("--lcm-lora", help=f"LoRA for --sampler lcm (default {MODELS['lcm_lora']})")
@@ -736,7 +732,7 @@ def parse_args(argv=None):
                    "from tiny_models.py)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet (GPU, long runs)")
     args = p.parse_args(argv)
-    args.cond = split_conditions(args.cond)
+    args.cond = split_conditions(args.cond or ["night", "rain"])
     unknown = [c for c in args.cond if c not in PHRASES]
     if unknown or not args.cond:
         p.error(f"argument --cond/--conds: invalid choice: {', '.join(map(repr, unknown)) or 'none given'} "
