@@ -3,6 +3,7 @@
     python synthetic.py --out world      # 5 train + 3 val scenes (day-clear, night, rain), 320x180
     python synthetic.py --out tiny --size 90 160 --keyframes 4 --train-night 0 --workers 1
     python synthetic.py --out world12 --sweeps 5   # a 12 Hz camera like nuScenes CAM_FRONT (learning check)
+    python synthetic.py --translate world --out gdt_rendered   # its train frames at night and in rain (ideal GDT)
 
 Curved streets with box buildings, parked and oncoming cars and lamp posts; the ego drives its lane at about 6-11
 m/s (and stops in the first day-clear train scene: static frames for md4all's filter). Key frames come at
@@ -12,7 +13,8 @@ door gaps, pillars, wheels), so the photometric loss can see their depth. Night:
 windows, glare, noise; rain: overcast, wet road, streaks, blur; descriptions say "Night" / "Rain" as in
 nuScenes. Val scenes are named from splits/nuscenes_val.txt, train scenes outside it. Deterministic from
 --seed, atomic files, a rerun resumes. Also written: v1.0-trainval/scenes.json (what was generated) and
-depth/CAM_FRONT/<key frame>.npy (camera-z depth, 0 = sky). Rays pass through pixel centres (u+0.5, v+0.5).
+depth/CAM_FRONT/<key frame>.npy (camera-z depth, 0 = sky). Rays pass through pixel centres (u+0.5, v+0.5). --translate
+writes ideal translations: a world's training frames rendered at night and in rain from the same poses.
 """
 import argparse
 import hashlib
@@ -416,15 +418,25 @@ def atomic_write(path, write):
     os.replace(f.name, path)
 
 
+def write_jpeg(path, image):
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format='JPEG', quality=92))
+
+
 def render_file(job):
     """Render one file of the world (an image and its depth, or a lidar sweep) and write it atomically."""
     out_root, size, scene, ts, path, depth_path = job
     if path.endswith('.pcd.bin'):
         return atomic_write(os.path.join(out_root, path), lidar_points(scene, ts).tofile)
     image, depth = render_frame(scene, ts, size)
-    atomic_write(os.path.join(out_root, path), lambda f: Image.fromarray(image).save(f, format='JPEG', quality=92))
+    write_jpeg(os.path.join(out_root, path), image)
     if depth_path:
         atomic_write(os.path.join(out_root, depth_path), lambda f: np.save(f, depth))
+
+
+def render_translation(job):
+    """Render one key frame under another condition (same scene, pose and time) and write it atomically."""
+    out_path, size, scene, ts, cond = job
+    write_jpeg(out_path, render_frame(dict(scene, condition=cond), ts, size)[0])
 
 
 def render_world(out_root, train_day=3, train_night=1, train_rain=1, val_day=1, val_night=1, val_rain=1,
@@ -460,6 +472,46 @@ def render_world(out_root, train_day=3, train_night=1, train_rain=1, val_day=1, 
     return out_root
 
 
+def render_translations(world_root, gdt_root, conds=('night', 'rain'), workers=1, progress=False):
+    """Ideal (oracle) GDT of a rendered world: every training target the student can draw (the key frames
+    of the day-clear train scenes where the ego moves, data.list_images' 'train' list) rendered again
+    under each condition of `conds` with the same scene, ego pose and time, so the geometry is exactly the
+    day frame's (docs/method.md §1: GDT keeps the depth and changes the condition). Written where data.py
+    looks for translations, `<gdt_root>/<cond>/<the day frame's path>` (same name and JPEG format); no
+    frame is rejected, so no manifest is needed. Deterministic, atomic files, a rerun resumes."""
+    marker = Path(world_root, VERSION, 'scenes.json')
+    if not marker.is_file():
+        raise FileNotFoundError(f"no {marker}: {world_root} is not a world rendered by synthetic.py")
+    unknown = [c for c in conds if c not in ('night', 'rain')]
+    if unknown or not conds:
+        raise ValueError(f"conditions must be among night, rain (got {list(conds)})")
+    if Path(gdt_root).resolve().is_relative_to(Path(world_root).resolve()):
+        raise ValueError(f"{gdt_root} is inside the world {world_root}: translations never go into the dataset")
+    params = json.loads(marker.read_text())['params']
+    scenes = plan_world(**{k: v for k, v in params.items() if k != 'size'})
+    stamp = json.dumps({'generator': 'synthetic.py render_translations', 'world': params}, indent=1)
+    for cond in conds:  # a folder of translations of another world is never mixed with this one's
+        found = Path(gdt_root, cond, 'rendered.json')
+        if found.is_file() and found.read_text() != stamp:
+            raise FileExistsError(f"{found.parent} holds renderings of another world ({found.read_text()}); "
+                                  "pass a new folder")
+    targets = []
+    for sc in scenes:
+        keys = [ts for ts, key in sc['cameras'] if key]
+        if sc['split'] == 'train' and sc['condition'] == 'day':
+            targets += [(sc, ts, f'samples/CAM_FRONT/{sc["log"]}__CAM_FRONT__{ts}.jpg')
+                        for k, ts in enumerate(keys) if k not in sc['static_keyframes']]
+    todo = [(os.path.join(gdt_root, cond, path), params['size'], sc, ts, cond) for cond in conds
+            for sc, ts, path in targets if not os.path.isfile(os.path.join(gdt_root, cond, path))]
+    for cond in conds:
+        atomic_write(os.path.join(gdt_root, cond, 'rendered.json'), lambda f: f.write(stamp.encode()))
+    with ProcessPoolExecutor(workers) if workers > 1 and len(todo) > 1 else nullcontext() as pool:
+        results = pool.map(render_translation, todo, chunksize=4) if pool else map(render_translation, todo)
+        for _ in tqdm(results, total=len(todo), desc='rendering translations', unit='file', disable=not progress):
+            pass
+    return gdt_root
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description='Render the synthetic world as a nuScenes dataroot.')
     p.add_argument('--out', dest='out_root', required=True, help='dataroot to write: new, empty, or one to resume')
@@ -470,7 +522,17 @@ def main(argv=None):
     p.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1), help='rendering processes')
     for split, cond in [(s, c) for s in ('train', 'val') for c in ('day', 'night', 'rain')]:
         p.add_argument(f'--{split}-{cond}', type=int, default=3 if split + cond == 'trainday' else 1)
-    print(f"wrote {render_world(**vars(p.parse_args(argv)), progress=True)}: a nuScenes dataroot, version {VERSION}")
+    p.add_argument('--translate', metavar='WORLD', help="instead of a world: render WORLD's training targets "
+                   "under --cond into --out/<cond>/, a GDT folder of ideal translations for train_student.py")
+    p.add_argument('--cond', nargs='+', default=['night', 'rain'], choices=['night', 'rain'],
+                   help='conditions for --translate')
+    args = vars(p.parse_args(argv))
+    world, conds = args.pop('translate'), args.pop('cond')
+    if world:
+        print(f"wrote {render_translations(world, args['out_root'], conds, args['workers'], progress=True)}: "
+              f"translations of {world} into {', '.join(conds)} (train_student.py --gdt-root)")
+        return
+    print(f"wrote {render_world(**args, progress=True)}: a nuScenes dataroot, version {VERSION}")
 
 
 if __name__ == '__main__':

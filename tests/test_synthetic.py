@@ -256,3 +256,54 @@ def test_sweeps_make_a_12_hz_camera_that_moves_under_a_metre_between_frames():
         assert np.allclose(step, speed / hz, rtol=0.1)  # 6-11 m/s driven
         if sweeps == 5:  # nuScenes CAM_FRONT: 12 Hz, under a metre a frame at town speed
             assert 0.45 < np.median(step) < 0.95 and step.max() < 1.05
+
+
+def test_rendered_translations_keep_the_geometry_and_lie_where_the_student_reads_them(world, tmp_path):
+    gdt = synthetic.render_translations(world, str(tmp_path / 'gdt'), workers=1)
+    targets = data.list_images('nuscenes', world, synthetic.VERSION, 'train')
+    for cond in ('night', 'rain'):
+        written = sorted(os.path.relpath(os.path.join(d, n), os.path.join(gdt, cond))
+                         for d, _, ns in os.walk(os.path.join(gdt, cond)) for n in ns if n.endswith('.jpg'))
+        assert written == targets and len(targets) == 7  # every target the student draws, nothing else
+    day = {p: np.asarray(Image.open(os.path.join(world, p)), np.float32) / 255 for p in targets}
+    read = lambda cond, p: np.asarray(Image.open(os.path.join(gdt, cond, p)), np.float32) / 255
+    for p in targets:
+        assert read('night', p).shape == day[p].shape == (90, 160, 3)
+        assert read('night', p).mean() < 0.5 * day[p].mean()
+        assert read('rain', p).mean(-1).std() < 0.8 * day[p].mean(-1).std()
+    for scene in plan()[:2]:  # same scene, pose and time: the depth under every condition is the day frame's
+        ts = [t for t, key in scene['cameras'] if key][1]
+        depth = np.load(os.path.join(world, 'depth', 'CAM_FRONT', f"{scene['log']}__CAM_FRONT__{ts}.npy"))
+        for cond in ('night', 'rain'):
+            assert np.array_equal(synthetic.render_frame(dict(scene, condition=cond), ts, (90, 160))[1], depth)
+    train = data.NuScenesDepth(world, synthetic.VERSION, 'train', size=(45, 80), gdt_root=gdt,
+                               gdt_conds=('night',), p_day=0)
+    item = train[0]
+    assert item['input_cond'] == 'night' and item['input'].mean() < 0.5 * item['color'].mean()
+
+
+def test_rendered_translations_are_deterministic_resume_and_refuse_other_worlds(world, tmp_path):
+    a = synthetic.render_translations(world, str(tmp_path / 'a'), conds=('night',), workers=1)
+    synthetic.main(['--translate', world, '--out', str(tmp_path / 'b'), '--cond', 'night', '--workers', '2'])
+    files = lambda root: sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns)
+    assert files(a) == files(str(tmp_path / 'b')) and not os.path.exists(tmp_path / 'b' / 'rain')
+    assert all(Path(a, f).read_bytes() == Path(tmp_path, 'b', f).read_bytes() for f in files(a))  # any worker count
+    first, last = [Path(a, f) for f in files(a) if f.endswith('.jpg')][::6]
+    original, before = first.read_bytes(), last.stat().st_mtime_ns
+    first.unlink()
+    synthetic.render_translations(world, a, conds=('night',))
+    assert first.read_bytes() == original and last.stat().st_mtime_ns == before  # resumed, finished files kept
+    assert not [f for f in files(a) if '.tmp' in f]
+    other = tmp_path / 'other' / synthetic.VERSION  # the tables of a world with another seed
+    other.mkdir(parents=True)
+    scenes = json.loads(Path(world, synthetic.VERSION, 'scenes.json').read_text())
+    (other / 'scenes.json').write_text(json.dumps(dict(scenes, params=dict(scenes['params'], seed=4))))
+    other = str(other.parent)
+    with pytest.raises(FileExistsError, match='another world'):
+        synthetic.render_translations(other, a, conds=('night',))
+    with pytest.raises(ValueError, match='inside the world'):
+        synthetic.render_translations(world, os.path.join(world, 'gdt'))
+    with pytest.raises(ValueError, match='night, rain'):
+        synthetic.render_translations(world, str(tmp_path / 'c'), conds=('snow',))
+    with pytest.raises(FileNotFoundError, match='not a world'):
+        synthetic.render_translations(str(tmp_path / 'b'), str(tmp_path / 'c'))
