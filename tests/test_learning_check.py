@@ -1,11 +1,14 @@
 """learning_check.py: the runs it plans, the frozen encoder it exports, and how it judges and reports results."""
 import argparse
 import os
+import shutil
 
+import numpy as np
 import torch
 from PIL import Image
 
 import learning_check as lc
+import synthetic
 from model import DepthNet, DinoFeatures, save_checkpoint
 
 
@@ -18,7 +21,7 @@ def fake_results(teacher, student, seeds=2, **extra):
     args = argparse.Namespace(out="o", size="90x160", batch_size=4, seeds=seeds, lr_pose="1e-3",
                               teacher_steps=10, student_steps=10)
     results = {"untrained": metrics(dict.fromkeys(lc.GROUPS, 0.6))}
-    for name, *_ in lc.plan_runs(args, "w", "g"):
+    for name, *_ in lc.plan_runs(args, "w", "g", "c"):
         seed = int(name[-1])
         results[name] = metrics(shift(teacher if name.startswith("teacher") else extra.get(name, student), seed))
     return results
@@ -27,12 +30,12 @@ def fake_results(teacher, student, seeds=2, **extra):
 def test_plan_runs_teachers_first_seeds_for_the_main_rows_and_each_students_teacher():
     args = argparse.Namespace(out="o", size="90x160", batch_size=4, seeds=2, lr_pose="1e-3", teacher_steps=600,
                               student_steps=300)
-    runs = lc.plan_runs(args, "w", "g")
+    runs = lc.plan_runs(args, "w", "g", "c")
     names = [r[0] for r in runs]
     assert names[:4] == ["teacher_self_s0", "teacher_self_s1", "teacher_lidar_s0", "teacher_lidar_s1"]
     assert all(r[4] is None for r in runs[:4]) and all(r[4] in names[:4] for r in runs[4:])
     assert {"student_self_teacher_loss_s1", "student_lidar_plain_distillation_s1"} < set(names)
-    assert len(runs) == 4 + 6 + 4 and len(set(names)) == len(names)
+    assert len(runs) == 4 + 7 + 5 and len(set(names)) == len(names)
     flags = {r[0]: r[2] for r in runs}
     teacher = flags["teacher_self_s1"]
     assert teacher[teacher.index("--pose-order") + 1] == "temporal" and teacher[teacher.index("--seed") + 1] == "1"
@@ -44,6 +47,13 @@ def test_plan_runs_teachers_first_seeds_for_the_main_rows_and_each_students_teac
     assert plain[plain.index("--teacher-mask") + 1] == "none" and plain[plain.index("--w-sem") + 1] == "0"
     lidar = flags["student_lidar_no_translations_s0"]
     assert lidar[lidar.index("--p-day") + 1] == "1" and lidar[lidar.index("--teacher-mask") + 1] == "none"
+    gdt_root = lambda name: flags[name][flags[name].index("--gdt-root") + 1]
+    assert gdt_root("student_self_teacher_loss_s1") == gdt_root("student_lidar_plain_distillation_s0") == "g"
+    classic = flags["student_self_teacher_loss_classic_translations_s0"]  # the main row's flags, classic folder
+    assert gdt_root("student_self_teacher_loss_classic_translations_s0") == "c"
+    assert classic[classic.index("--teacher-mask") + 1] == "reliable" and classic[classic.index("--w-sem") + 1] == "0"
+    assert gdt_root("student_lidar_plain_distillation_classic_translations_s0") == "c"
+    assert "student_self_teacher_loss_classic_translations_s1" not in names  # extra rows run one seed
 
 
 def test_exported_encoder_gives_the_depth_nets_own_tokens(tmp_path):
@@ -90,15 +100,36 @@ def test_table_3_directions_compare_each_ablation_with_the_main_student():
     assert ok["Table 3: teacher loss beats plain distillation at night (seed 0)"]
     assert ok["Table 3: semantic loss helps (self-supervised) at night (seed 0)"]
     assert not ok["Table 3: translations beat none (self-supervised) at night (seed 0)"]
+    ok = lc.claims(fake_results(teacher, student, student_self_teacher_loss_classic_translations_s0=worse,
+                                student_lidar_plain_distillation_classic_translations_s0=better), seeds=2)
+    assert ok["Table 3: realistic translations beat classic ones (self-supervised) at night (seed 0)"]
+    assert not ok["Table 3: realistic translations beat classic ones (LiDAR) at night (seed 0)"]
 
 
 def test_markdown_table_and_bar_chart(tmp_path):
     teacher = {"day-clear": 0.20, "night": 0.35, "day-rain": 0.30}
     results = fake_results(teacher, dict(teacher, night=0.3))
     table = lc.markdown_table(results, seeds=2).splitlines()
-    assert len(table) == 2 + 1 + 2 + 8  # header, rule, untrained, teachers, students
+    assert len(table) == 2 + 1 + 2 + 10  # header, rule, untrained, teachers, students
+    assert "| self-supervised student: teacher loss, classic translations | 1 |" in table[9]
     assert table[3].startswith("| self-supervised teacher (day-clear) | 2 | 0.205 (0.200-0.210) |")
     assert "| self-supervised student: plain distillation | 1 | 0.200 |" in table[5]
     path = lc.bar_chart(results, 2, str(tmp_path / "chart.png"))
     with Image.open(path) as image:
         assert image.size == (900, 480) and len(image.getcolors(1 << 16)) > 20  # bars, text, whiskers
+
+
+def test_translation_sheet_shows_the_day_frame_its_translations_and_the_val_conditions(tmp_path):
+    world = synthetic.render_world(str(tmp_path / "w"), train_day=1, train_night=0, train_rain=0, val_day=0,
+                                   val_night=1, val_rain=1, keyframes=2, size=(36, 64))
+    rendered = synthetic.render_translations(world, str(tmp_path / "rendered"))
+    classic = str(tmp_path / "classic")
+    shutil.copytree(os.path.join(rendered, "night"), os.path.join(classic, "night"))
+    shutil.copytree(os.path.join(rendered, "rain"), os.path.join(classic, "rain"))
+    path = lc.translation_sheet(world, rendered, classic, str(tmp_path / "sheet.png"), height=36)
+    with Image.open(path) as image:
+        sheet = np.asarray(image.convert("L"), np.float32)
+    assert sheet.shape == (2 * (36 + 18), 4 * 64) and not os.path.exists(path + ".tmp.png")
+    tile = lambda row, col: sheet[row * 54 + 18:(row + 1) * 54, col * 64:(col + 1) * 64]
+    assert tile(0, 1).mean() < 0.5 * tile(0, 0).mean() and tile(0, 3).mean() < 0.5 * tile(0, 0).mean()  # nights
+    assert np.array_equal(tile(0, 1), tile(0, 2)) and tile(1, 0).mean() == 255  # the copy; no tile under day
