@@ -1,7 +1,7 @@
 """GDT: generative day -> night / rain / snow / fog translation of the training images (docs/method.md §1).
 
     # offline smoke run on the synthetic world (python synthetic.py --out world): random tiny models
-    # (python tiny_models.py --out tiny), 64x112 and 2 steps by default with --tiny
+    # (python tools/tiny_models.py --out tiny), 64x112 and 2 steps by default with --tiny
     python gdt.py --tiny --models-dir tiny --dataset nuscenes --data-root world --out gdt --cond night --style-dir data
     # the paper's setting; IP-Adapter references from the train split's own night / rain scenes
     python gdt.py --dataset nuscenes --data-root /data/nuscenes --out /data/gdt --cond night,rain --style-dir data
@@ -18,7 +18,7 @@
     python tools/gdt_report.py gdt    # counts, agreement histograms and percentiles, worst frames
 
 Memory: the default captioner, BLIP-2 OPT-2.7b, needs about 24 GB in fp32 on a CPU; there use
-`--captioner blip` (BLIP-base) or `--captioner none` (a fixed caption). Speed: `python bench.py --only gdt`.
+`--captioner blip` (BLIP-base) or `--captioner none` (a fixed caption). Speed: `python tools/bench.py --only gdt`.
 
 Writes `<out>/<cond>/<path relative to --data-root>` (the source's format, size and mode) and a
 JSONL record per image to `<out>/<cond>/manifest.rank<r>.jsonl` (an output's last record wins):
@@ -335,7 +335,7 @@ class Settings:
 
 def model_paths(models_dir=None, captioner="blip2", **given):
     """flag -> hub id or folder of every GDT model: a given path wins, then models_dir/<the id's last
-    part> (the folder `hf download ID --local-dir DIR/<name>` and `tiny_models.py --out DIR` fill),
+    part> (the folder `hf download ID --local-dir DIR/<name>` and `tools/tiny_models.py --out DIR` fill),
     then the hub id."""
     ids = dict(MODELS, caption_model=CAPTION_MODELS.get(captioner, CAPTION_MODELS["blip2"]))
     paths = {k: given.get(k) or (os.path.join(models_dir, v.rsplit("/", 1)[-1]) if models_dir else v)
@@ -359,8 +359,9 @@ class Translator:
 
 
 def load(load_fn, name, alternative="", **kwargs):
-    return from_pretrained_or_explain(load_fn, name, alternative + "--models-dir DIR holding it (`python "
-                                      "tiny_models.py --out DIR` writes random tiny models for a smoke run)", **kwargs)
+    hint = ("--models-dir DIR holding it (`python tools/tiny_models.py --out DIR` writes random tiny models "
+            "for a smoke run)")
+    return from_pretrained_or_explain(load_fn, name, alternative + hint, **kwargs)
 
 
 def load_depth_model(path, device, dtype, alternative="--control-dir or "):
@@ -695,7 +696,7 @@ def parse_args(argv=None):
     p.add_argument("--sampler", choices=list(SAMPLERS), default="unipc",
                    help="unipc: the paper's setting; lcm: SD 1.5 + --lcm-lora, LCMScheduler, 4 steps, guidance 1")
     p.add_argument("--models-dir", metavar="DIR", help="every model below from DIR/<last part of its id> "
-                   "(DIR/stable-diffusion-v1-5, ...); `python tiny_models.py --out DIR` writes random tiny ones")
+                   "(DIR/stable-diffusion-v1-5, ...); `python tools/tiny_models.py --out DIR` writes random tiny ones")
     p.add_argument("--sd-model", help=f"SD 1.5 id or folder (default {MODELS['sd_model']})")
     p.add_argument("--controlnet", help=f"depth ControlNet (default {MODELS['controlnet']})")
     p.add_argument("--lcm-lora", help=f"LoRA for --sampler lcm (default {MODELS['lcm_lora']})")
@@ -729,7 +730,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=4, help="frames loaded together; images per call on a GPU")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on GPU, else fp32")
     p.add_argument("--tiny", action="store_true", help="smoke-run defaults: 64x112, 2 steps (with --models-dir "
-                   "from tiny_models.py)")
+                   "from tools/tiny_models.py)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet (GPU, long runs)")
     args = p.parse_args(argv)
     args.cond = split_conditions(args.cond or ["night", "rain"])

@@ -8,22 +8,23 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=erro
 OUT=${1:-runs/quickstart}
 SIZE=90x160
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny nets: threads only spin on small tensors
-# A smoke run of every stage, not a learning result (learning_check.py is that). Tiny random nets learn
+# A smoke run of every stage, not a learning result (tools/learning_check.py is that). Tiny random nets learn
 # nothing at the paper's ViT learning rates in a few hundred steps, and a random "DINOv2" has no
 # semantics to keep: the learning check's rates, a 6 m start for the fresh head, the pose pairs in time
 # order, the student starting from the teacher, no semantic loss.
 TINY="--tiny --size $SIZE --batch-size 4 --workers 1 --no-val --log-every 50"
 start=$(date +%s)
 
-python synthetic.py --out "$OUT/world"
+python tools/synthetic.py --out "$OUT/world"
 python gdt.py --backend classic --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_classic" --cond night rain
-python gdt.py --tiny --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_tiny" --cond night \
-    --style-dir data --captioner blip   # --tiny: 64x112, 2 steps
+python tools/tiny_models.py --out "$OUT/models"  # random tiny stand-ins of every GDT model, in hub-id folders
+python gdt.py --tiny --models-dir "$OUT/models" --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_tiny" \
+    --cond night --style-dir data --captioner blip   # --tiny: 64x112, 2 steps
 resume() { [ -f "$1/ckpt.pt" ] && echo --resume || true; }
 python train_teacher.py $TINY --data-root "$OUT/world" --out "$OUT/teacher" --steps 250 \
     --lr-encoder 1e-3 --lr-decoder 1e-3 --lr-pose 3e-3 --init-depth 6 --pose-order temporal $(resume "$OUT/teacher")
 python train_student.py $TINY --data-root "$OUT/world" --out "$OUT/student" --steps 80 \
-    --teacher "$OUT/teacher/ckpt.pt" --gdt-root "$OUT/gdt_classic" --conds night,rain \
+    --teacher "$OUT/teacher/ckpt.pt" --gdt-root "$OUT/gdt_classic" --conds night rain \
     --init-from-teacher --w-sem 0 --lr-encoder 1e-4 --lr-decoder 1e-4 $(resume "$OUT/student")
 echo "== teacher (day-clear training frames only)"
 python evaluate.py --ckpt "$OUT/teacher/ckpt.pt" --data-root "$OUT/world" --size $SIZE --workers 0 \

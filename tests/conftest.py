@@ -1,4 +1,4 @@
-"""Shared test setup: no hub calls (fail fast instead of a ~26 s hang), repo root importable."""
+"""Shared test setup: no hub calls (fail fast instead of a ~26 s hang), the repository root and tools/ importable."""
 import os
 import sys
 
@@ -8,7 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]  # the stage files, and the support scripts in tools/
 
 import pytest
 

@@ -65,7 +65,7 @@ def test_json_holds_every_section_with_device_torch_and_date(tiny_run):
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(results))
     assert set(written) == {"meta", "matmul", "gdt", "teacher", "student", "inference", "data"}
-    assert written["meta"]["tiny"] is True and written["meta"]["command"].startswith("python bench.py --tiny")
+    assert written["meta"]["tiny"] is True and written["meta"]["command"].startswith("python tools/bench.py --tiny")
     for section in ("matmul", "gdt", "teacher", "student", "inference", "data"):
         assert {"device", "torch", "date"} <= set(written[section]), section
         assert written[section]["torch"] == torch.__version__

@@ -1,7 +1,7 @@
 """Tiny random stand-ins for every model GDT loads (docs/method.md §1), written in the hub repositories' own
 layouts and folder names, so `gdt.py --models-dir DIR` loads them through the same code as the real models:
 
-    python tiny_models.py --out DIR      # DIR/stable-diffusion-v1-5, DIR/control_v11f1p_sd15_depth, ...
+    python tools/tiny_models.py --out DIR      # DIR/stable-diffusion-v1-5, DIR/control_v11f1p_sd15_depth, ...
     python gdt.py --models-dir DIR --tiny ...
 
 Shapes chosen so that they run in well under a second at 64-128 px with 2 steps on CPU.
@@ -11,11 +11,13 @@ needs a tiny OPT and Q-Former for no extra coverage, and both load through the s
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-import gdt
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
+import gdt  # noqa: E402
 
 TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "car", "street", "road",
               "on", "the", "with", "city", "building", "trees", "parked", "driving", "down", "of"]

@@ -1,12 +1,12 @@
 """Throughput of every SSD stage on the device at hand: GDT, teacher and student training, inference,
 and the data pipeline that feeds training.
 
-    python bench.py --tiny                      # CPU smoke run of the same code paths, seconds
-    python bench.py                             # one GPU: every figure, full-size models
-    python bench.py --only data                 # CPU: training items/s per worker, workers one GPU needs
-    python bench.py --only flops                # CPU, seconds: FLOPs of every stage at full size
-    python bench.py --compile --models-dir /tmp/sd15-random --out bench-compile.json
-    python bench.py --only teacher student --train-batch 4     # a subset; the paper's batch
+    python tools/bench.py --tiny                      # CPU smoke run of the same code paths, seconds
+    python tools/bench.py                             # one GPU: every figure, full-size models
+    python tools/bench.py --only data                 # CPU: training items/s per worker, workers one GPU needs
+    python tools/bench.py --only flops                # CPU, seconds: FLOPs of every stage at full size
+    python tools/bench.py --compile --models-dir /tmp/sd15-random --out bench-compile.json
+    python tools/bench.py --only teacher student --train-batch 4     # a subset; the paper's batch
 
 Full size: the real architectures (SD 1.5 + ControlNet + IP-Adapter with its ViT-H image encoder;
 DINOv2 ViT-B + DPT; ResNet-18 pose net) with random weights, which cost what pretrained ones cost.
@@ -57,13 +57,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 from transformers.utils import logging as transformers_logging
 
-import data
-import gdt
-import tiny_models
-from model import DepthNet, DinoFeatures, PoseNet
-from train_student import StudentLoss
-from train_teacher import LidarLoss, SelfSupervisedLoss
-from training import add_common_args, build_depth_net, depth_param_groups, resolve_args
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
+import data  # noqa: E402
+import gdt  # noqa: E402
+import tiny_models  # noqa: E402
+from model import DepthNet, DinoFeatures, PoseNet  # noqa: E402
+from train_student import StudentLoss  # noqa: E402
+from train_teacher import LidarLoss, SelfSupervisedLoss  # noqa: E402
+from training import add_common_args, build_depth_net, depth_param_groups, resolve_args  # noqa: E402
 
 SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data")
 FULL = dict(gdt_size="576x1024", gdt_steps=30, gdt_batch=8, source_size=(900, 1600), encoder="base",
@@ -640,7 +641,7 @@ def main(argv=None):
     transformers_logging.disable_progress_bar()
     results = Results(args.out, dict(device=device_name(device), torch=torch.__version__, tiny=args.tiny,
                                      date=datetime.date.today().isoformat(),
-                                     command=" ".join(["python bench.py", *argv])))
+                                     command=" ".join(["python tools/bench.py", *argv])))
     results.add("matmul", **matmul_rate(device))
     torch.manual_seed(0)
     failed = []
@@ -654,7 +655,7 @@ def main(argv=None):
         reset_peak(device)
     print_table(results)
     if failed:
-        raise RuntimeError(f"bench.py: section(s) {', '.join(failed)} failed (tracebacks above; their errors are "
+        raise RuntimeError(f"tools/bench.py: section(s) {', '.join(failed)} failed (tracebacks above; their errors are "
                            f"in {args.out} with every figure measured)")
     return results
 
