@@ -33,10 +33,6 @@ from evaluate import net_predictor, score_loader, summarize
 from model import DepthNet, ModelUnavailable, checkpoint_kind, read_checkpoint, save_checkpoint
 
 
-# ---------------------------------------------------------------------------------------------------
-# The command line both trainers share
-
-
 def positive_int(text):
     """argparse type: an integer >= 1."""
     try:
@@ -167,10 +163,6 @@ def depth_param_groups(net, lr_encoder, lr_decoder):
                  lr=lr_decoder)]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Distributed helpers, validation, resume
-
-
 def setup_distributed():
     """(rank, world size, device): DDP when torchrun set RANK, plain single process otherwise."""
     if "RANK" not in os.environ:
@@ -261,10 +253,6 @@ def resume(ckpt_path, modules, optimizer, scheduler, args, kind, master):
         for name, (a, b) in changed.items():
             print(f"resume: --{name.replace('_', '-')} {a:g} -> {b:g} (from this command line)")
     return step, ckpt["best"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The loop
 
 
 def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, kind="teacher"):

@@ -18,7 +18,7 @@ CAM_TOKEN = 'e3d495d4ac534d54b321f50006683844'
 CAM_IMAGE = 'samples/CAM_FRONT/n015-2018-07-24-11-22-45+0800__CAM_FRONT__1532402927612460.jpg'
 
 
-# ---------- an independent projection of the real fixture frame ----------
+# An independent projection of the real fixture frame
 
 def hamilton(a, b):
     """Quaternion product a * b, (w, x, y, z)."""
@@ -170,7 +170,7 @@ def test_fixture_lidar_map_matches_the_nuscenes_devkit(fixture_map):
     assert np.allclose(expected, fixture_map, atol=1e-4)
 
 
-# ---------- a fake nuScenes tree (tests/worlds.py) ----------
+# A fake nuScenes tree (tests/worlds.py)
 
 @pytest.fixture
 def nusc(tmp_path):
@@ -457,7 +457,7 @@ def test_fixture_train_split_is_empty_because_its_frame_has_no_neighbours():
         data.list_images('nuscenes', FIXTURE, 'v1.0-mini')
 
 
-# ---------- a fake RobotCar tree (tests/worlds.py) ----------
+# A fake RobotCar tree (tests/worlds.py)
 
 @pytest.fixture
 def robotcar(tmp_path):
@@ -541,7 +541,7 @@ def test_robotcar_missing_files_name_the_path(robotcar):
         data.RobotCarDepth(robotcar)
 
 
-# ---------- folders ----------
+# Folders
 
 def test_folder_dataset_finds_images_recursively_with_optional_npy_depth(tmp_path):
     save_image(str(tmp_path / 'a' / 'x.png'), (10, 20, 30))
@@ -572,7 +572,7 @@ def test_image_sizes_parse_from_hxw_and_bad_ones_say_the_format():
         data.parse_size('320')
 
 
-# ---------- bad input, fast decoding, workers ----------
+# Bad input, fast decoding, workers
 
 def test_image_sizes_must_be_positive_and_argparse_says_so(capsys):
     for text in ('0x160', '320x0', '-320x576'):

@@ -15,7 +15,7 @@ from PIL import Image
 
 import data
 
-# ---------- a fake nuScenes tree ----------
+# A fake nuScenes tree
 
 CAM_Q = (0.5, -0.5, 0.5, -0.5)  # camera (z forward, x right, y down) -> ego (x forward, y left, z up)
 CAM_K = [[40.0, 0, 40.0], [0, 40.0, 24.0], [0, 0, 1]]
@@ -85,7 +85,7 @@ def make_nuscenes(root, version='v1.0-trainval'):
     return str(root)
 
 
-# ---------- a fake RobotCar tree ----------
+# A fake RobotCar tree
 
 DAY, NIGHT = '2014-12-09-13-21-02', '2014-12-16-18-44-24'
 RC_K = (983.044006 / 16, 983.044006 / 16, 643.646973 / 16, 493.378998 / 16)  # 60x80 = 960x1280 / 16
