@@ -1,6 +1,6 @@
 """Learning check on the synthetic world (CPU, tiny nets): does SSD do what the paper claims?
 
-    OMP_NUM_THREADS=1 python learning_check.py --out runs/check --jobs 2     # about 20 min on 2 CPU cores
+    OMP_NUM_THREADS=1 python learning_check.py --out runs/check --jobs 2     # 18-26 min on 2 shared CPU cores
     OMP_NUM_THREADS=1 python learning_check.py --out runs/quick --teacher-steps 200 --student-steps 100 --seeds 1
 
 Stages, each a real command of this repository run as its own process (logs in <out>/<run>/train.log):
