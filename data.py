@@ -10,9 +10,10 @@ Items are dicts of tensors: `color`, `prev`, `next` (un-jittered, photometric lo
 jittered `*_aug` twins (pose net) at the loss size `size`; `input` (what the depth net sees: GDT
 swap, jitter) at `net_size`, resized once from the full frame. Every random choice of an item (GDT
 swap, condition, flip, jitter) is seeded by (seed, epoch, index): DDP ranks, workers and resumes agree.
-Pixels follow the project's one convention (stated in losses.py): pixel (i, j) covers [i, i+1) x [j, j+1),
-so intrinsics scale by W'/W, a flip maps cx to W - cx and a nuScenes LiDAR point at u lands on floor(u)
-(as the devkit's int cast). RobotCar's ground truth rounds u instead: md4all's protocol, kept for parity.
+Pixel (i, j) covers [i, i+1) x [j, j+1), so intrinsics scale by W'/W, a flip maps cx to W - cx and a
+nuScenes LiDAR point at u lands on floor(u) (as the devkit's int cast); the warp reads K as md4all's
+does, half a pixel from this (losses.py says how). RobotCar's ground truth rounds u instead: md4all's
+protocol, kept for parity.
 nuScenes is read from its JSON tables (the devkit pins numpy < 2).
 """
 import argparse
@@ -62,7 +63,7 @@ def read_text(path, fix):
 
 
 def scale_intrinsics(K, from_hw, to_hw):
-    """Intrinsics of an image resized from from_hw to to_hw (H, W): u' = u W'/W (losses.py's pixel convention)."""
+    """Intrinsics of an image resized from from_hw to to_hw (H, W): u' = u W'/W (pixel corners, as md4all)."""
     return np.array(K, dtype=np.float64) * [[to_hw[1] / from_hw[1]], [to_hw[0] / from_hw[0]], [1]]
 
 
@@ -183,7 +184,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
     - gdt_root, gdt_conds, p_day: GDT input swap (docs/method.md §4): with probability 1 - p_day the
       depth net sees `<gdt_root>/<cond>/<relative path>` for a cond drawn from gdt_conds (gdt.py's output).
     - seed: with (epoch, index), the seed of every random choice of an item.
-    - fast_decode, exact_jitter: the cheap decode and jitter below, or the reference ones.
+    - fast_decode, exact_jitter: the cheap decode below (or the reference), and md4all's exact jitter
+      (torchvision's PIL ops) or the cheap affine one.
     - day_input: also return `day_input`, the clean day frame at net_size (the student's frozen teacher
       and DINOv2 see it).
 
@@ -192,14 +194,14 @@ class AugmentedDataset(torch.utils.data.Dataset):
     no float conversion before the resize. fast_decode=False decodes the full frame for every tensor
     (the reference). On nuScenes' 1600x900 CAM_FRONT fixture frame at 320x576 the two differ by at
     most 0.047 (12/255) and on average 0.0015 (in [0, 1] units); PNGs and sizes above half the frame
-    are bit-identical. exact_jitter=False jitters with affine_jitter, True with color_jitter (torchvision's
+    are bit-identical. exact_jitter=True jitters with affine_jitter, True with color_jitter (torchvision's
     PIL ops, as md4all; about 15 ms more per 320x576 frame).
     """
     crop = 1.0  # share of image rows kept from the top
     dataset, version = 'folder', None  # gdt.py's --dataset (and nuScenes --version) for this reader
 
     def __init__(self, root, size=None, *, net_size=None, color_jitter=False, flip=False, gdt_root=None,
-                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=False, day_input=False):
+                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True, day_input=False):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"data root not found: {root}; pass the dataset folder")
         self.root, self.size, self.jitter, self.flip = root, tuple(size) if size else None, color_jitter, flip
@@ -345,7 +347,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         return to_tensor(jitter(image, *draws.jitter))
 
     def _flip(self, item, draws):
-        """Mirror the item's images and maps and its principal point (u -> W - u: losses.py's convention)."""
+        """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u)."""
         if draws.flip:
             for key in ('color', 'color_aug', 'input', 'day_input', 'prev', 'prev_aug', 'next', 'next_aug',
                         'lidar', 'gt'):
@@ -599,7 +601,7 @@ class NuScenesDepth(AugmentedDataset):
 
     def __init__(self, data_root, version='v1.0-trainval', split='train', size=DATASET_DEFAULTS['nuscenes']['size'],
                  frames=(0,), with_lidar=False, scenes=None, *, net_size=None, color_jitter=False, flip=False,
-                 gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=False,
+                 gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True,
                  day_input=False):
         super().__init__(data_root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
                          gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,
@@ -677,8 +679,8 @@ def robotcar_depth_map(points, K, G_camera_image, hw, max_depth=DATASET_DEFAULTS
 
     md4all stores points in RobotCar's camera frame (x forward); G_camera_image maps the image frame
     (z forward) to it, so its inverse comes first, as in the SDK's CameraModel.project. The SDK's
-    bounds 0.5 <= u <= W-1, 0.5 <= v <= H-1 and md4all's rounding (not the floor of losses.py's pixel
-    convention) are kept for the protocol.
+    bounds 0.5 <= u <= W-1, 0.5 <= v <= H-1 and md4all's rounding (not the floor used for nuScenes)
+    are kept for the protocol.
     """
     xyz = np.linalg.solve(G_camera_image, np.vstack([points, np.ones((1, points.shape[1]))]))[:3]
     xyz = xyz[:, xyz[2] > 0]
@@ -770,7 +772,7 @@ class RobotCarDepth(AugmentedDataset):
     def __init__(self, data_root, split='train', size=DATASET_DEFAULTS['robotcar']['size'], frames=(0,),
                  with_lidar=False, sequences=None, max_depth=DATASET_DEFAULTS['robotcar']['max_depth'], *,
                  net_size=None, color_jitter=False, flip=False, gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0,
-                 fast_decode=True, exact_jitter=False, day_input=False):
+                 fast_decode=True, exact_jitter=True, day_input=False):
         super().__init__(data_root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
                          gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,
                          exact_jitter=exact_jitter, day_input=day_input)
@@ -825,7 +827,7 @@ class FolderDepth(AugmentedDataset):
     dataset, crop = 'folder', DATASET_DEFAULTS['folder']['crop']
 
     def __init__(self, root, size=DATASET_DEFAULTS['folder']['size'], *, net_size=None, color_jitter=False, flip=False,
-                 gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=False,
+                 gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True,
                  day_input=False):
         super().__init__(root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
                          gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,

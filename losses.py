@@ -5,19 +5,19 @@ edge-aware smoothness, velocity supervision. Supervised teacher: SILog against L
 distillation, the teacher-reliability mask, the semantic loss. The trainers compose and weight them.
 
 Conventions used by every geometric function here:
-- The project's one pixel convention (data.py and tools that render or project follow it): image
-  coordinates (u, v) = (column, row) are continuous, pixel (i, j) covers [i, i+1) x [j, j+1) and its
-  centre is (i + 0.5, j + 0.5); an image spans [0, W] x [0, H]. This is what resizing (PIL, and
-  F.interpolate / grid_sample with align_corners=False) assumes, so intrinsics scale by W'/W, a flip
-  maps cx to W - cx, and a projected point at u lands on pixel floor(u). K (B,3,3) is the intrinsics
-  at the resolution of the image it is used with.
-- md4all (monodepth2's layers) mixes two conventions: it scales K by W'/W like pixel corners, but its
-  warp back-projects integer pixel coordinates and samples with align_corners=True (pixel centres at
-  integers), so its warp with K is this warp with (cx, cy) moved by +0.5 px (tests/test_losses.py).
+- Pixels: data.py treats pixel (i, j) as covering [i, i+1) x [j, j+1) (what resizing assumes), so
+  intrinsics scale by W'/W, a flip maps cx to W - cx and a projected point at u lands on floor(u).
+  The warp, like md4all's and monodepth2's, back-projects integer pixel coordinates, i.e. reads K
+  with pixel centres at integers: half a pixel from data.py's reading, the same as moving (cx, cy) by
+  +0.5 px (tests/test_losses.py shows both). We keep md4all's warp exactly (the protocol's reference).
+  A corner-exact warp (centres at i + 0.5, the same K) was tried: on the learning check's tiny nets
+  the self-supervised teacher then collapsed to a constant depth (seed 0, 900 steps) where md4all's
+  warp learns on both seeds, so the half pixel is not neutral there (README, Measured).
+  K (B,3,3) is the intrinsics at the resolution of the image it is used with.
 - T (B,4,4) takes points in the *target* camera frame to the *source* camera frame (T_{t->s}), as
-  PoseNet returns it; warping samples the source where each target pixel's centre lands.
-- grid_sample uses align_corners=False with the matching normalisation 2u / W - 1: u = 0 and u = W
-  are the image's outer edges, so a pixel centre maps onto the centre of the sampled pixel.
+  PoseNet returns it; warping samples the source where each target pixel lands.
+- grid_sample uses align_corners=False with the matching normalisation (2u + 1) / W - 1, so an
+  integer coordinate maps exactly onto the centre of the sampled pixel at any resolution.
 - Images (B,3,H,W) in [0, 1]; depth and disparity (B,1,H,W); per-pixel maps come back (B,1,H,W).
 
 Typical self-supervised step (train_teacher.py):
@@ -68,15 +68,15 @@ def photometric_error(pred, target):
 
 
 def pixel_grid(batch, height, width, device=None, dtype=torch.float32):
-    """Homogeneous coordinates (B,3,H*W) of every pixel centre: rows u (column + 0.5), v (row + 0.5), 1."""
-    v, u = torch.meshgrid(torch.arange(height, device=device, dtype=dtype) + 0.5,
-                          torch.arange(width, device=device, dtype=dtype) + 0.5, indexing="ij")
+    """Homogeneous pixel coordinates (B,3,H*W): rows u (column), v (row), 1; centre of (0,0) at 0 (md4all)."""
+    v, u = torch.meshgrid(torch.arange(height, device=device, dtype=dtype),
+                          torch.arange(width, device=device, dtype=dtype), indexing="ij")
     pix = torch.stack([u.flatten(), v.flatten(), torch.ones_like(u).flatten()])
     return pix.unsqueeze(0).expand(batch, -1, -1)
 
 
 def backproject(depth, inv_K):
-    """Camera points X = D(p) K^-1 p of every pixel centre p: (B,1,H,W) depth -> (B,3,H,W) (docs/method.md §3)."""
+    """Camera-frame points X = D(p) K^-1 p of every pixel p: (B,1,H,W) depth -> (B,3,H,W) (docs/method.md §3)."""
     b, _, h, w = depth.shape
     rays = inv_K @ pixel_grid(b, h, w, depth.device, depth.dtype)
     return (rays * depth.reshape(b, 1, h * w)).reshape(b, 3, h, w)
@@ -95,16 +95,16 @@ def project(points, K, T=None):
 
 
 def sampling_grid(uv, height, width):
-    """grid_sample coordinates (align_corners=False) of image coordinates (B,H,W,2): [0, W] -> [-1, 1]."""
+    """grid_sample coordinates in [-1, 1] (align_corners=False) for pixel coordinates (B,H,W,2)."""
     size = torch.tensor([width, height], device=uv.device, dtype=uv.dtype)
     # A NaN coordinate (a diverged depth or pose) crashes grid_sample's CPU backward; send such
     # points outside the image instead, and let the NaN loss stop the run (train_teacher.py).
-    return torch.nan_to_num(2 * uv / size - 1, nan=2.0, posinf=2.0, neginf=-2.0)
+    return torch.nan_to_num((2 * uv + 1) / size - 1, nan=2.0, posinf=2.0, neginf=-2.0)
 
 
 def warp(source, depth, T, K):
-    """Source image resampled into the target view: I_{s->t}(p) = I_s(K T_{t->s} D(p) K^-1 p) at pixel centres p
-    (docs/method.md §3); points leaving the image take the nearest edge pixel (border padding)."""
+    """Source image resampled into the target view: I_{s->t}(p) = I_s(K T_{t->s} D(p) K^-1 p) (docs/method.md §3);
+    points leaving the image take the nearest edge pixel (border padding)."""
     if K.dim() == 2:
         K = K.expand(source.shape[0], 3, 3)
     h, w = source.shape[-2:]

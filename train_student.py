@@ -107,7 +107,7 @@ def main(argv=None):
                          f"train_teacher.py checkpoint it was trained from")
     torch.manual_seed(args.seed)
     dataset = make_dataset(args, "train", frames=(0,) if args.teacher_mask == "none" else (-1, 0, 1),
-                           color_jitter=not args.no_color_jitter, exact_jitter=args.exact_jitter, flip=not args.no_flip,
+                           color_jitter=not args.no_color_jitter, exact_jitter=not args.fast_jitter, flip=not args.no_flip,
                            gdt_root=args.gdt_root, gdt_conds=conds, p_day=args.p_day, day_input=True)
     if not conds:
         print("train_student.py: no --gdt-root: the student sees day images only")

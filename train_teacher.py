@@ -93,7 +93,7 @@ def main(argv=None):
     args = parse_args(p, argv)
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     self_supervised = args.supervision == "self"
-    augment = dict(color_jitter=not args.no_color_jitter, exact_jitter=args.exact_jitter, flip=not args.no_flip)
+    augment = dict(color_jitter=not args.no_color_jitter, exact_jitter=not args.fast_jitter, flip=not args.no_flip)
     dataset = make_dataset(args, "train", frames=(-1, 0, 1) if self_supervised else (0,),
                            with_lidar=not self_supervised, **augment)
     val_dataset = None if args.no_val else make_dataset(args, "val")

@@ -49,15 +49,16 @@ def test_data_section_times_every_trainer_item_both_decodes_and_sizes_the_worker
     assert figures["frame_format"] == "JPEG" and figures["gpu_tflops"] == 100
     for kind in ("teacher", "student", "lidar_teacher"):
         item = figures[kind]
-        for path in ("reference", "fast"):
+        for path in ("reference", "default", "fast"):
             for key in ("cpu_ms_per_item", "items_per_s_one_process"):
                 assert positive(item[path][key]), (kind, path, key)
-        assert positive(item["fast"]["items_per_s_1_workers"])
+            cores = item["gpu_images_per_s"] * item[path]["cpu_ms_per_item"] / 1e3  # CPU s per GPU s
+            assert item[path]["workers_per_gpu"] == math.ceil(cores) >= 1
+        assert positive(item["default"]["items_per_s_1_workers"])  # the trainers' path through a DataLoader
         assert item["gpu_images_per_s"] == pytest.approx(100 / item["tflop_per_image"])
-        cores = item["gpu_images_per_s"] * item["fast"]["cpu_ms_per_item"] / 1e3  # CPU s per GPU s
-        assert item["workers_per_gpu"] == math.ceil(cores) >= 1
-        assert item["fast_speedup"] == pytest.approx(item["reference"]["cpu_ms_per_item"]
-                                                     / item["fast"]["cpu_ms_per_item"])
+        for path in ("default", "fast"):
+            assert item[f"{path}_speedup"] == pytest.approx(item["reference"]["cpu_ms_per_item"]
+                                                            / item[path]["cpu_ms_per_item"])
 
 
 def test_json_holds_every_section_with_device_torch_and_date(tiny_run):

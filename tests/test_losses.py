@@ -11,8 +11,8 @@ from losses import (SSIM_C1, TEACHER_MASKS, backproject, distillation, min_repro
 
 
 def intrinsics(fx, h, w, batch=1):
-    """Pinhole K with the principal point at the image centre (W/2, H/2: pixel (i, j) covers [i, i+1) x [j, j+1))."""
-    K = torch.tensor([[fx, 0.0, w / 2], [0.0, fx, h / 2], [0.0, 0.0, 1.0]],
+    """Pinhole K with the principal point at the image centre (the warp's pixel centres at integers)."""
+    K = torch.tensor([[fx, 0.0, (w - 1) / 2], [0.0, fx, (h - 1) / 2], [0.0, 0.0, 1.0]],
                      dtype=torch.float64)
     return K.expand(batch, 3, 3).clone()
 
@@ -59,7 +59,7 @@ def test_backproject_then_project_returns_pixel_coordinates():
     grid = pixel_grid(2, h, w, dtype=torch.float64)[:, :2].reshape(2, 2, h, w).permute(0, 2, 3, 1)
     assert uv.shape == (2, h, w, 2)
     assert torch.allclose(uv, grid, atol=1e-9)
-    assert uv[0, 2, 3].tolist() == pytest.approx([3.5, 2.5])  # (u, v) = (column, row) + 0.5: the pixel's centre
+    assert uv[0, 2, 3].tolist() == pytest.approx([3.0, 2.0])  # (u, v) = (column, row)
 
 
 def test_warp_with_identity_pose_returns_the_image_for_any_depth():
@@ -109,8 +109,8 @@ def monodepth2_warp(source, depth, T, K, eps=1e-7):
     return F.grid_sample(source, (grid - 0.5) * 2, padding_mode="border", align_corners=True)
 
 
-def test_warp_equals_monodepth2s_with_the_principal_point_half_a_pixel_up_and_left():
-    """Pixel corners here, integer centres in monodepth2: the same warp once K's (cx, cy) move by -0.5."""
+def test_warp_equals_monodepth2s_warp_with_the_same_intrinsics():
+    """md4all's warp (monodepth2's layers), border padding included; K read with integer pixel centres."""
     h, w = 7, 11
     g = torch.Generator().manual_seed(13)
     source = torch.rand(2, 3, h, w, generator=g, dtype=torch.float64)
@@ -118,20 +118,18 @@ def test_warp_equals_monodepth2s_with_the_principal_point_half_a_pixel_up_and_le
     T = translation(0.3, -0.1, 0.4, batch=2)
     T[:, :3, :3] = torch.stack([rotation(0.02, -0.05, 0.01), rotation(-0.03, 0.08, 0.0)])
     K = torch.tensor([[9.0, 0, 5.2], [0, 8.5, 3.9], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3)
-    shifted = K.clone()
-    shifted[:, :2, 2] -= 0.5
     ours = warp(source, depth, T, K)
     # every sample point differs, and some leave the image: border padding is compared too
     assert (ours - source).abs().amax((1, 2, 3)).min() > 0.1
-    assert torch.allclose(ours, monodepth2_warp(source, depth, T, shifted, eps=0), atol=1e-12)
-    assert torch.allclose(ours, monodepth2_warp(source, depth, T, shifted), atol=1e-6)  # its 1e-7 on z
-    assert (ours - monodepth2_warp(source, depth, T, K)).abs().max() > 0.01  # same K: half a pixel apart
+    assert torch.allclose(ours, monodepth2_warp(source, depth, T, K, eps=0), atol=1e-12)
+    assert torch.allclose(ours, monodepth2_warp(source, depth, T, K), atol=1e-6)  # its 1e-7 on z
 
 
-def test_warp_is_exact_for_a_forward_move_with_pixels_sampled_at_their_centres():
+def test_warp_reads_k_with_integer_pixel_centres_half_a_pixel_from_data_pys_corners():
     """A camera 1 m closer to a wall 4 m away sees it 4/3 larger about the principal point. An affine
-    image rendered at pixel centres (i + 0.5, j + 0.5), as synthetic.py renders, is reproduced exactly
-    wherever the sample falls between pixel centres; the integer-centre warp misses by a sub-pixel shift."""
+    image rendered at pixel centres (i + 0.5, j + 0.5) with K in data.py's reading (as synthetic.py
+    renders) is reproduced exactly by the warp once (cx, cy) move by -0.5, and missed by a sub-pixel
+    shift with K as it is: the half pixel between the two readings, documented in losses.py."""
     h, w, fx = 12, 16, 10.0
     K = torch.tensor([[[fx, 0, 7.3], [0, fx, 5.1], [0, 0, 1]]], dtype=torch.float64)
     cx, cy, zoom = 7.3, 5.1, 4 / 3
@@ -140,13 +138,15 @@ def test_warp_is_exact_for_a_forward_move_with_pixels_sampled_at_their_centres()
     wall = lambda x, y: torch.stack([0.1 + 0.03 * x + 0.02 * y, 0.9 - 0.04 * x, 0.2 + 0.05 * y])[None]  # noqa: E731
     target = wall(u, v)
     source = wall(cx + (u - cx) / zoom, cy + (v - cy) / zoom)  # the same wall seen from 1 m closer
-    out = warp(source, torch.full((1, 1, h, w), 4.0, dtype=torch.float64), translation(0, 0, -1.0), K)
+    shifted = K.clone()
+    shifted[:, :2, 2] -= 0.5
+    out = warp(source, torch.full((1, 1, h, w), 4.0, dtype=torch.float64), translation(0, 0, -1.0), shifted)
     xs, ys = cx + (u - cx) * zoom, cy + (v - cy) * zoom  # where each target centre lands in the source
     inside = (xs >= 0.5) & (xs <= w - 0.5) & (ys >= 0.5) & (ys <= h - 0.5)
     assert inside.sum() > 40
     assert torch.allclose(out[..., inside], target[..., inside], atol=1e-9)
-    old = monodepth2_warp(source, torch.full((1, 1, h, w), 4.0, dtype=torch.float64), translation(0, 0, -1.0), K)
-    assert (old[..., inside] - target[..., inside]).abs().max() > 0.005
+    as_is = warp(source, torch.full((1, 1, h, w), 4.0, dtype=torch.float64), translation(0, 0, -1.0), K)
+    assert (as_is[..., inside] - target[..., inside]).abs().max() > 0.005
 
 
 def test_warp_stays_pixel_exact_under_bf16_autocast():

@@ -30,8 +30,9 @@ keeps what it measured; a failing section records its error and the others still
 - data: CPU cost of the real data.NuScenesDepth training items (teacher: 3 frames; student: + a GDT
   translation; LiDAR teacher: 1 frame + LiDAR projection) at the loss and network sizes, on a small
   synthetic world rendered at nuScenes' 900x1600 with JPEG frames (or --data-root), for the fast
-  path (DCT-scaled decode, affine jitter) and the reference path (full decode for every tensor,
-  torchvision's PIL jitter: the items before the fast path): CPU ms per item, items/s of 1..N DataLoader workers, and the items/s
+  paths (PATHS): reference (full decode for every tensor, torchvision's PIL jitter: the items before
+  the fast decode), default (DCT-scaled decode, torchvision's jitter: the trainers' default) and fast
+  (DCT-scaled decode, affine jitter: --fast-jitter): CPU ms per item, items/s of 1..N DataLoader workers, and the items/s
   one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
 --tiny: tiny models and sizes on one CPU thread; a smoke test of the code, not a speed claim.
 """
@@ -75,6 +76,9 @@ TRAIN_BATCHES = (32, 16, 8, 4)  # GPU default: the largest that fits
 GUIDANCE = gdt.SAMPLERS["unipc"]["guidance"]  # gdt.py's default sampler (the paper's)
 H100_BF16_TFLOPS = 989.4  # dense bf16 peak of an H100 SXM (NVIDIA datasheet, without sparsity)
 MFU = 0.40  # the training MFU BENCHMARKS.md targets: the rate the data pipeline must keep up with
+PATHS = {  # how an item is made: the items before the fast decode, the trainers' default, --fast-jitter
+    "reference": dict(fast_decode=False, exact_jitter=True), "default": dict(fast_decode=True, exact_jitter=True),
+    "fast": dict(fast_decode=True, exact_jitter=False)}
 DATA_KINDS = {  # what each trainer's dataset reads per item (train_teacher.py, train_student.py defaults)
     "teacher": dict(frames=(-1, 0, 1)),
     "student": dict(frames=(-1, 0, 1), gdt_conds=("night",), p_day=0.0),  # every item reads a translation
@@ -561,15 +565,15 @@ def gpu_rate(args, device, results):
 
 
 def bench_data(args, device, results):
-    """CPU cost of each trainer's items, fast path vs reference path, and the workers one GPU needs."""
+    """CPU cost of each trainer's items on three paths (PATHS), and the workers one GPU needs on each."""
     rate, source = gpu_rate(args, device, results)
     work = tempfile.mkdtemp(prefix="bench-data-")
     try:
         root, version, scene = data_world(args, work)
-        build = lambda kind, fast, **extra: data.NuScenesDepth(  # noqa: E731
+        build = lambda kind, path, **extra: data.NuScenesDepth(  # noqa: E731
             root, version, "train", size=args.loss_size, net_size=args.net_size, scenes=[scene], color_jitter=True,
-            flip=True, fast_decode=fast, exact_jitter=not fast, **DATA_KINDS[kind], **extra)
-        day = build("teacher", True)
+            flip=True, **PATHS[path], **DATA_KINDS[kind], **extra)
+        day = build("teacher", "default")
         paths = [day.index.sample_data[token]["filename"] for token, _ in day.items]
         gdt_root = gdt_folder(root, paths, work)
         with Image.open(os.path.join(root, paths[0])) as frame:
@@ -580,18 +584,19 @@ def bench_data(args, device, results):
         for kind in DATA_KINDS:
             flops = results.get("flops", {}).get(f"{kind}_step_tflop_per_image") or training_tflops(kind, args)
             figures = dict(tflop_per_image=flops, gpu_images_per_s=rate / flops)
-            for name, fast in (("reference", False), ("fast", True)):
-                dataset = build(kind, fast, **({"gdt_root": gdt_root} if kind == "student" else {}))
+            for path in PATHS:
+                dataset = build(kind, path, **({"gdt_root": gdt_root} if kind == "student" else {}))
                 ms, per_s = item_cost(dataset, args.data_samples)
-                figures[name] = dict(cpu_ms_per_item=ms, items_per_s_one_process=per_s)
+                # a worker on a core of its own delivers 1000 / CPU ms items/s (what shared cores measure less of)
+                figures[path] = dict(cpu_ms_per_item=ms, items_per_s_one_process=per_s,
+                                     workers_per_gpu=math.ceil(figures["gpu_images_per_s"] * ms / 1e3))
                 results.add("data", **{kind: figures})
-                for w in (args.data_workers if fast else ()):  # the trainers' default path
-                    figures[name][f"items_per_s_{w}_workers"] = loader_rate(dataset, w, args.data_samples)
+                for w in (args.data_workers if path == "default" else ()):  # the trainers' default path
+                    figures[path][f"items_per_s_{w}_workers"] = loader_rate(dataset, w, args.data_samples)
                     results.add("data", **{kind: figures})
-            # a worker on a core of its own delivers 1000 / CPU ms items/s (what shared cores measure less of)
-            fast_ms = figures["fast"]["cpu_ms_per_item"]
-            figures.update(fast_speedup=figures["reference"]["cpu_ms_per_item"] / fast_ms,
-                           workers_per_gpu=math.ceil(figures["gpu_images_per_s"] * fast_ms / 1e3))
+            reference = figures["reference"]["cpu_ms_per_item"]
+            figures.update(default_speedup=reference / figures["default"]["cpu_ms_per_item"],
+                           fast_speedup=reference / figures["fast"]["cpu_ms_per_item"])
             results.add("data", **{kind: figures})
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -617,10 +622,10 @@ def print_data_table(d, show):
     print("  " + " | ".join(["item", "path", "CPU ms/item", "items/s 1 process"]
                             + [f"items/s {w} workers" for w in d["workers"]] + ["GPU images/s", "workers/GPU"]))
     for kind in DATA_KINDS:
-        for name in ("reference", "fast"):
+        for name in PATHS:
             f, g = d.get(kind, {}).get(name, {}), d.get(kind, {})
             cells = [f.get("cpu_ms_per_item"), f.get("items_per_s_one_process"), *(f.get(w) for w in workers)]
-            last = [g.get("gpu_images_per_s"), g.get("workers_per_gpu")] if name == "fast" else ["", ""]
+            last = [g.get("gpu_images_per_s"), f.get("workers_per_gpu")]
             print("  " + " | ".join([kind, name] + ["-" if c is None else str(show(c)) for c in cells + last]))
 
 
