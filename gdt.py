@@ -1,6 +1,6 @@
 """GDT: generative day -> night / rain / snow / fog translation of the training images (docs/method.md §1).
 
-    # offline smoke run on the synthetic world (python synthetic.py --out world): random tiny models
+    # offline smoke run on the synthetic world (python tools/synthetic.py --out world): random tiny models
     # (python tools/tiny_models.py --out tiny), 64x112 and 2 steps by default with --tiny
     python gdt.py --tiny --models-dir tiny --dataset nuscenes --data-root world --out gdt --cond night --style-dir data
     # the paper's setting; IP-Adapter references from the train split's own night / rain scenes

@@ -1,6 +1,6 @@
 """Train the SSD student (docs/method.md §3-4): day images and their GDT translations, teacher + semantic loss.
 
-    # CPU smoke run (after synthetic.py, gdt.py and train_teacher.py on the synthetic world)
+    # CPU smoke run (after tools/synthetic.py, gdt.py and train_teacher.py on the synthetic world)
     python train_student.py --tiny --data-root world --size 90x160 --teacher runs/teacher/ckpt.pt \
         --gdt-root gdt --conds night rain --steps 20 --out runs/student
     # the paper's setting on one GPU / on 8 GPUs

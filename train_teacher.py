@@ -1,6 +1,6 @@
 """Train the SSD teacher on day-clear frames (docs/method.md §2-4): self-supervised (the paper) or on LiDAR.
 
-    # CPU smoke run on the synthetic world (python synthetic.py --out world)
+    # CPU smoke run on the synthetic world (python tools/synthetic.py --out world)
     python train_teacher.py --tiny --data-root world --size 90x160 --steps 20 --out runs/teacher
     # one GPU, the paper's setting (20 epochs, batch 4, ViT-B, 518x784 network input)
     python train_teacher.py --data-root /data/nuscenes --out runs/teacher

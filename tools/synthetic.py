@@ -1,9 +1,9 @@
 """A synthetic driving world, ray-cast with numpy, written as a nuScenes dataroot data.py reads (docs/method.md §7).
 
-    python synthetic.py --out world      # 5 train + 3 val scenes (day-clear, night, rain), 320x180
-    python synthetic.py --out tiny --size 90 160 --keyframes 4 --train-night 0 --workers 1
-    python synthetic.py --out world12 --sweeps 5   # a 12 Hz camera like nuScenes CAM_FRONT (learning check)
-    python synthetic.py --translate world --out gdt_rendered   # its train frames at night and in rain (ideal GDT)
+    python tools/synthetic.py --out world      # 5 train + 3 val scenes (day-clear, night, rain), 180x320 (HxW)
+    python tools/synthetic.py --out tiny --size 90x160 --keyframes 4 --train-night 0 --workers 1
+    python tools/synthetic.py --out world12 --sweeps 5   # a 12 Hz camera like nuScenes CAM_FRONT (learning check)
+    python tools/synthetic.py --translate world --out gdt_rendered   # its train frames at night and in rain (ideal GDT)
 
 Curved streets with box buildings, parked and oncoming cars and lamp posts; the ego drives its lane at about 6-11
 m/s (and stops in the first day-clear train scene: static frames for md4all's filter). Key frames come at
@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from functools import partial
@@ -31,7 +32,10 @@ from tqdm import tqdm
 
 VERSION = 'v1.0-trainval'
 TABLES = ('scene', 'sample', 'sample_data', 'calibrated_sensor', 'ego_pose', 'sensor', 'log')
-SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'splits')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository (this file is in tools/)
+sys.path.insert(0, ROOT)  # tools/ is not a package
+from data import parse_size  # noqa: E402
+SPLITS_DIR = os.path.join(ROOT, 'splits')
 # Real nuScenes calibration (scene-0061, tests/fixtures/nuscenes_sample): camera optical frame (z forward,
 # y down) 1.5 m up; lidar 1.84 m up and yawed -90 degrees; quaternions w, x, y, z.
 CALIBRATION = {'CAM_FRONT': ((1.7007912, 0.0159456, 1.5109576), (-0.4998015, 0.5030316, -0.4997798, 0.4973708)),
@@ -515,7 +519,8 @@ def render_translations(world_root, gdt_root, conds=('night', 'rain'), workers=1
 def main(argv=None):
     p = argparse.ArgumentParser(description='Render the synthetic world as a nuScenes dataroot.')
     p.add_argument('--out', dest='out_root', required=True, help='dataroot to write: new, empty, or one to resume')
-    p.add_argument('--size', type=int, nargs=2, default=(180, 320), metavar=('H', 'W'), help='nuScenes: 900 1600')
+    p.add_argument('--size', type=parse_size, default=(180, 320), metavar='HxW',
+                   help='image size HxW as every other command (nuScenes: 900x1600)')
     p.add_argument('--keyframes', type=int, default=10, help='key frames per scene (2 Hz)')
     p.add_argument('--sweeps', type=int, default=1, help='camera sweeps between two key frames (5: 12 Hz)')
     p.add_argument('--seed', type=int, default=0)

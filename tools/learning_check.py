@@ -1,7 +1,7 @@
 """Learning check on the synthetic world (CPU, tiny nets): does SSD do what the paper claims?
 
-    OMP_NUM_THREADS=1 python learning_check.py --out runs/check --jobs 2     # 18-26 min on 2 shared CPU cores
-    OMP_NUM_THREADS=1 python learning_check.py --out runs/quick --teacher-steps 200 --student-steps 100 --seeds 1
+    OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/check --jobs 2     # 18-26 min on 2 shared CPU cores
+    OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/quick --teacher-steps 200 --student-steps 100 --seeds 1
 
 Stages, each a real command of this repository run as its own process (logs in <out>/<run>/train.log):
 1. The world: synthetic.py with a 12 Hz camera (--sweeps 5, about 0.5-0.9 m between frames, as nuScenes
@@ -50,12 +50,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from transformers import Dinov2Model
 
-import data
-import evaluate
-import synthetic
-from model import DepthNet, load_depth_net, save_checkpoint
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the stage scripts
+sys.path.insert(0, ROOT)  # tools/ is not a package
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import synthetic  # noqa: E402
+from model import DepthNet, load_depth_net, save_checkpoint  # noqa: E402
 GROUPS = ("day-clear", "night", "day-rain")
 METRICS = ("abs_rel", "rmse", "a1")
 WORLD = dict(train_day=6, train_night=0, train_rain=0, val_day=4, val_night=4, val_rain=4, keyframes=12, sweeps=5,
@@ -119,7 +119,7 @@ def train(run, out):
     run_dir = os.path.join(out, name)
     if finished(run_dir, steps):
         return name, 0.0
-    cmd = [sys.executable, os.path.join(HERE, script), *flags, "--out", run_dir, "--steps", str(steps)]
+    cmd = [sys.executable, os.path.join(ROOT, script), *flags, "--out", run_dir, "--steps", str(steps)]
     if os.path.isfile(os.path.join(run_dir, "ckpt.pt")):
         cmd.append("--resume")
     os.makedirs(run_dir, exist_ok=True)
@@ -316,7 +316,7 @@ def main(argv=None):
     gdt_rendered, gdt_classic = os.path.join(args.out, "gdt_rendered"), os.path.join(args.out, "gdt_classic")
     synthetic.render_world(world, workers=args.jobs, progress=True, **WORLD)
     synthetic.render_translations(world, gdt_rendered, ("night", "rain"), workers=args.jobs, progress=True)
-    subprocess.run([sys.executable, os.path.join(HERE, "gdt.py"), "--backend", "classic", "--dataset", "nuscenes",
+    subprocess.run([sys.executable, os.path.join(ROOT, "gdt.py"), "--backend", "classic", "--dataset", "nuscenes",
                     "--data-root", world, "--out", gdt_classic, "--cond", "night", "rain"], check=True)
     translation_sheet(world, gdt_rendered, gdt_classic, os.path.join(args.out, "translations.png"))
     runs = plan_runs(args, world, gdt_rendered, gdt_classic)
