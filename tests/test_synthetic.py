@@ -220,7 +220,7 @@ def test_cli_writes_a_readable_world_and_rejects_a_bad_size(tmp_path):
     assert done.returncode == 0, done.stderr
     assert [s['name'] for s in table(str(tmp_path / 'cli'), 'scene')] == ['scene-0001']
     bad = subprocess.run(cmd + ['--size', '36x0'], capture_output=True, text=True)
-    assert bad.returncode == 2 and "argument --size: image size '36x0': both sides must be positive" in bad.stderr
+    assert bad.returncode == 2 and "argument --size: image size '36x0': give HxW with both sides positive" in bad.stderr
 
 
 def test_car_sides_vary_along_the_car_so_their_depth_shows_in_the_flow():

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from functools import partial
@@ -33,8 +32,6 @@ from tqdm import tqdm
 VERSION = 'v1.0-trainval'
 TABLES = ('scene', 'sample', 'sample_data', 'calibrated_sensor', 'ego_pose', 'sensor', 'log')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository (this file is in tools/)
-sys.path.insert(0, ROOT)  # tools/ is not a package
-from data import parse_size  # noqa: E402
 SPLITS_DIR = os.path.join(ROOT, 'splits')
 # Real nuScenes calibration (scene-0061, tests/fixtures/nuscenes_sample): camera optical frame (z forward,
 # y down) 1.5 m up; lidar 1.84 m up and yawed -90 degrees; quaternions w, x, y, z.
@@ -516,10 +513,18 @@ def render_translations(world_root, gdt_root, conds=('night', 'rain'), workers=1
     return gdt_root
 
 
+def image_size(text):
+    """'HxW' -> (H, W), as data.parse_size reads it (not imported: the renderer needs no torch)."""
+    h, _, w = text.lower().partition('x')
+    if not (h.isdigit() and w.isdigit()) or int(h) * int(w) == 0:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: give HxW with both sides positive, e.g. 180x320")
+    return int(h), int(w)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description='Render the synthetic world as a nuScenes dataroot.')
     p.add_argument('--out', dest='out_root', required=True, help='dataroot to write: new, empty, or one to resume')
-    p.add_argument('--size', type=parse_size, default=(180, 320), metavar='HxW',
+    p.add_argument('--size', type=image_size, default=(180, 320), metavar='HxW',
                    help='image size HxW as every other command (nuScenes: 900x1600)')
     p.add_argument('--keyframes', type=int, default=10, help='key frames per scene (2 Hz)')
     p.add_argument('--sweeps', type=int, default=1, help='camera sweeps between two key frames (5: 12 Hz)')
