@@ -21,7 +21,7 @@ python tools/tiny_models.py --out "$OUT/models"  # random tiny stand-ins of ever
 python gdt.py --tiny --models-dir "$OUT/models" --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_tiny" \
     --cond night --style-dir data --captioner blip   # --tiny: 64x112, 2 steps
 resume() { [ -f "$1/ckpt.pt" ] && echo --resume || true; }
-python train_teacher.py $TINY --data-root "$OUT/world" --out "$OUT/teacher" --steps 250 \
+python train_teacher.py $TINY --data-root "$OUT/world" --out "$OUT/teacher" --steps 180 \
     --lr-encoder 1e-3 --lr-decoder 1e-3 --lr-pose 3e-3 --init-depth 6 --pose-order temporal $(resume "$OUT/teacher")
 python train_student.py $TINY --data-root "$OUT/world" --out "$OUT/student" --steps 80 \
     --teacher "$OUT/teacher/ckpt.pt" --gdt-root "$OUT/gdt_classic" --conds night rain \
