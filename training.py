@@ -227,7 +227,10 @@ def resume(ckpt_path, modules, optimizer, scheduler, args, kind, master):
                          "use another --out")
     for key, module in modules.items():
         module.load_state_dict(ckpt[key])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    names = [group["name"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])  # takes the saved groups' keys: keep ours (older runs lack names)
+    for group, name in zip(optimizer.param_groups, names):
+        group["name"] = name
     scheduler.load_state_dict(ckpt["scheduler"])
     step, changed = ckpt["step"], {}
     for group in optimizer.param_groups:  # each group's name is the flag of its learning rate

@@ -67,3 +67,14 @@ def test_a_learning_rate_flag_given_on_resume_replaces_its_group_by_name(tmp_pat
     assert "--lr-line 0.2 -> 0.01" in capsys.readouterr().out
     group = torch.load(tmp_path / "ckpt.pt", weights_only=False)["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == pytest.approx(0.01) and group["lr"] == pytest.approx(0.0)  # decayed to the end
+
+
+def test_a_checkpoint_whose_groups_have_no_names_still_resumes(tmp_path):
+    run(loop_args(tmp_path, stop_at=24))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    for group in ckpt["optimizer"]["param_groups"]:
+        del group["name"]  # as written before the groups carried their flag's name
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    step, _ = run(loop_args(tmp_path, resume=True, lr_line=0.01, given=["lr_line"]))
+    group = torch.load(tmp_path / "ckpt.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    assert step == 48 and group["name"] == "lr_line" and group["initial_lr"] == pytest.approx(0.01)
