@@ -18,8 +18,10 @@ Writes `<out>/metrics.json` (per mode, per group and per image), `<out>/metrics.
 PNGs per condition (image | prediction | ground truth on one depth scale in metres). `--pred-dir` reads
 `<pred-dir>/<image path relative to the data root, extension replaced by .npy>` (depth in metres, any
 size; upsampled like the net's depth), so other methods are scored on exactly this protocol. Without
---size the checkpoint's training size is used. The training scripts validate with the same functions
-(`net_predictor`, `score_loader`, `summarize`).
+--size the checkpoint's training size is used. The protocol's functions live where the trainers'
+validation uses them too: the metrics and their averages in losses.py (`compute_depth_metrics`,
+`score_loader`, `summarize`), the net's prediction in model.py (`net_predictor`); this file reads
+checkpoints or prediction folders and writes the tables and pictures.
 """
 import argparse
 import json
@@ -33,161 +35,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 import data
+from losses import METRIC_NAMES, condition_group, score_loader, summarize, upsample_depth
+from model import load_depth_net, net_predictor, network_input
 
-METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 GROUP_ORDER = ("day-clear", "night", "day-rain", "all")
 MODE_TITLES = {"plain": "plain prediction", "flip_pp": "flip post-processing (monodepth2 edge ramp)"}
-
-
-def _tensor(x):
-    """A squeezed CPU tensor of x, keeping its dtype (numpy float64 stays float64, float32 stays float32)."""
-    x = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    return x.squeeze()
-
-
-def compute_depth_metrics(gt, pred, min_depth=0.1, max_depth=80.0, median_scaling=False):
-    """Depth errors of one image, md4all's rules (docs/method.md §5). Returns None without valid pixels.
-
-    valid = min < gt < max in gt's own dtype (a float32 gt of float32(0.1) is not valid); the optional
-    median scaling uses torch's median (the lower middle value on an even count); then pred is
-    clamped to [min, max]. The metrics are computed in the inputs' dtype, as md4all does."""
-    gt, pred = _tensor(gt), _tensor(pred)
-    if gt.shape != pred.shape:
-        raise ValueError(f"gt {tuple(gt.shape)} and prediction {tuple(pred.shape)} differ in size: upsample "
-                         f"the prediction to the ground-truth resolution first")
-    valid = (gt > min_depth) & (gt < max_depth)  # a Python float does not promote the tensor's dtype
-    if not valid.any():
-        return None
-    dtype = torch.promote_types(gt.dtype, pred.dtype)
-    dtype = dtype if dtype.is_floating_point else torch.float64
-    gt, pred = gt[valid].to(dtype), pred[valid].to(dtype)
-    if median_scaling:
-        pred = pred * torch.median(gt) / torch.median(pred)
-    pred = pred.clamp(min_depth, max_depth)
-    ratio, diff = torch.maximum(gt / pred, pred / gt), gt - pred
-    return {
-        "abs_rel": float(torch.mean(diff.abs() / gt)),
-        "sq_rel": float(torch.mean(diff ** 2 / gt)),
-        "rmse": float(torch.sqrt(torch.mean(diff ** 2))),
-        "rmse_log": float(torch.sqrt(torch.mean((torch.log(gt) - torch.log(pred)) ** 2))),
-        "a1": float((ratio < 1.25).to(dtype).mean()),
-        "a2": float((ratio < 1.25 ** 2).to(dtype).mean()),
-        "a3": float((ratio < 1.25 ** 3).to(dtype).mean()),
-    }
-
-
-def average_metrics(per_image):
-    """Mean of per-image metric dicts (images without valid pixels skipped), with the image count."""
-    per_image = [m for m in per_image if m is not None]
-    if not per_image:
-        return {"count": 0, **{k: float("nan") for k in METRIC_NAMES}}
-    return {"count": len(per_image), **{k: float(np.mean([m[k] for m in per_image])) for k in METRIC_NAMES}}
-
-
-def flip_post_process(disp, disp_of_flipped):
-    """monodepth2's edge-ramp blend of a disparity (B,1,H,W) with the prediction of the mirrored image
-    (docs/method.md §5): the un-flipped mirror prediction alone near the left border, the plain one
-    alone near the right, their mean in between; mask = 1 - clamp(20 (x - 0.05), 0, 1), x in [0, 1]."""
-    hat = torch.flip(disp_of_flipped, dims=[-1])
-    x = torch.linspace(0.0, 1.0, disp.shape[-1], dtype=disp.dtype, device=disp.device)
-    mask = 1.0 - torch.clamp(20.0 * (x - 0.05), 0.0, 1.0)
-    mask_hat = torch.flip(mask, dims=[-1])
-    return mask_hat * disp + mask * hat + (1.0 - mask - mask_hat) * 0.5 * (disp + hat)
-
-
-def upsample_depth(depth, size):
-    """md4all's single interpolation of a (B,1,h,w) depth to the ground-truth size: bilinear, align_corners=True."""
-    if tuple(depth.shape[-2:]) == tuple(size):
-        return depth
-    return F.interpolate(depth, size=tuple(size), mode="bilinear", align_corners=True)
-
-
-def condition_group(cond):
-    """Reporting group of a frame's condition (docs/method.md §5): night-clear and night-rain count as night."""
-    return "night" if cond.startswith("night") else cond
-
-
-@torch.no_grad()
-def predict_depths(net, images, out_size, flip_pp=False, bf16=False):
-    """{"plain": depth} (and {"flip_pp": depth} with flip_pp) of `net` on images in [0,1], (B,1,*out_size):
-    scaled disparity at network resolution (flip-blended), depth = 1 / it, then one upsampling.
-    bf16 runs the net under bf16 autocast (its head still ends in float32); md4all evaluates in float32."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        disp = net(images, out_size="network")["scaled_disp"]
-        disp_of_flipped = net(torch.flip(images, dims=[-1]), out_size="network")["scaled_disp"] if flip_pp else None
-    disps = {"plain": disp.float()}
-    if flip_pp:
-        disps["flip_pp"] = flip_post_process(disp.float(), disp_of_flipped.float())
-    return {mode: upsample_depth(1.0 / d.clamp(min=1e-6), out_size) for mode, d in disps.items()}
-
-
-def network_input(batch):
-    """What the depth net sees: the item's `input` (at the net's size), else its `color`."""
-    return batch["input"] if "input" in batch else batch["color"]
-
-
-def net_predictor(net, device, flip_pp=False, by_mode=False, bf16=None):
-    """predict(batch) -> (B, Hgt, Wgt) depth of `net` at the ground-truth size (flip post-processed
-    when flip_pp); with by_mode=True a dict {"plain": ...} (and "flip_pp", from the same two passes).
-    bf16 autocast by default on GPU (validation during training); the command passes its --bf16."""
-    bf16 = device.type == "cuda" if bf16 is None else bf16
-
-    def predict(batch):
-        images = network_input(batch).to(device, non_blocking=True)
-        depths = predict_depths(net, images, batch["gt"].shape[-2:], flip_pp, bf16)
-        depths = {mode: d.float().cpu()[:, 0] for mode, d in depths.items()}
-        return depths if by_mode else depths["flip_pp" if flip_pp else "plain"]
-    return predict
-
-
-def metric_totals(per_image, conds):
-    """Sums and counts of per-image metrics per reporting group and 'all' (reducible across ranks)."""
-    totals = {}
-    for metrics, cond in zip(per_image, conds):
-        if metrics is None:
-            continue
-        for group in {condition_group(cond), "all"}:  # a set: a folder's frames are in 'all' only, once
-            t = totals.setdefault(group, dict.fromkeys(METRIC_NAMES, 0.0) | {"count": 0})
-            t["count"] += 1
-            for k in METRIC_NAMES:
-                t[k] += float(metrics[k])
-    return totals
-
-
-def summarize(totals):
-    """Means per group from `metric_totals` sums."""
-    return {g: {"count": t["count"], **{k: t[k] / t["count"] for k in METRIC_NAMES}} for g, t in totals.items()}
-
-
-def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=False, on_image=None,
-                 progress=False):
-    """Score `predict(batch)` against each item's `gt`: (totals per group, one row per image).
-
-    When predict returns a dict {mode: predictions} (net_predictor(..., by_mode=True)), totals are
-    {mode: totals per group} and each row holds {mode: metrics}. `on_image(batch, i, pred_i, row)`
-    sees every image (pred_i: a tensor, or a dict like the predictions)."""
-    from tqdm import tqdm
-    rows, per_mode = [], None
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
-        if "gt" not in batch:
-            raise ValueError("items carry no ground truth `gt`: a folder needs a .npy depth map next to each image")
-        preds = predict(batch)
-        per_mode = isinstance(preds, dict)
-        preds = preds if per_mode else {"plain": preds}
-        for i in range(len(batch["path"])):
-            row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all"}
-            for mode, pred in preds.items():
-                row[mode] = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
-            if not per_mode:
-                row = {"path": row["path"], "cond": row["cond"], **(row["plain"] or {})}
-            rows.append(row)
-            if on_image:
-                on_image(batch, i, {mode: p[i] for mode, p in preds.items()} if per_mode else preds["plain"][i], row)
-    conds = [r["cond"] for r in rows]
-    if not per_mode:
-        return metric_totals([r if "abs_rel" in r else None for r in rows], conds), rows
-    modes = [m for m in rows[0] if m not in ("path", "cond")] if rows else []
-    return {mode: metric_totals([r[mode] for r in rows], conds) for mode in modes}, rows
 
 
 def ordered_groups(summary):
@@ -290,7 +142,6 @@ def load_prediction(pred_dir, rel_path, size):
 
 def load_checkpoint(path):
     """(depth net, the training args it stores or {}) from a .pt file or an exported folder; errors name the file."""
-    from model import load_depth_net
     if os.path.isdir(path):
         try:
             return load_depth_net(path), {}

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from losses import flip_post_process, upsample_depth
+
 # transformers is imported inside the functions that build networks: it costs seconds to import, and a
 # command that fails on a flag, or only scores saved predictions, should not wait for it.
 
@@ -258,6 +260,40 @@ class DepthNet(nn.Module):
         depth = self(x)["depth"][0, 0].float().cpu().numpy()
         self.train(was_training)
         return depth
+
+
+# The depth net as md4all's evaluator runs it (docs/method.md §5): evaluate.py and the trainers' validation.
+@torch.no_grad()
+def predict_depths(net, images, out_size, flip_pp=False, bf16=False):
+    """{"plain": depth} (and {"flip_pp": depth} with flip_pp) of `net` on images in [0,1], (B,1,*out_size):
+    scaled disparity at network resolution (flip-blended), depth = 1 / it, then one upsampling (docs/method.md §5).
+    bf16 runs the net under bf16 autocast (its head still ends in float32); md4all evaluates in float32."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        disp = net(images, out_size="network")["scaled_disp"]
+        disp_of_flipped = net(torch.flip(images, dims=[-1]), out_size="network")["scaled_disp"] if flip_pp else None
+    disps = {"plain": disp.float()}
+    if flip_pp:
+        disps["flip_pp"] = flip_post_process(disp.float(), disp_of_flipped.float())
+    return {mode: upsample_depth(1.0 / d.clamp(min=1e-6), out_size) for mode, d in disps.items()}
+
+
+def network_input(batch):
+    """What the depth net sees: the item's `input` (at the net's size), else its `color`."""
+    return batch["input"] if "input" in batch else batch["color"]
+
+
+def net_predictor(net, device, flip_pp=False, by_mode=False, bf16=None):
+    """predict(batch) -> (B, Hgt, Wgt) depth of `net` at the ground-truth size (flip post-processed
+    when flip_pp); with by_mode=True a dict {"plain": ...} (and "flip_pp", from the same two passes).
+    bf16 autocast by default on GPU (validation during training); the command passes its --bf16."""
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+
+    def predict(batch):
+        images = network_input(batch).to(device, non_blocking=True)
+        depths = predict_depths(net, images, batch["gt"].shape[-2:], flip_pp, bf16)
+        depths = {mode: d.float().cpu()[:, 0] for mode, d in depths.items()}
+        return depths if by_mode else depths["flip_pp" if flip_pp else "plain"]
+    return predict
 
 
 class DinoFeatures(nn.Module):

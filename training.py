@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import data
-from evaluate import net_predictor, score_loader, summarize
-from model import DepthNet, ModelUnavailable, checkpoint_kind, read_checkpoint, save_checkpoint
+from losses import score_loader, summarize
+from model import DepthNet, ModelUnavailable, checkpoint_kind, net_predictor, read_checkpoint, save_checkpoint
 
 
 def positive_int(text):
