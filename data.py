@@ -14,16 +14,21 @@ Pixel (i, j) covers [i, i+1) x [j, j+1), so intrinsics scale by W'/W, a flip map
 nuScenes LiDAR point at u lands on floor(u) (as the devkit's int cast); the warp reads K as md4all's
 does, half a pixel from this (losses.py says how). RobotCar's ground truth rounds u instead: md4all's
 protocol, kept for parity.
-nuScenes is read from its JSON tables (the devkit pins numpy < 2).
+nuScenes is read from its JSON tables (the devkit pins numpy < 2). The GDT translation files (what
+gdt.py writes and the GDT input swap reads: images in the source's format and mode, manifests) end the file.
 """
 import argparse
+import contextlib
 import csv
-import glob
+import io
 import json
 import math
 import os
+import re
+import time
 from collections import defaultdict
 from functools import lru_cache
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -133,23 +138,6 @@ def affine_jitter(image, brightness, contrast, saturation, hue):
     return image.convert('RGB', tuple(np.concatenate([A, t[:, None]], axis=1).ravel().tolist()))
 
 
-def read_gdt_rejected(folder):
-    """Relative paths that gdt.py recorded as rejected in `<folder>/manifest.rank*.jsonl` (last record wins)."""
-    status = {}
-    for manifest in sorted(glob.glob(os.path.join(folder, 'manifest.rank*.jsonl'))):
-        with open(manifest) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a killed run
-                    continue
-                output = record.get('output', '')
-                if os.path.isabs(output) or output.startswith(folder.rstrip(os.sep) + os.sep):
-                    output = os.path.relpath(output, folder)  # records of older runs hold the full path
-                status[os.path.normpath(output)] = record.get('status', 'ok')
-    return {path for path, s in status.items() if s == 'rejected'}
-
-
 class ItemDraws(NamedTuple):
     """The seven uniform numbers in [0, 1) behind an item's random choices, drawn in this order from numpy's
     generator seeded by (seed, epoch, index): ranks, workers and resumes draw the same (reordering them
@@ -234,7 +222,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         missing = []
         for cond in self.gdt_conds:
             folder = os.path.join(self.gdt_root, cond)
-            rejected = read_gdt_rejected(folder)
+            rejected = {p for p, r in read_manifests(folder).items() if r.get('status') == 'rejected'}
             absent = [p for p in paths if not os.path.isfile(os.path.join(folder, p))]
             self.gdt_rejected[cond] = {p for p in absent if os.path.normpath(p) in rejected}
             self.gdt_fallbacks[cond] = len(self.gdt_rejected[cond])
@@ -867,3 +855,106 @@ def list_images(dataset, data_root, version=None, split='train'):
             raise ValueError(f"no .jpg/.jpeg/.png images under {data_root}")
         return paths
     raise ValueError(f"unknown dataset {dataset!r}; use 'nuscenes', 'robotcar' or 'folder'")
+
+
+# GDT translation files (docs/method.md §1): `<out>/<cond>/<path relative to the data root>` in the
+# source's format and mode, written atomically, and JSONL manifests `<out>/<cond>/manifest.rank<r>.jsonl`.
+# gdt.py and tools/classic_weather.py write them; the datasets above read them.
+
+JPEG_QUALITY = 95  # translations are training inputs: keep JPEG artefacts well below the night noise
+STALE_AGE_S = 60  # a temp file untouched this long has no writer (an image is written in well under a second)
+
+
+def load_image(path):
+    """Open an image fully, so that a broken file fails here, naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def as_rgb8(image):
+    """8-bit RGB of any PIL image. 16-bit greyscale (PNG modes 'I;16', 'I') is scaled by 1/257:
+    PIL's convert('RGB') clips it, turning every value above 255 white."""
+    if image.mode.startswith('I'):
+        grey = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert('RGB')
+    return image.convert('RGB')
+
+
+def in_source_mode(image, mode):
+    """An 8-bit RGB translation back in the source's mode (16-bit greyscale: x 257)."""
+    if mode.startswith('I'):
+        grey = np.asarray(image.convert('L'), dtype=np.int32) * 257
+        return Image.fromarray(grey.astype(np.uint16 if mode.startswith('I;16') else np.int32))
+    return image.convert(mode)
+
+
+def to_uint8(x):
+    """uint8 of an array in [0, 1] (clipped), rounded to the nearest level."""
+    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_image(image, file, suffix):
+    """Save in the format of the extension `suffix` (JPEG at JPEG_QUALITY)."""
+    fmt = Image.registered_extensions()[suffix.lower()]
+    image.save(file, format=fmt, **({'quality': JPEG_QUALITY} if fmt == 'JPEG' else {}))
+
+
+def save_atomic(image, path):
+    """Write to a temp file in the same folder, then os.replace: an interrupted run never leaves a
+    half-written output that a resume would skip."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    save_image(image, tmp, path.suffix)
+    os.replace(tmp, path)
+
+
+def as_saved(image, suffix):
+    """The image as its file will read back (JPEG loses detail): what the student sees and the audit checks."""
+    buffer = io.BytesIO()
+    save_image(image, buffer, suffix)
+    return load_image(buffer)
+
+
+def remove_stale(folders):
+    """Delete the temp outputs `.<name>.tmp<pid>` below `folders` of killed runs: their process is gone
+    and nothing touched them for a minute (a rank on another machine sharing the folder can have the
+    same pid). Returns the count."""
+    removed = 0
+    for path in [os.path.join(d, n) for folder in folders for d, _, names in os.walk(folder) for n in names
+                 if n.startswith('.') and re.search(r'\.tmp\d+$', n)]:
+        try:
+            os.kill(int(re.search(r'\.tmp(\d+)$', path)[1]), 0)  # the writer is alive (PermissionError: not ours)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another rank
+                if time.time() - os.path.getmtime(path) > STALE_AGE_S:
+                    os.unlink(path)
+                    removed += 1
+        except PermissionError:
+            pass
+    return removed
+
+
+def read_manifests(folder):
+    """Output path (relative to `folder`) -> its last record, over every `manifest.rank*.jsonl` of one
+    condition folder. A torn last line (a run killed while writing it) is skipped; a broken line
+    elsewhere is an error."""
+    records = {}
+    for path in sorted(Path(folder).glob('manifest.rank*.jsonl')):
+        lines = path.read_text().split('\n')
+        for n, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                if n == len(lines):  # no newline after it: the write was cut
+                    continue
+                raise ValueError(f"{path} line {n} is not JSON: delete that line (the frame is then redone)")
+            if record:
+                output = record.get('output', record.get('key', ''))
+                if os.path.isabs(output) or output.startswith(str(folder).rstrip(os.sep) + os.sep):
+                    output = os.path.relpath(output, folder)  # records of older runs hold the full path
+                records[os.path.normpath(output)] = record
+    return records

@@ -1,7 +1,7 @@
 """GDT: generative day -> night / rain / snow / fog translation of the training images (docs/method.md §1).
 
-    # offline smoke run on the synthetic world (python tools/synthetic.py --out world): random tiny models
-    # (python tools/tiny_models.py --out tiny), 64x112 and 2 steps by default with --tiny
+    # offline smoke run on the synthetic world (python tools/synthetic.py --out world) with random tiny
+    # models (python tools/tiny_models.py --out tiny); --tiny: 64x112, 2 steps
     python gdt.py --tiny --models-dir tiny --dataset nuscenes --data-root world --out gdt --cond night --style-dir data
     # the paper's setting; IP-Adapter references from the train split's own night / rain scenes
     python gdt.py --dataset nuscenes --data-root /data/nuscenes --out /data/gdt --cond night,rain --style-dir data
@@ -13,19 +13,20 @@
     # draw a frame again (next seed) while under 0.8 delta1 geometry agreement, at most 3 tries
     python gdt.py ... --min-agreement 0.8 --max-tries 3
     torchrun --standalone --nproc_per_node=8 gdt.py ...   # same flags: frames split over the ranks
-    python gdt.py --backend classic ...                    # non-generative baseline, no model at all
     python gdt.py --dataset folder --data-root my_images --out gdt --cond night --style-dir night=real_night/
     python tools/gdt_report.py gdt    # counts, agreement histograms and percentiles, worst frames
 
-Memory: the default captioner, BLIP-2 OPT-2.7b, needs about 24 GB in fp32 on a CPU; there use
-`--captioner blip` (BLIP-base) or `--captioner none` (a fixed caption). Speed: `python tools/bench.py --only gdt`.
+The non-generative baseline (Table 3's classic translation) is `tools/classic_weather.py`: same
+flags for the data, same output layout. Memory: the default captioner, BLIP-2 OPT-2.7b, needs about
+24 GB in fp32 on a CPU; there use `--captioner blip` (BLIP-base) or `--captioner none` (a fixed
+caption). Speed: `python tools/bench.py --only gdt`.
 
 Writes `<out>/<cond>/<path relative to --data-root>` (the source's format, size and mode) and a
-JSONL record per image to `<out>/<cond>/manifest.rank<r>.jsonl` (an output's last record wins):
-"output" (that relative path), "status" ("ok", or "rejected": no attempt passed --min-agreement,
-no file written), the geometry "agreement" and every attempt's seed and agreement. Seeds hash the
-key, condition and attempt: any subset, order, batch size, rank count or resume gives the same
-image; finished outputs (and frames rejected under the same threshold) are skipped.
+JSONL record per image to `<out>/<cond>/manifest.rank<r>.jsonl` (data.py reads both; an output's
+last record wins): "output" (that relative path), "status" ("ok", or "rejected": no attempt passed
+--min-agreement, no file written), the geometry "agreement" and every attempt's seed and agreement.
+Seeds hash the key, condition and attempt: any subset, order, batch size, rank count or resume gives
+the same image; finished outputs (and frames rejected under the same threshold) are skipped.
 
 From another script (no command line; Settings holds the flags' defaults):
 
@@ -34,22 +35,18 @@ From another script (no command line; Settings holds the flags' defaults):
     [(night, record)] = gdt.translate_audited(translator, [Image.open("day.jpg")], ["day.jpg"], "night")
 """
 import argparse
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 import data
@@ -66,13 +63,11 @@ IP_ADAPTER_WEIGHT = "models/ip-adapter_sd15.bin"  # inside --ip-adapter, with im
 LCM_LORA_WEIGHT = "pytorch_lora_weights.safetensors"  # the file name in latent-consistency/lcm-lora-sdv1-5
 SAMPLERS = {"unipc": dict(steps=30, guidance=7.5), "lcm": dict(steps=4, guidance=1.0)}  # docs/method.md §1
 TINY_DEFAULTS = dict(steps=2, size=(64, 112))  # --tiny: a smoke run, seconds per frame on a CPU
-SETTINGS = ("backend", "sampler", "captioner", "caption", "depth_tiles", "control_dir", "steps", "guidance",
+SETTINGS = ("sampler", "captioner", "caption", "depth_tiles", "control_dir", "steps", "guidance",
             "control_scale", "ip_scale", "strength", "size", "night_ratio", "dtype", "tiny", "min_agreement",
             "max_tries")  # what each manifest record carries
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-JPEG_QUALITY = 95  # translations are training inputs: keep JPEG artefacts well below the night noise
 DEPTH_RANGE = 80.0  # a control map's farthest / nearest depth in the audit: 1 m to md4all's 80 m cap
-STALE_AGE_S = 60  # a temp file untouched this long has no writer (an image is written in well under a second)
 
 
 def check_condition(cond):
@@ -96,77 +91,6 @@ def condition_prompt(cond, caption):
 def pick_style(style_paths, key, cond):
     """The sample's IP-Adapter reference: one of the condition's real images, seeded by the key."""
     return style_paths[sample_seed(key, cond + "/style") % len(style_paths)]
-
-
-def load_image(path):
-    """Open an image fully, so that a broken file fails here, naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-
-
-def as_rgb8(image):
-    """8-bit RGB of any PIL image. 16-bit greyscale (PNG modes 'I;16', 'I') is scaled by 1/257:
-    PIL's convert("RGB") clips it, turning every value above 255 white."""
-    if image.mode.startswith("I"):
-        grey = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
-
-
-def in_source_mode(image, mode):
-    """An 8-bit RGB translation back in the source's mode (16-bit greyscale: x 257)."""
-    if mode.startswith("I"):
-        grey = np.asarray(image.convert("L"), dtype=np.int32) * 257
-        return Image.fromarray(grey.astype(np.uint16 if mode.startswith("I;16") else np.int32))
-    return image.convert(mode)
-
-
-def save_image(image, file, suffix):
-    """Save in the format of the extension `suffix` (JPEG at JPEG_QUALITY)."""
-    fmt = Image.registered_extensions()[suffix.lower()]
-    image.save(file, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
-
-
-def save_atomic(image, path):
-    """Write to a temp file in the same folder, then os.replace: an interrupted run never leaves a
-    half-written output that a resume would skip."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_image(image, tmp, path.suffix)
-    os.replace(tmp, path)
-
-
-def as_saved(image, suffix):
-    """The image as its file will read back (JPEG loses detail): what the student sees and the audit checks."""
-    buffer = io.BytesIO()
-    save_image(image, buffer, suffix)
-    return load_image(buffer)
-
-
-def remove_stale(paths):
-    """Delete the temp outputs `.<name>.tmp<pid>` of killed runs: their process is gone and nothing
-    touched them for a minute (a rank on another machine sharing the folder can have the same pid).
-    Returns the count."""
-    removed = 0
-    for path in paths:
-        try:
-            os.kill(int(re.search(r"\.tmp(\d+)$", path)[1]), 0)  # the writer is alive (PermissionError: not ours)
-        except ProcessLookupError:
-            with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another rank
-                if time.time() - os.path.getmtime(path) > STALE_AGE_S:
-                    os.unlink(path)
-                    removed += 1
-        except PermissionError:
-            pass
-    return removed
-
-
-def to_uint8(x):
-    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def align_scale_shift(pred, target):
@@ -208,24 +132,20 @@ def control_depth(predict, image, tiles=1):
 
 def load_control_map(control_dir, key):
     """A precomputed depth condition `<control-dir>/<key with .png>` (8 or 16 bit, near = bright)."""
-    inv = np.asarray(load_image(Path(control_dir, key).with_suffix(".png")).convert("F"))  # missing: named
+    inv = np.asarray(data.load_image(Path(control_dir, key).with_suffix(".png")).convert("F"))  # missing: named
     return control_depth(lambda _: inv, None)  # the map is its own prediction
 
 
 def geometry_agreement(predict, translation, control, tiles=1):
     """Geometry audit of one translation (docs/method.md §1): does it keep the day frame's depth?
 
-    The depth model that made the control map (same tiling, same normalisation) predicts the
-    translation's inverse depth; it is aligned to the control map by least-squares scale and shift
-    in INVERSE depth, because both are relative inverse depth: the model's output is disparity up
-    to an unknown scale and shift (as MiDaS and Depth-Anything are trained) and the control map is
-    that disparity normalised to [0, 1]. There the unknowns are exactly an affine map; in depth an
-    unknown disparity shift is not affine, and a fit would be ruled by the far pixels. Both maps
-    are then read as depth over a DEPTH_RANGE of 80 (control 1 = the nearest pixel at depth 1,
-    0 = depth 80; the aligned prediction clipped to that range) and compared like depth against
-    ground truth: abs_rel = mean |d - d_ctrl| / d_ctrl, delta1 = share of pixels with
-    max(d / d_ctrl, d_ctrl / d) < 1.25 (the --min-agreement metric). A translation that is the day
-    image itself scores abs_rel 0, delta1 1. Returns (metrics, aligned map in control units)."""
+    The control map's depth model (same tiling) predicts the translation's inverse depth, aligned to
+    the control map by least-squares scale and shift in INVERSE depth: both are disparity known up to
+    a scale and a shift, an affine map there (not in depth, where a fit would follow the far pixels).
+    Both are then read as depth over DEPTH_RANGE (control 1 = depth 1, 0 = depth 80) and compared as
+    a prediction against ground truth: abs_rel, and delta1 = share of pixels within 1.25x (the
+    --min-agreement metric). The day image itself scores abs_rel 0, delta1 1.
+    Returns (metrics, aligned map in control units)."""
     target = np.asarray(control, dtype=np.float64)[..., 0]
     pred = control_depth(predict, translation, tiles)[..., 0].astype(np.float64)
     aligned = np.clip(align_scale_shift(pred, target), 0.0, 1.0)
@@ -234,81 +154,18 @@ def geometry_agreement(predict, translation, control, tiles=1):
     return dict(abs_rel=float(np.mean(np.abs(d - d_ctrl) / d_ctrl)), delta1=float(np.mean(ratio < 1.25))), aligned
 
 
-def blur(x, sigma):
-    """Gaussian blur of an (H, W, C) array; wide blurs run on a pooled copy (glare and haze are smooth)."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1)[None]
-    size, factor = t.shape[-2:], max(1, int(sigma // 3))
-    if factor > 1:
-        t, sigma = F.avg_pool2d(t, factor, ceil_mode=True), sigma / factor
-    (h, w), r = t.shape[-2:], max(1, int(3 * sigma))
-    k = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma ** 2))
-    t = F.pad(t, (r, r, r, r), mode="replicate")  # separable, by shifted sums: twice as fast as conv2d here
-    t = sum(k[i] / k.sum() * t[..., i:i + w] for i in range(2 * r + 1))
-    t = sum(k[i] / k.sum() * t[..., i:i + h, :] for i in range(2 * r + 1))
-    return (F.interpolate(t, size=size, mode="bilinear") if factor > 1 else t)[0].permute(1, 2, 0).numpy()
-
-
-def marks(shape, rng, count, draw_one):
-    """(H, W, 1) mask in [0, 1] of `count` random marks (rain streaks, snow flakes) drawn with PIL."""
-    mask = Image.new("L", (shape[1], shape[0]))
-    pen = ImageDraw.Draw(mask)
-    for x, y, u in zip(rng.uniform(0, shape[1], count), rng.uniform(0, shape[0], count), rng.uniform(size=count)):
-        draw_one(pen, x, y, u)
-    return blur(np.asarray(mask, dtype=np.float32)[..., None] / 255.0, 0.7)
-
-
-def classic_translate(image, cond, seed):
-    """Non-generative night / rain / fog / snow simulation [default baseline]: (H, W, 3) float in
-    [0, 1] -> (H, W, 3) float32 in [0, 1], deterministic given the seed."""
-    check_condition(cond)
-    x = np.asarray(image, dtype=np.float32)
-    if x.ndim != 3 or x.shape[2] != 3:
-        raise ValueError(f"classic_translate expects an (H, W, 3) image, got shape {x.shape}")
-    rng, (h, w, _) = np.random.default_rng(seed), x.shape
-    if cond == "night":  # gamma + darkening, blue tint, bloom of bright pixels, headlight-like glows, read + shot noise
-        y = 0.35 * x ** 2.2 * np.array([0.75, 0.85, 1.15], np.float32)
-        y = y + 0.8 * blur(x * (x.mean(2, keepdims=True) > 0.8), 0.02 * w)
-        n = rng.integers(2, 6)  # headlight-like glows around the horizon band (a gaussian is separable)
-        cy, cx, r = rng.uniform(0.45, 0.7, n) * h, rng.uniform(0.05, 0.95, n) * w, rng.uniform(0.01, 0.03, n) * w
-        rows, cols = (np.exp(-(np.arange(size)[None] - c[:, None]) ** 2 / (2 * r[:, None] ** 2)) for c, size in
-                      ((cy, h), (cx, w)))
-        glow = (rows.T @ cols).astype(np.float32)
-        y = y + 0.6 * glow[..., None] * np.array([1.0, 0.85, 0.6], np.float32)
-        y = y + (0.01 + 0.03 * np.sqrt(np.clip(y, 0, 1))) * rng.standard_normal(x.shape, dtype=np.float32)
-    elif cond == "rain":  # contrast loss, grey haze, slanted streaks, a slight blur
-        slant, length = rng.uniform(-0.3, 0.3), 0.03 * h
-
-        def streak(pen, px, py, u):
-            pen.line([(px, py), (px + slant * length * (0.5 + u), py + length * (0.5 + u))], fill=int(120 + 135 * u))
-        streaks = marks(x.shape, rng, h * w // 800, streak)
-        y = blur(0.75 * (x.mean() + 0.7 * (x - x.mean())) + 0.25 * 0.55, 1.0) * (1 - 0.35 * streaks) + 0.3 * streaks
-    elif cond == "fog":  # depth-free haze: contrast loss and airlight, thicker towards the top (usually far away)
-        t = np.clip(0.3 + 0.5 * np.linspace(0, 1, h, dtype=np.float32)[:, None, None] / rng.uniform(0.8, 1.2), 0, 1)
-        y = (x.mean() + 0.8 * (x - x.mean())) * t + rng.uniform(0.75, 0.85) * (1 - t)
-    else:  # snow: brightening, desaturation, flakes of a few pixels
-        scale = max(1.0, w / 800)
-
-        def flake(pen, px, py, u):
-            radius = scale * (0.5 + 2 * u)
-            pen.ellipse([px - radius, py - radius, px + radius, py + radius], fill=int(150 + 105 * u))
-        flakes = marks(x.shape, rng, h * w // 300, flake)
-        y = (0.75 * (0.7 * x + 0.3 * x.mean(2, keepdims=True)) + 0.22) * (1 - flakes) + flakes
-    return np.clip(y, 0, 1).astype(np.float32)
-
-
 def darken_night(generated, day, ratio):
     """Night post-processing (docs/method.md §1): scale so the mean intensity is `ratio` of the day image's
     (0.40, the nuScenes night/day ratio); an already darker image is left as it is."""
     gen = np.asarray(generated, dtype=np.float32) / 255.0
-    target = ratio * np.asarray(as_rgb8(day), dtype=np.float32).mean() / 255.0
-    return Image.fromarray(to_uint8(gen * min(1.0, target / max(gen.mean(), 1e-6))))
+    target = ratio * np.asarray(data.as_rgb8(day), dtype=np.float32).mean() / 255.0
+    return Image.fromarray(data.to_uint8(gen * min(1.0, target / max(gen.mean(), 1e-6))))
 
 
 @dataclass
 class Settings:
     """How to translate, the flags of the same names (main() fills it from them); steps and guidance
     default to the sampler's (SAMPLERS)."""
-    backend: str = "diffusion"      # or "classic": the no-model baseline
     sampler: str = "unipc"          # or "lcm": the LCM-LoRA folded into the UNet
     steps: int = None
     guidance: float = None
@@ -348,7 +205,7 @@ class Translator:
     """Everything `translate_batch` needs, loaded once by `build_translator`."""
     settings: Settings
     models: dict                 # model_paths(): what each model was loaded from
-    pipe: object = None          # diffusers ControlNet pipeline; None for the classic backend
+    pipe: object                 # the diffusers ControlNet pipeline
     captioner: tuple = None      # (model, processor); None: the fixed settings.caption
     depth: object = None         # predict(pil) -> inverse depth; None when neither control maps nor audit need it
     styles: dict = None          # cond -> reference image paths; None without IP-Adapter
@@ -372,7 +229,7 @@ def load_depth_model(path, device, dtype, alternative="--control-dir or "):
 
     @torch.no_grad()
     def predict(image):
-        pixels = processor(images=as_rgb8(image), return_tensors="pt")["pixel_values"]
+        pixels = processor(images=data.as_rgb8(image), return_tensors="pt")["pixel_values"]
         out = model(pixel_values=pixels.to(device, dtype)).predicted_depth[:, None].float()
         return F.interpolate(out, size=(image.height, image.width), mode="bicubic")[0, 0].cpu().numpy()
     return predict
@@ -431,8 +288,6 @@ def build_translator(settings, models=None, styles=None, batch_size=4, compile=F
     `styles`: cond -> real reference images for IP-Adapter, None for no IP-Adapter. The depth model
     makes the control maps (unless settings.control_dir) and audits the translations."""
     models = models or model_paths(captioner=settings.captioner)
-    if settings.backend == "classic":
-        return Translator(settings, models)
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES.get(settings.dtype, torch.float16 if device.type == "cuda" else torch.float32)
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True  # reruns reproduce bit for bit
@@ -458,16 +313,15 @@ def build_translator(settings, models=None, styles=None, batch_size=4, compile=F
         pipe.controlnet.compile()
     pipe.set_progress_bar_config(disable=True)
     # Images per model call. CPU: one, as BLAS/oneDNN pick kernels by batch size (a batched image differs in its last
-    # bits from itself alone) and one image fills the cores. GPU: batch_size, padded to it in diffusion_batch.
+    # bits from itself alone) and one image fills the cores. GPU: batch_size, padded to it in translate_batch.
     return Translator(settings, models, pipe, captioner, depth, styles, device, dtype,
                       1 if device.type == "cpu" else batch_size)
 
 
 def denoiser_calls_per_image(settings):
-    """UNet + ControlNet evaluations per translated image and attempt: the denoising steps (steps x
-    strength with img2img), each doubled by classifier-free guidance when guidance > 1 (the
-    LCM-LoRA UNet has no guidance embedding, so diffusers doubles it too). Defaults: UniPC 30 x 2
-    = 60, LCM 4 x 1 = 4. Times the FLOPs of one call at batch 1: the sampler's FLOPs per image."""
+    """UNet + ControlNet evaluations per image and attempt: the denoising steps (x strength with img2img),
+    doubled by classifier-free guidance above 1 (the LCM-LoRA UNet has no guidance embedding, so
+    diffusers doubles it too): UniPC 30 x 2 = 60, LCM 4 x 1 = 4 by default."""
     s = settings
     steps = min(int(s.steps * s.strength), s.steps) if s.strength else s.steps
     return steps * (2 if s.guidance > 1 else 1)
@@ -479,7 +333,7 @@ def caption_images(translator, images):
     if translator.captioner is None:
         return [translator.settings.caption] * len(images)
     model, processor = translator.captioner
-    inputs = processor(images=[as_rgb8(im) for im in images], return_tensors="pt")
+    inputs = processor(images=[data.as_rgb8(im) for im in images], return_tensors="pt")
     inputs = {k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
     out = model.generate(**inputs, max_new_tokens=30, do_sample=False)
     return [c.strip() for c in processor.batch_decode(out, skip_special_tokens=True)]
@@ -493,7 +347,7 @@ def style_embeds(translator, style_paths):
     pipe, cache = translator.pipe, translator.style_cache
     for path in style_paths:
         if path not in cache:
-            cache[path] = pipe.encode_image([as_rgb8(load_image(path))], pipe.device, 1)[0]
+            cache[path] = pipe.encode_image([data.as_rgb8(data.load_image(path))], pipe.device, 1)[0]
     positive = torch.cat([cache[p] for p in style_paths])[:, None]
     return torch.cat([torch.zeros_like(positive), positive]) if translator.settings.guidance > 1 else positive
 
@@ -501,9 +355,7 @@ def style_embeds(translator, style_paths):
 def prepare_batch(translator, images, keys):
     """Caption and depth condition of each frame: computed once, shared by all its conditions and attempts."""
     settings, n = translator.settings, translator.micro_batch
-    if translator.pipe is None:
-        return None, None
-    images = [as_rgb8(im) for im in images]
+    images = [data.as_rgb8(im) for im in images]
     captions = [c for i in range(0, len(images), n) for c in caption_images(translator, images[i:i + n])]
     if settings.control_dir:
         return captions, [load_control_map(settings.control_dir, k) for k in keys]
@@ -513,8 +365,6 @@ def prepare_batch(translator, images, keys):
 def run_record(translator):
     """What every manifest record of this run carries: the settings and the models it used."""
     settings = translator.settings
-    if settings.backend == "classic":
-        return dict(settings={"backend": "classic"}, models={})
     used = ["sd_model", "controlnet"] + ["lcm_lora"] * (settings.sampler == "lcm")
     used += ["caption_model"] * (settings.captioner != "none")
     used += ["ip_adapter", "ip_adapter_weight"] * (translator.styles is not None)
@@ -528,21 +378,15 @@ def take(items, rows):
     return None if items is None else [items[i] for i in rows]
 
 
-def classic_batch(translator, images, keys, cond, attempt=0):
-    """The no-model baseline of translate_batch: classic_translate of each image, seeded like GDT."""
-    seeds = [sample_seed(k, cond, attempt) for k in keys]
-    outs = [Image.fromarray(to_uint8(classic_translate(np.asarray(as_rgb8(im), np.float32) / 255, cond, seed)))
-            for im, seed in zip(images, seeds)]
-    record = dict(cond=cond, attempt=attempt, **run_record(translator))
-    return outs, [dict(record, key=k, seed=seed) for k, seed in zip(keys, seeds)]
-
-
-def diffusion_batch(translator, images, keys, cond, captions=None, controls=None, attempt=0):
-    """GDT of a batch into one condition (docs/method.md §1): SD 1.5 + depth ControlNet from noise
-    (img2img with a strength), one torch.Generator per image seeded by (key, cond, attempt),
-    per-sample style embeddings, night darkened to settings.night_ratio of the day mean."""
+def translate_batch(translator, images, keys, cond, captions=None, controls=None, attempt=0):
+    """GDT of a batch into one condition (docs/method.md §1): PIL day images and their sample keys ->
+    (RGB translations at the source sizes, one manifest record each). SD 1.5 + depth ControlNet from
+    noise (img2img with a strength), one torch.Generator per image seeded by (key, cond, attempt),
+    per-sample style embeddings, night darkened to settings.night_ratio of the day mean. Captions and
+    controls: see prepare_batch (computed here when not given)."""
+    check_condition(cond)
     settings, n, (h, w) = translator.settings, translator.micro_batch, translator.settings.size
-    images = [as_rgb8(im) for im in images]
+    images = [data.as_rgb8(im) for im in images]
     if captions is None or controls is None:
         captions, controls = prepare_batch(translator, images, keys)
     seeds = [sample_seed(k, cond, attempt) for k in keys]
@@ -553,7 +397,7 @@ def diffusion_batch(translator, images, keys, cond, captions=None, controls=None
         # a short last call is padded with the last image: each image meets the same kernel shapes whatever its mates
         rows = list(range(start, min(start + n, len(images))))
         real, rows = len(rows), rows + rows[-1:] * (n - len(rows))
-        control_images = [Image.fromarray(to_uint8(controls[i])).resize((w, h), Image.BICUBIC) for i in rows]
+        control_images = [Image.fromarray(data.to_uint8(controls[i])).resize((w, h), Image.BICUBIC) for i in rows]
         call = dict(prompt=take(prompts, rows), negative_prompt=[NEGATIVE_PROMPT] * n, image=control_images,
                     height=h, width=w, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
                     controlnet_conditioning_scale=settings.control_scale, output_type="np",
@@ -564,21 +408,12 @@ def diffusion_batch(translator, images, keys, cond, captions=None, controls=None
             call.update(control_image=control_images, strength=settings.strength,
                         image=[images[i].resize((w, h), Image.BICUBIC) for i in rows])
         for i, generated in zip(rows[:real], translator.pipe(**call).images):
-            out = Image.fromarray(to_uint8(generated)).resize(images[i].size, Image.LANCZOS)
+            out = Image.fromarray(data.to_uint8(generated)).resize(images[i].size, Image.LANCZOS)
             outs.append(darken_night(out, images[i], settings.night_ratio)
                         if cond == "night" and settings.night_ratio > 0 else out)
     record = dict(cond=cond, attempt=attempt, **run_record(translator))
     return outs, [dict(record, key=k, seed=seed, caption=caption, prompt=prompt, negative_prompt=NEGATIVE_PROMPT,
                        style=style) for k, seed, caption, prompt, style in zip(keys, seeds, captions, prompts, styles)]
-
-
-def translate_batch(translator, images, keys, cond, captions=None, controls=None, attempt=0):
-    """PIL day images and their sample keys -> (RGB translations into `cond` at the source sizes, one
-    manifest record each), by the translator's backend. Captions and controls: see prepare_batch."""
-    check_condition(cond)
-    if translator.pipe is None:
-        return classic_batch(translator, images, keys, cond, attempt)
-    return diffusion_batch(translator, images, keys, cond, captions, controls, attempt)
 
 
 def translate_audited(translator, images, keys, cond, captions=None, controls=None):
@@ -588,23 +423,22 @@ def translate_audited(translator, images, keys, cond, captions=None, controls=No
     -> per frame (image in the source's mode, record): the first passing attempt ("status": "ok"),
     else the best one ("rejected"); the record lists every attempt's seed and agreement."""
     settings = translator.settings
-    audit = translator.pipe is not None and settings.audit
-    if audit and translator.depth is None:
+    if settings.audit and translator.depth is None:
         raise ValueError("the geometry audit needs a depth model: give the translator one (build_translator loads "
                          "it) or pass --no-audit")
-    if translator.pipe is not None and (captions is None or controls is None):
+    if captions is None or controls is None:
         captions, controls = prepare_batch(translator, images, keys)
 
     def quality(record):
-        return record["agreement"]["delta1"] if audit else 1.0
+        return record["agreement"]["delta1"] if settings.audit else 1.0
     best, attempts, todo = [None] * len(keys), [[] for _ in keys], list(range(len(keys)))
     for attempt in range(settings.max_tries):
         outs, records = translate_batch(translator, take(images, todo), take(keys, todo), cond,
                                         take(captions, todo), take(controls, todo), attempt)
         for j, out, record in zip(todo, outs, records):
-            out = in_source_mode(out, images[j].mode)
-            if audit:
-                saved = as_saved(out, Path(keys[j]).suffix)
+            out = data.in_source_mode(out, images[j].mode)
+            if settings.audit:
+                saved = data.as_saved(out, Path(keys[j]).suffix)
                 record["agreement"] = geometry_agreement(translator.depth, saved, controls[j], settings.depth_tiles)[0]
             attempts[j].append({k: record[k] for k in ("attempt", "seed", "agreement") if k in record})
             if best[j] is None or quality(record) > quality(best[j][1]):
@@ -617,27 +451,9 @@ def translate_audited(translator, images, keys, cond, captions=None, controls=No
     return best
 
 
-def read_manifests(folder):
-    """output -> its last record, over every `manifest.rank*.jsonl` of one condition folder. A
-    torn last line (a run killed while writing it) is skipped; a broken line elsewhere is an error."""
-    records = {}
-    for path in sorted(Path(folder).glob("manifest.rank*.jsonl")):
-        lines = path.read_text().split("\n")
-        for n, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                if n == len(lines):  # no newline after it: the write was cut
-                    continue
-                raise ValueError(f"{path} line {n} is not JSON: delete that line (the frame is then redone)")
-            if record:
-                records[record.get("output", record.get("key"))] = record
-    return records
-
-
 def already_rejected(out, cond, settings):
     """Frames recorded as rejected under the same min_agreement and max_tries: done, not redrawn."""
-    return {output for output, r in read_manifests(Path(out, cond)).items() if r.get("status") == "rejected"
+    return {output for output, r in data.read_manifests(Path(out, cond)).items() if r.get("status") == "rejected"
             and (r.get("settings", {}).get("min_agreement"), r.get("settings", {}).get("max_tries"))
             == (settings.min_agreement, settings.max_tries)}
 
@@ -691,8 +507,6 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="writes OUT/<cond>/<path relative to --data-root>")
     p.add_argument("--cond", "--conds", nargs="+", metavar="COND",
                    help=f"target conditions ({', '.join(PHRASES)}), space- or comma-separated; default: night,rain")
-    p.add_argument("--backend", choices=("diffusion", "classic"), default="diffusion",
-                   help="diffusion: SD 1.5 + depth ControlNet (the paper); classic: a no-model simulation")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="unipc",
                    help="unipc: the paper's setting; lcm: SD 1.5 + --lcm-lora, LCMScheduler, 4 steps, guidance 1")
     p.add_argument("--models-dir", metavar="DIR", help="every model below from DIR/<last part of its id> "
@@ -749,8 +563,8 @@ def parse_args(argv=None):
         p.error("--sampler lcm: --guidance must be 1-2 (the LCM-LoRA is distilled for that; above, images burn)")
     if not 0 <= s.min_agreement <= 1:
         p.error("--min-agreement is a delta1 share of pixels: give a value in [0, 1], e.g. 0.8")
-    if s.min_agreement > 0 and (not s.audit or s.backend == "classic"):
-        p.error("--min-agreement needs the geometry audit: drop --no-audit (the classic backend has no control map)")
+    if s.min_agreement > 0 and not s.audit:
+        p.error("--min-agreement needs the geometry audit: drop --no-audit")
     if args.keep_rejected and not s.min_agreement:
         p.error("--keep-rejected keeps frames under --min-agreement: give --min-agreement too")
     for flag, value in dict(max_tries=s.max_tries, batch_size=args.batch_size, depth_tiles=s.depth_tiles,
@@ -768,8 +582,7 @@ def main(argv=None):
     keys = data.list_images(args.dataset, args.data_root, args.version, args.split)
     if not keys:
         raise ValueError(f"no images for --dataset {args.dataset} --split {args.split} under {args.data_root}")
-    stale = remove_stale([os.path.join(d, n) for c in args.cond for d, _, names in os.walk(Path(args.out, c))
-                          for n in names if n.startswith(".") and re.search(r"\.tmp\d+$", n)])
+    stale = data.remove_stale([Path(args.out, c) for c in args.cond])
     if stale:
         print(f"removed {stale} half-written temp files of an interrupted run")
     # ranks split the whole sorted frame list (strided), not what is left of it: ranks that start at
@@ -783,7 +596,7 @@ def main(argv=None):
     print(f"rank {rank}: {total} images to translate into {', '.join(args.cond)}")
     if not work:
         return
-    styles = None if args.no_ip_adapter or settings.backend == "classic" else style_folders(args)
+    styles = None if args.no_ip_adapter else style_folders(args)
     models = model_paths(args.models_dir, settings.captioner,
                          **{k: getattr(args, k) for k in (*MODELS, "caption_model", "ip_adapter_weight")})
     translator = build_translator(settings, models, styles, args.batch_size, args.compile)
@@ -792,7 +605,7 @@ def main(argv=None):
         for start in range(0, len(work), args.batch_size):
             batch = work[start:start + args.batch_size]
             keys = [k for k, _ in batch]
-            images = [load_image(os.path.join(args.data_root, k)) for k in keys]
+            images = [data.load_image(os.path.join(args.data_root, k)) for k in keys]
             captions, controls = prepare_batch(translator, images, keys)
             for cond in args.cond:
                 rows = [j for j, (_, conds) in enumerate(batch) if cond in conds]
@@ -801,7 +614,7 @@ def main(argv=None):
                 for j, (out, record) in zip(rows, results):
                     folder = Path(args.out, cond) if record["status"] == "ok" else Path(args.out, cond, "rejected")
                     if record["status"] == "ok" or args.keep_rejected:
-                        save_atomic(out, folder / keys[j])
+                        data.save_atomic(out, folder / keys[j])
                     record.update(source=os.path.abspath(os.path.join(args.data_root, keys[j])), output=keys[j])
                     counts[cond][record["status"]] += 1
                     # a manifest per rank: ranks never append to the same file

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole SSD pipeline, offline, on the synthetic world with tiny random nets (a few minutes on a
-# 2-core CPU): render -> GDT (classic and tiny generative) -> teacher -> student -> evaluate.
+# 2-core CPU): render -> classic weather and tiny-model GDT -> teacher -> student -> evaluate.
 # Usage: bash quickstart.sh [OUT]   (default runs/quickstart; rerunning continues where it stopped)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,7 +16,7 @@ TINY="--tiny --size $SIZE --batch-size 4 --workers 1 --no-val --log-every 50"
 start=$(date +%s)
 
 python tools/synthetic.py --out "$OUT/world"
-python gdt.py --backend classic --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_classic" --cond night rain
+python tools/classic_weather.py --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_classic" --cond night rain
 python tools/tiny_models.py --out "$OUT/models"  # random tiny stand-ins of every GDT model, in hub-id folders
 python gdt.py --tiny --models-dir "$OUT/models" --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_tiny" \
     --cond night --style-dir data --captioner blip   # --tiny: 64x112, 2 steps

@@ -416,6 +416,15 @@ def test_rejected_gdt_translations_fall_back_to_the_day_frame_and_are_counted(nu
         ds[1]
 
 
+def test_manifest_reader_skips_a_torn_last_line_and_names_a_broken_line_elsewhere(tmp_path):
+    (tmp_path / 'manifest.rank1.jsonl').write_text('{"output": "a.png", "status": "rejected"}\n{"output": "b.p')
+    (tmp_path / 'manifest.rank0.jsonl').write_text('{"output": "a.png", "status": "ok"}\n')
+    assert data.read_manifests(tmp_path) == {'a.png': dict(output='a.png', status='rejected')}  # rank order
+    (tmp_path / 'manifest.rank0.jsonl').write_text('{"output": "a.p\n{"output": "b.png"}\n')
+    with pytest.raises(ValueError, match=r'manifest\.rank0\.jsonl line 1 is not JSON: delete that line'):
+        data.read_manifests(tmp_path)
+
+
 def test_nuscenes_errors_name_the_path_and_the_fix(nusc, tmp_path):
     with pytest.raises(FileNotFoundError, match='dataroot not found'):
         data.NuScenesIndex(str(tmp_path / 'nowhere'))

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+import data
 import gdt
 import tiny_models
 
@@ -84,7 +85,7 @@ def lcm_translator(world):
 def redraw_cli(world, first_run, out, *extra):
     """Night only, re-drawn while under the median first-draw delta1 of the plain run: some frames
     pass at once, the others are drawn again."""
-    first = gdt.read_manifests(first_run / "night")
+    first = data.read_manifests(first_run / "night")
     threshold = float(np.median([r["agreement"]["delta1"] for r in first.values()]))
     return cli(world, out, "--cond", "night", "--min-agreement", str(threshold), "--keep-rejected", *extra)
 
@@ -97,7 +98,7 @@ def redraw_run(world, first_run):
 
 def luminance_depth(image):
     """A stand-in depth model: inverse depth = brightness."""
-    return np.asarray(gdt.as_rgb8(image).convert("L"), dtype=np.float64)
+    return np.asarray(data.as_rgb8(image).convert("L"), dtype=np.float64)
 
 
 def street_scene(h=48, w=80):
@@ -168,28 +169,6 @@ def test_precomputed_control_maps_are_read_and_missing_ones_named(tmp_path):
         gdt.load_control_map(tmp_path, "sub/g.jpg")
 
 
-@pytest.mark.parametrize("cond", ["night", "rain", "fog", "snow"])
-def test_classic_translation_is_deterministic_in_range_and_changes_the_image_as_its_condition(cond):
-    day = np.random.default_rng(3).uniform(0.2, 0.8, (90, 160, 3)).astype(np.float32)
-    out = gdt.classic_translate(day, cond, seed=7)
-    assert out.shape == day.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
-    np.testing.assert_array_equal(out, gdt.classic_translate(day, cond, seed=7))
-    assert not np.array_equal(out, gdt.classic_translate(day, cond, seed=8))
-    if cond == "night":
-        assert out.mean() < 0.5 * day.mean()
-    elif cond == "snow":
-        assert out.mean() > day.mean()
-    else:  # rain and fog wash out the contrast
-        assert out.std() < 0.8 * day.std()
-
-
-def test_classic_translation_rejects_bad_input():
-    with pytest.raises(ValueError, match="unknown condition 'dusk'"):
-        gdt.classic_translate(np.zeros((4, 4, 3)), "dusk", 0)
-    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
-        gdt.classic_translate(np.zeros((4, 4)), "night", 0)
-
-
 def test_night_darkening_scales_the_mean_to_a_ratio_of_the_day_mean():
     day = Image.new("RGB", (10, 10), (100, 100, 100))
     out = gdt.darken_night(Image.new("RGB", (10, 10), (200, 200, 200)), day, 0.4)
@@ -252,10 +231,10 @@ def test_redraws_are_the_same_with_batch_size_1_on_two_ranks(world, first_run, r
     keys = [[json.loads(line)["key"] for line in (out / "night" / f"manifest.rank{r}.jsonl").read_text().splitlines()]
             for r in (0, 1)]
     assert keys[0] and keys[1] and not set(keys[0]) & set(keys[1])
-    records = gdt.read_manifests(out / "night")
-    assert records == gdt.read_manifests(redraw_run / "night") and sorted(records) == sorted(SOURCES)
+    records = data.read_manifests(out / "night")
+    assert records == data.read_manifests(redraw_run / "night") and sorted(records) == sorted(SOURCES)
     assert outputs(out) == outputs(redraw_run)
-    first = gdt.read_manifests(first_run / "night")
+    first = data.read_manifests(first_run / "night")
     assert any(len(r["attempts"]) > 1 for r in records.values()), "no frame was drawn again"
     for key, r in records.items():
         seeds = [gdt.sample_seed(key, "night", n) for n in range(len(r["attempts"]))]
@@ -301,15 +280,6 @@ def test_img2img_path_translates_every_frame_at_its_size(world, tmp_path):
             assert im.size == (w, h)
 
 
-def test_classic_backend_translates_without_any_model(world, tmp_path):
-    gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "fog"])
-    for key, ((h, w), mode) in SOURCES.items():
-        assert Image.open(tmp_path / "fog" / key).size == (w, h)
-    for r in gdt.read_manifests(tmp_path / "fog").values():  # no model ids it never used, nothing to audit
-        assert r["models"] == {} and r["settings"] == {"backend": "classic"} and r["status"] == "ok"
-        assert "caption" not in r and "agreement" not in r
-
-
 def test_unknown_condition_is_refused(world, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         gdt.parse_args(["--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "dusk"])
@@ -351,20 +321,13 @@ def test_library_settings_translate_as_the_command_line_does(world, first_run, t
     (out, record), = gdt.translate_audited(translator, [Image.open(world / "data" / key)], [key], "night")
     assert record["status"] == "ok" and record["seed"] == gdt.sample_seed(key, "night")
     np.testing.assert_array_equal(np.asarray(out), np.asarray(Image.open(first_run / "night" / key)))
-    assert record["agreement"] == gdt.read_manifests(first_run / "night")[key]["agreement"]
+    assert record["agreement"] == data.read_manifests(first_run / "night")[key]["agreement"]
 
 
 def test_empty_input_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .*images"):
-        gdt.main(["--backend", "classic", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
-
-
-def test_unreadable_image_is_named(tmp_path):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
-        gdt.main(["--backend", "classic", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o")])
+        gdt.main(["--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
 
 
 def test_ip_adapter_without_style_images_is_refused(world, tmp_path):
@@ -381,11 +344,10 @@ def test_unreachable_model_id_fails_at_once_naming_it_and_the_alternatives(world
 
 def test_output_inside_the_dataset_is_refused(world):
     with pytest.raises(ValueError, match="inside --data-root"):
-        gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(world / "data" / "gdt")])
+        gdt.main(["--data-root", str(world / "data"), "--out", str(world / "data" / "gdt")])
 
 
 def test_style_references_can_come_from_the_datasets_own_night_and_rain_training_scenes(tiny_world):
-    import data
     args = gdt.parse_args(["--dataset", "nuscenes", "--data-root", tiny_world, "--out", "unused",
                            "--cond", "night", "rain", "--style-dir", "data"])
     styles = gdt.style_folders(args)
@@ -418,7 +380,7 @@ def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_nea
 
 def test_translation_that_is_the_day_image_itself_has_perfect_agreement(world, translator):
     day = Image.open(world / "data" / "a.png")
-    control = gdt.control_depth(translator.depth, gdt.as_rgb8(day))
+    control = gdt.control_depth(translator.depth, data.as_rgb8(day))
     metrics, _ = gdt.geometry_agreement(translator.depth, day, control)
     assert metrics["abs_rel"] < 1e-9 and metrics["delta1"] == 1.0
 
@@ -439,7 +401,7 @@ def test_upside_down_translation_fails_the_threshold_and_is_rejected_not_written
            "--cond", "night", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
            "--min-agreement", "0.9"]
     gdt.main(run + ["--max-tries", "2"])
-    records = gdt.read_manifests(out)
+    records = data.read_manifests(out)
     assert records["same.png"]["status"] == "ok" and records["same.png"]["agreement"]["delta1"] == 1
     flipped = records["flipped.png"]
     assert flipped["status"] == "rejected" and flipped["agreement"]["delta1"] < 0.5
@@ -450,13 +412,13 @@ def test_upside_down_translation_fails_the_threshold_and_is_rejected_not_written
     assert "0 images to translate" in capsys.readouterr().out
     gdt.main(run + ["--max-tries", "3", "--keep-rejected"])  # a new threshold: drawn again
     assert "1 images to translate" in capsys.readouterr().out
-    assert len(gdt.read_manifests(out)["flipped.png"]["attempts"]) == 3 and (out / "rejected" / "flipped.png").exists()
+    assert len(data.read_manifests(out)["flipped.png"]["attempts"]) == 3 and (out / "rejected" / "flipped.png").exists()
 
 
 def test_report_summarises_counts_rejections_percentiles_and_the_worst_frames(world, redraw_run, tmp_path):
     summary = gdt_report.main([str(redraw_run), "--out", str(tmp_path), "--models-dir", str(world / "models")])
     assert summary == json.loads((tmp_path / "report.json").read_text())
-    records = gdt.read_manifests(redraw_run / "night")
+    records = data.read_manifests(redraw_run / "night")
     night, delta1 = summary["night"], [r["agreement"]["delta1"] for r in records.values()]
     rejected = sum(r["status"] == "rejected" for r in records.values())
     assert (night["count"], night["rejected"], night["audited"]) == (3, rejected, 3)
@@ -521,18 +483,6 @@ def test_lcm_flops_per_image_are_at_most_an_eighth_of_the_default_at_the_same_si
     assert lcm_flops <= default_flops / 8
 
 
-def test_16_bit_png_is_read_at_its_depth_not_clipped_white(tmp_path):
-    grey = np.random.default_rng(4).integers(20, 230, (24, 40)).astype(np.uint8)
-    for bits, pixels in ((8, grey), (16, grey.astype(np.uint16) * 257)):
-        (tmp_path / f"d{bits}").mkdir()
-        Image.fromarray(pixels).save(tmp_path / f"d{bits}" / "f.png")
-        gdt.main(["--backend", "classic", "--data-root", str(tmp_path / f"d{bits}"),
-                  "--out", str(tmp_path / f"o{bits}"), "--cond", "fog"])
-    out8, out16 = (Image.open(tmp_path / f"o{bits}" / "fog" / "f.png") for bits in (8, 16))
-    assert (out8.mode, out16.mode) == ("L", "I;16")
-    np.testing.assert_array_equal(np.asarray(out16), np.asarray(out8).astype(np.uint16) * 257)
-
-
 def test_tiny_defaults_to_a_smoke_run_and_help_shows_examples_and_defaults(capsys):
     base = ["--data-root", "d", "--out", "o"]
     parsed = lambda *extra: gdt.settings_from_args(gdt.parse_args(base + list(extra)))  # noqa: E731
@@ -555,7 +505,7 @@ def test_tiny_defaults_to_a_smoke_run_and_help_shows_examples_and_defaults(capsy
 
 @pytest.mark.parametrize("argv, message", [(["--sampler", "lcm", "--guidance", "4"], "--guidance must be 1-2"),
                                            (["--min-agreement", "80"], r"in \[0, 1\]"),
-                                           (["--backend", "classic", "--min-agreement", "0.8"], "geometry audit"),
+                                           (["--no-audit", "--min-agreement", "0.8"], "geometry audit"),
                                            (["--keep-rejected"], "--min-agreement too"),
                                            (["--max-tries", "0"], "--max-tries must be at least 1")])
 def test_bad_flags_are_refused_naming_the_flag(argv, message, capsys):
@@ -564,17 +514,17 @@ def test_bad_flags_are_refused_naming_the_flag(argv, message, capsys):
     assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
 
 
-def test_leftovers_of_killed_runs_are_removed_at_the_next_start(world, tmp_path):
+def test_leftovers_of_killed_runs_are_removed_at_the_next_start(world, first_run, tmp_path):
+    shutil.copytree(first_run, tmp_path / "out")  # finished: the next start only cleans up
     dead = subprocess.Popen(["true"])
     dead.wait()
     long_ago = time.time() - 3600
-    stale = tmp_path / "out" / "fog" / "sub" / f".b.png.tmp{dead.pid}"
-    alive = tmp_path / "out" / "fog" / f".z.png.tmp{os.getpid()}"
-    recent = tmp_path / "out" / "fog" / f".y.png.tmp{dead.pid}"  # no such process, but just written
+    stale = tmp_path / "out" / "night" / "sub" / f".b.png.tmp{dead.pid}"
+    alive = tmp_path / "out" / "night" / f".z.png.tmp{os.getpid()}"
+    recent = tmp_path / "out" / "night" / f".y.png.tmp{dead.pid}"  # no such process, but just written
     for path in (stale, alive, recent):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
         os.utime(path, (long_ago, long_ago) if path != recent else None)
-    gdt.main(["--backend", "classic", "--data-root", str(world / "data"), "--out", str(tmp_path / "out"),
-              "--cond", "fog"])
+    gdt.main(cli(world, tmp_path / "out"))
     assert [p.exists() for p in (stale, alive, recent)] == [False, True, True]

@@ -339,7 +339,7 @@ def gdt_naive(args, paths, work, inputs, device):
     style = Image.open(f"{work}/styles/night/0.png").convert("RGB")
 
     def run(i):
-        control = Image.fromarray(gdt.to_uint8(controls[i])).resize((w, h), Image.BICUBIC)
+        control = Image.fromarray(data.to_uint8(controls[i])).resize((w, h), Image.BICUBIC)
         pipe(prompt=gdt.condition_prompt("night", captions[i]), negative_prompt=gdt.NEGATIVE_PROMPT, image=control,
              ip_adapter_image=style, height=h, width=w, num_inference_steps=args.gdt_steps, guidance_scale=GUIDANCE,
              generator=torch.Generator().manual_seed(gdt.sample_seed(keys[i], "night")))
@@ -522,7 +522,7 @@ def gdt_folder(root, paths, work):
     folder = Path(work, "gdt", "night")
     for path in paths:
         with Image.open(os.path.join(root, path)) as day:
-            gdt.save_atomic(day.convert("RGB").point(lambda v: v // 3), folder / path)
+            data.save_atomic(day.convert("RGB").point(lambda v: v // 3), folder / path)
     records = [json.dumps({"output": path, "status": "ok"}) for path in paths]
     (folder / "manifest.rank0.jsonl").write_text("\n".join(records) + "\n")
     return str(folder.parent)

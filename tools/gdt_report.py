@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
+import data  # noqa: E402
 import gdt  # noqa: E402
 
 WORST_COUNT = 16
@@ -49,7 +50,7 @@ def agreement_histogram(delta1, threshold, title, path):
         pen.line([x0 + (x1 - x0) * threshold, y0, x0 + (x1 - x0) * threshold, y1], fill=(220, 30, 30), width=2)
     pen.text((x0, 6), title, fill="black")
     pen.text((x0 + 90, y1 + 18), "delta1: share of pixels within 1.25x of the control depth", fill="black")
-    gdt.save_atomic(image, Path(path))
+    data.save_atomic(image, Path(path))
 
 
 def contact_sheet(rows, path, height=96):
@@ -68,7 +69,7 @@ def contact_sheet(rows, path, height=96):
         for left, im in zip(lefts, panels):
             sheet.paste(im.convert("RGB"), (int(left), top))
         pen.text((2, top + height + 2), label, fill="black")
-    gdt.save_atomic(sheet, Path(path))
+    data.save_atomic(sheet, Path(path))
 
 
 def depth_model_of(record, args):
@@ -81,7 +82,7 @@ def depth_model_of(record, args):
 
 
 def grey(x):
-    return Image.fromarray(gdt.to_uint8(x[..., 0] if x.ndim == 3 else x))
+    return Image.fromarray(data.to_uint8(x[..., 0] if x.ndim == 3 else x))
 
 
 def worst_frames_sheet(args, cond, records, path, loaded):
@@ -102,9 +103,9 @@ def worst_frames_sheet(args, cond, records, path, loaded):
     predict, tiles, control_dir = loaded[model], settings.get("depth_tiles", 1), settings.get("control_dir")
     rows, worst = [], []
     for r in shown:
-        day = gdt.as_rgb8(gdt.load_image(os.path.join(args.data_root, r["key"]) if args.data_root else r["source"]))
+        day = data.as_rgb8(data.load_image(os.path.join(args.data_root, r["key"]) if args.data_root else r["source"]))
         control = gdt.load_control_map(control_dir, r["key"]) if control_dir else gdt.control_depth(predict, day, tiles)
-        translation = gdt.as_rgb8(gdt.load_image(image_path(r)))
+        translation = data.as_rgb8(data.load_image(image_path(r)))
         metrics, aligned = gdt.geometry_agreement(predict, translation, control, tiles)
         rows.append((f"{r['output']}  delta1 {metrics['delta1']:.3f}  abs_rel {metrics['abs_rel']:.3f}  {r['status']}",
                      [day, grey(control), translation, grey(aligned)]))
@@ -115,7 +116,7 @@ def worst_frames_sheet(args, cond, records, path, loaded):
 
 def condition_summary(args, cond, out, loaded):
     """report.json's entry of one condition; writes its histogram and contact sheet."""
-    records = list(gdt.read_manifests(Path(args.gdt_root, cond)).values())
+    records = list(data.read_manifests(Path(args.gdt_root, cond)).values())
     for r in records:
         r.setdefault("status", "ok")  # runs from before the audit
     audited = [r for r in records if r.get("agreement")]

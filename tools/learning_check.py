@@ -9,7 +9,7 @@ Stages, each a real command of this repository run as its own process (logs in <
    the ego passes. Night and rain versions of the day training frames, two kinds: rendered
    (synthetic.py --translate: the same scene, pose and time under the world's own night and rain, the
    ideal GDT, geometry-faithful and realistic; the stand-in for GDT in the main rows, as no diffusion
-   weights exist offline) and classic (gdt.py --backend classic: an even darkening with glows, or haze
+   weights exist offline) and classic (tools/classic_weather.py: an even darkening with glows, or haze
    and streaks; one extra row per teacher shows what translation realism is worth).
 2. Teachers on day-clear frames, one per seed: self-supervised (the paper's setting) and LiDAR-supervised.
 3. Students, the rows of the paper's Table 3 (docs/method.md §3-4): from the self-supervised teacher
@@ -80,7 +80,7 @@ def slug(text):
 
 def plan_runs(args, world, gdt_rendered, gdt_classic):
     """Every training run: (name, script, flags, steps, teacher run or None), teachers first. Students
-    draw rendered translations, the 'classic translations' rows gdt.py's classic ones."""
+    draw rendered translations, the 'classic translations' rows classic_weather.py's."""
     common = ["--tiny", "--data-root", world, "--size", args.size, "--batch-size", str(args.batch_size),
               "--workers", "1", "--no-val", "--log-every", "50", "--ckpt-every", "100"]
     runs = []
@@ -316,7 +316,7 @@ def main(argv=None):
     gdt_rendered, gdt_classic = os.path.join(args.out, "gdt_rendered"), os.path.join(args.out, "gdt_classic")
     synthetic.render_world(world, workers=args.jobs, progress=True, **WORLD)
     synthetic.render_translations(world, gdt_rendered, ("night", "rain"), workers=args.jobs, progress=True)
-    subprocess.run([sys.executable, os.path.join(ROOT, "gdt.py"), "--backend", "classic", "--dataset", "nuscenes",
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "classic_weather.py"), "--dataset", "nuscenes",
                     "--data-root", world, "--out", gdt_classic, "--cond", "night", "rain"], check=True)
     translation_sheet(world, gdt_rendered, gdt_classic, os.path.join(args.out, "translations.png"))
     runs = plan_runs(args, world, gdt_rendered, gdt_classic)
