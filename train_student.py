@@ -13,7 +13,7 @@ uniformly from --conds. The frozen teacher sees the day frame; its pose network 
 target from the (day) source frames with both depths to tell where the teacher is reliable. A frozen
 pretrained DINOv2 on the day frame anchors the student's encoder features (semantic loss).
 
-Table 3 ablations: GDT vs classic translation: point --gdt-root at `gdt.py --backend classic` output;
+Table 3 ablations: GDT vs classic translation: point --gdt-root at `tools/classic_weather.py` output;
 teacher loss vs plain distillation: --teacher-mask none; semantic loss off: --w-sem 0.
 Checkpoints, --resume, DDP, bf16, logging: training.py's loop, as for the teacher.
 """
