@@ -35,7 +35,7 @@ class LineFit(torch.nn.Module):
 def loop_args(out, **changes):
     args = dict(out=str(out), batch_size=4, epochs=1, steps=48, seed=0, workers=0, dtype="fp32", compile=False,
                 log_every=12, ckpt_every=24, val_every=None, no_val=True, resume=False, stop_at=None,
-                min_depth=0.1, max_depth=80.0, weight_decay=0.0, warmup_steps=0, clip_grad=0.0, lr_line=0.2, given=[])
+                min_depth=0.1, max_depth=80.0, weight_decay=0.0, lr_line=0.2, given=[])
     return argparse.Namespace(**{**args, **changes})
 
 
