@@ -350,6 +350,7 @@ def invert_transform(T):
 
 
 POSE_ORDERS = ("md4all", "temporal")
+POSE_OUTPUT_SCALE = 0.01  # small outputs at start: motion between frames is centimetres to a metre (monodepth2)
 
 
 def predict_poses(pose_net, target, prev, nxt, order="md4all"):
@@ -397,11 +398,18 @@ class PoseNet(nn.Module):
     def config_dict(self):
         return dict(size=self.size, resnet_config_dict=self.encoder.config.to_dict())
 
+    @torch.no_grad()
+    def start_at_motion(self, metres):
+        """Set the last bias so a fresh net predicts straight-ahead motion of `metres` from the first frame of
+        a pair to the second (T's translation (0, 0, -metres)): where `DepthNet.start_at_depth` starts the
+        depth, this starts the motion. From md4all's zero motion a from-scratch pose net can settle on the
+        wrong axis (vertical, or backwards) before the depth net has learnt anything."""
+        self.decoder[-1].bias[5] = -metres / POSE_OUTPUT_SCALE
+
     def forward(self, target, source):
         """(B,3,H,W) frames in [0,1] -> (B,4,4) transform of target-camera points into the source camera."""
         x = torch.cat([to_network_input(target, target.shape[-2:]), to_network_input(source, source.shape[-2:])], 1)
-        # Small outputs at start: motion between frames is centimetres to a metre (monodepth2's 0.01).
-        out = 0.01 * self.decoder(self.encoder(x).last_hidden_state).mean((2, 3))
+        out = POSE_OUTPUT_SCALE * self.decoder(self.encoder(x).last_hidden_state).mean((2, 3))
         return pose_to_matrix(out[:, :3], out[:, 3:])
 
 

@@ -88,9 +88,15 @@ def main(argv=None):
                    help="md4all: (target, source) for both neighbours (md4all's default); temporal: pairs in time "
                         "order, the previous one inverted (monodepth2)")
     p.add_argument("--lr-pose", type=float, default=1e-4)
+    p.add_argument("--init-motion", type=float, default=None,
+                   help="self, with --pose-order temporal: start the pose net at straight-ahead motion of this many "
+                        "metres per frame pair instead of md4all's zero motion (helps from-scratch nets)")
     p.add_argument("--w-smooth", type=float, default=1e-3)
     p.add_argument("--w-velocity", type=float, default=0.02)
     args = parse_args(p, argv)
+    if args.init_motion and (args.supervision != "self" or args.pose_order != "temporal"):
+        p.error("--init-motion starts the pose net at forward motion: it needs --supervision self and --pose-order "
+                "temporal (in md4all's order the previous pair moves backwards, the next one forwards)")
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     self_supervised = args.supervision == "self"
     augment = dict(color_jitter=not args.no_color_jitter, exact_jitter=not args.fast_jitter, flip=not args.no_flip)
@@ -102,6 +108,8 @@ def main(argv=None):
     if self_supervised:
         pose_init = None if args.tiny or args.pose_init == "none" else args.pose_init
         pose = PoseNet("tiny" if args.tiny else "resnet18", init=pose_init)
+        if args.init_motion:
+            pose.start_at_motion(args.init_motion)
         loss_module = SelfSupervisedLoss(net, pose, args.w_smooth, args.w_velocity, args.pose_order)
         groups = depth_param_groups(net, args.lr_encoder, args.lr_decoder) + [
             dict(name="lr_pose", params=list(pose.parameters()), lr=args.lr_pose)]

@@ -139,6 +139,17 @@ def test_pose_net_returns_rigid_transforms_and_round_trips(tmp_path):
     assert torch.equal(load_pose_net(str(tmp_path / "c.pt"))(x, x), pose(x, x))
 
 
+def test_pose_net_started_at_motion_predicts_straight_ahead_motion_of_that_length():
+    torch.manual_seed(0)
+    pose, x, y = PoseNet("tiny", init=None), torch.rand(3, 3, 64, 96), torch.rand(3, 3, 64, 96)
+    before = pose(x, y)[:, :3, 3]
+    assert before.abs().max() < 0.05  # md4all's start: about no motion
+    pose.start_at_motion(0.7)
+    t = pose(x, y)[:, :3, 3]
+    assert torch.equal(t[:, :2], before[:, :2])  # only the forward component moved
+    assert torch.allclose(t[:, 2], torch.full((3,), -0.7), atol=0.005)
+
+
 def test_pose_from_axis_angle_matches_a_hand_rotation():
     T = pose_to_matrix(torch.tensor([[0.0, 0.0, np.pi / 2]]), torch.tensor([[1.0, 2.0, 3.0]]))
     expected = torch.tensor([[0.0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]])

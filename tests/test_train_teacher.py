@@ -244,6 +244,19 @@ def test_non_positive_sizes_are_argparse_errors(tiny_world, tmp_path, capsys, fl
     assert e.value.code == 2 and flag in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [["--pose-order", "md4all"], ["--pose-order", "temporal", "--supervision", "lidar"]])
+def test_init_motion_needs_self_supervision_in_time_order(tiny_world, tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as e:
+        run(tiny_world, tmp_path, "--steps", "1", "--init-motion", "0.7", *flags)
+    assert e.value.code == 2 and "--init-motion" in capsys.readouterr().err
+
+
+def test_init_motion_sets_the_first_step_s_forward_motion(tiny_world, tmp_path):
+    run(tiny_world, tmp_path, "--steps", "1", "--init-motion", "0.7", "--pose-order", "temporal", "--lr-pose", "0")
+    pose = load_pose_net(str(tmp_path / "ckpt.pt"))
+    assert float(pose.decoder[-1].bias[5]) == pytest.approx(-70.0)
+
+
 def test_training_ends_with_where_the_checkpoint_and_log_are(tiny_world, tmp_path, capsys):
     run(tiny_world, tmp_path, "--steps", "1")
     last = capsys.readouterr().out.strip().splitlines()[-1]

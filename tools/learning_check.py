@@ -28,7 +28,10 @@ pose net 3e-3) and 3e-3 (LiDAR) for the teachers, 1e-4 for the students; a head 
 the near road's flow lies outside the photometric loss's reach once the pose net has found the metric
 scale, and the depth stays put); the pose net fed frames in time order (--pose-order temporal: fed
 (target, source) for both neighbours a small pose net must output +0.8 m and -0.8 m for near-identical
-inputs and does not learn it in this budget); 4 val scenes per condition (48 frames each: with 2, one
+inputs and does not learn it in this budget) and starting at straight-ahead motion of 0.7 m per frame
+pair (--init-motion 0.7, about this world's frame spacing: from md4all's zero motion a random pose net
+settles on the wrong axis, vertical or backwards, in about half the seeds before the depth net has
+learnt anything, and that teacher never recovers); 4 val scenes per condition (48 frames each: with 2, one
 scene's quirks decided a row, and the teachers were better in rain than by day). With no pretrained
 DINOv2 offline, each student starts from its teacher (--init-from-teacher), and the semantic-loss rows
 anchor the student's features to that teacher's own encoder (frozen, exported as a transformers
@@ -89,7 +92,7 @@ def plan_runs(args, world, gdt_rendered, gdt_classic):
             flags = ["--supervision", sup, "--lr-encoder", TEACHER_LR[sup], "--lr-decoder", TEACHER_LR[sup],
                      "--init-depth", "6", "--seed", str(seed)]
             if sup == "self":
-                flags += ["--lr-pose", args.lr_pose, "--pose-order", "temporal"]
+                flags += ["--lr-pose", args.lr_pose, "--pose-order", "temporal", "--init-motion", args.init_motion]
             runs.append((f"teacher_{sup}_s{seed}", "train_teacher.py", common + flags, args.teacher_steps, None))
     for sup, label, extra in STUDENTS:
         main_row = label == STUDENTS[[s[0] for s in STUDENTS].index(sup)][1]
@@ -306,6 +309,7 @@ def main(argv=None):
     p.add_argument("--student-steps", type=int, default=300)
     p.add_argument("--seeds", type=int, default=2, help="seeds of each teacher and its main student")
     p.add_argument("--lr-pose", default="3e-3", help="the self-supervised teacher's pose-net learning rate")
+    p.add_argument("--init-motion", default="0.7", help="the self-supervised pose net's starting forward motion (m)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--jobs", type=int, default=2, help="training runs at once (one CPU core each)")
     args = p.parse_args(argv)
