@@ -938,6 +938,32 @@ def remove_stale(folders):
     return removed
 
 
+def add_translation_args(p):
+    """The flags that say which frames a writer of translations reads and where it writes (argparse)."""
+    p.add_argument("--dataset", choices=("nuscenes", "robotcar", "folder"), default="folder",
+                   help="folder: every .jpg/.jpeg/.png below --data-root; else the split's training frames")
+    p.add_argument("--data-root", required=True, help="the dataset")
+    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
+    p.add_argument("--split", default="train", help="nuScenes / RobotCar split to translate")
+    p.add_argument("--out", required=True, help="writes OUT/<cond>/<path relative to --data-root>")
+    return p
+
+
+def translation_frames(dataset, data_root, version, split, out, conds):
+    """The frames a writer of translations (gdt.py, tools/classic_weather.py) works through, after the
+    checks both make: `out` lies outside the dataset, the split has frames, and the temp files of a
+    killed run below out/<cond>/ are gone."""
+    if Path(out).resolve().is_relative_to(Path(data_root).resolve()):
+        raise ValueError(f"--out {out} is inside --data-root {data_root}: translations never go into the dataset")
+    keys = list_images(dataset, data_root, version, split)
+    if not keys:
+        raise ValueError(f"no images for --dataset {dataset} --split {split} under {data_root}")
+    stale = remove_stale([Path(out, c) for c in conds])
+    if stale:
+        print(f"removed {stale} half-written temp files of an interrupted run")
+    return keys
+
+
 def read_manifests(folder):
     """Output path (relative to `folder`) -> its last record, over every `manifest.rank*.jsonl` of one
     condition folder. A torn last line (a run killed while writing it) is skipped; a broken line

@@ -499,12 +499,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--dataset", choices=("nuscenes", "robotcar", "folder"), default="folder",
-                   help="folder: every .jpg/.jpeg/.png below --data-root; else the split's training frames")
-    p.add_argument("--data-root", required=True, help="the dataset")
-    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
-    p.add_argument("--split", default="train", help="nuScenes / RobotCar split to translate")
-    p.add_argument("--out", required=True, help="writes OUT/<cond>/<path relative to --data-root>")
+    data.add_translation_args(p)
     p.add_argument("--cond", "--conds", nargs="+", metavar="COND",
                    help=f"target conditions ({', '.join(PHRASES)}), space- or comma-separated; default: night,rain")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="unipc",
@@ -577,14 +572,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     settings = settings_from_args(args)
-    if Path(args.out).resolve().is_relative_to(Path(args.data_root).resolve()):
-        raise ValueError(f"--out {args.out} is inside --data-root {args.data_root}: GDT never writes into the dataset")
-    keys = data.list_images(args.dataset, args.data_root, args.version, args.split)
-    if not keys:
-        raise ValueError(f"no images for --dataset {args.dataset} --split {args.split} under {args.data_root}")
-    stale = data.remove_stale([Path(args.out, c) for c in args.cond])
-    if stale:
-        print(f"removed {stale} half-written temp files of an interrupted run")
+    keys = data.translation_frames(args.dataset, args.data_root, args.version, args.split, args.out, args.cond)
     # ranks split the whole sorted frame list (strided), not what is left of it: ranks that start at
     # different moments still agree; then each frame keeps the conditions it still lacks
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

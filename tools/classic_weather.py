@@ -100,12 +100,7 @@ def classic_translate(image, cond, seed):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=("nuscenes", "robotcar", "folder"), default="folder",
-                   help="folder: every .jpg/.jpeg/.png below --data-root; else the split's training frames")
-    p.add_argument("--data-root", required=True, help="the dataset")
-    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
-    p.add_argument("--split", default="train", help="nuScenes / RobotCar split to translate")
-    p.add_argument("--out", required=True, help="writes OUT/<cond>/<path relative to --data-root>")
+    data.add_translation_args(p)
     p.add_argument("--cond", "--conds", nargs="+", choices=CONDITIONS, default=["night", "rain"], metavar="COND",
                    help=f"target conditions ({', '.join(CONDITIONS)}); default: night rain")
     return p.parse_args(argv)
@@ -113,14 +108,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if Path(args.out).resolve().is_relative_to(Path(args.data_root).resolve()):
-        raise ValueError(f"--out {args.out} is inside --data-root {args.data_root}: never write into the dataset")
-    keys = data.list_images(args.dataset, args.data_root, args.version, args.split)
-    if not keys:
-        raise ValueError(f"no images for --dataset {args.dataset} --split {args.split} under {args.data_root}")
-    stale = data.remove_stale([Path(args.out, c) for c in args.cond])
-    if stale:
-        print(f"removed {stale} half-written temp files of an interrupted run")
+    keys = data.translation_frames(args.dataset, args.data_root, args.version, args.split, args.out, args.cond)
     work = [(k, [c for c in args.cond if not Path(args.out, c, k).exists()]) for k in keys]
     work = [(k, conds) for k, conds in work if conds]
     total = sum(len(conds) for _, conds in work)
