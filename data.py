@@ -577,6 +577,27 @@ def condition_frames(data_root, version, cond):
     return paths
 
 
+def style_references(style_dir, conds, dataset, data_root, version, known=("night", "rain", "snow", "fog")):
+    """cond -> GDT's IP-Adapter reference images (docs/method.md §1), from gdt.py's --style-dir entries:
+    COND=DIR per condition (COND among `known`), DIR holding DIR/<cond>/, or ['data']: the nuScenes
+    training scenes of the condition (condition_frames, the paper's choice)."""
+    if style_dir == ["data"]:
+        if dataset != "nuscenes":
+            raise ValueError("--style-dir data draws from nuScenes night / rain training scenes: use --dataset "
+                             "nuscenes, or pass --style-dir COND=DIR")
+        return {c: [os.path.join(data_root, p) for p in condition_frames(data_root, version, c)] for c in conds}
+    folders = {}
+    for entry in style_dir or []:
+        cond, _, folder = entry.partition("=")
+        folders.update({cond: folder} if cond in known and folder else
+                       {c: os.path.join(entry, c) for c in conds if c not in folders})
+    for cond in conds:
+        if not os.path.isdir(folders.get(cond, "")):
+            raise ValueError(f"IP-Adapter needs real '{cond}' reference images: pass --style-dir {cond}=DIR or "
+                             f"--style-dir DIR with DIR/{cond}/ (not found: {folders.get(cond)}), or --no-ip-adapter")
+    return {c: [os.path.join(folders[c], p) for p in list_images("folder", folders[c])] for c in conds}
+
+
 class NuScenesDepth(AugmentedDataset):
     """nuScenes CAM_FRONT key frames of md4all's 'train' or 'val' split (docs/method.md §4, §5).
 

@@ -17,6 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import data
 import gdt
+import model
+from losses import geometry_agreement
 import tiny_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tools/ holds scripts, not a package
@@ -56,10 +58,10 @@ def cli(world, out, *extra):
 
 
 def library_translator(world, **settings):
-    """What cli() builds, through the library: Settings, model_paths and styles, no command line."""
+    """What cli() builds, through the library: Settings, gdt_model_paths and styles, no command line."""
     styles = {c: sorted(str(p) for p in (world / "styles" / c).iterdir()) for c in ("night", "rain")}
     return gdt.build_translator(gdt.Settings(steps=2, size=(64, 64), tiny=True, **settings),
-                                gdt.model_paths(world / "models"), styles)
+                                model.gdt_model_paths(world / "models"), styles)
 
 
 def outputs(out):
@@ -126,11 +128,6 @@ def test_prompt_is_condition_phrase_then_caption():
     assert gdt.condition_prompt("fog", "") == "In a foggy day"
     with pytest.raises(ValueError, match="unknown condition 'dusk'.*night, rain, snow, fog"):
         gdt.condition_prompt("dusk", "a car")
-
-
-def test_scale_shift_alignment_recovers_an_affine_map():
-    pred = np.random.default_rng(1).random((7, 9))
-    np.testing.assert_allclose(gdt.align_scale_shift(pred, 2.5 * pred - 0.7), 2.5 * pred - 0.7, atol=1e-12)
 
 
 def test_tiled_depth_is_seamless_when_each_tile_has_its_own_scale_and_shift():
@@ -249,7 +246,7 @@ def test_redraws_are_the_same_with_batch_size_1_on_two_ranks(world, first_run, r
 
 def test_each_sample_reaches_the_unet_with_its_own_style_embedding(world, translator, monkeypatch):
     styles = sorted(str(p) for p in (world / "styles" / "night").iterdir())
-    embeds = gdt.style_embeds(translator, [styles[0], styles[1], styles[0]])
+    embeds = model.style_embeds(translator, [styles[0], styles[1], styles[0]])
     assert embeds.shape[:2] == (6, 1) and not embeds[:3].any()  # zero negative half first
     assert torch.equal(embeds[3], embeds[5]) and not torch.equal(embeds[3], embeds[4])
     seen, unet, forward = [], translator.pipe.unet, translator.pipe.unet.forward
@@ -258,7 +255,7 @@ def test_each_sample_reaches_the_unet_with_its_own_style_embedding(world, transl
     keys = sorted(SOURCES)
     images = [Image.open(world / "data" / k) for k in keys]
     records = gdt.translate_batch(translator, images, keys, "night")[1]
-    expected = gdt.style_embeds(translator, [r["style"] for r in records])
+    expected = model.style_embeds(translator, [r["style"] for r in records])
     assert len(seen) == 2 and all(torch.equal(s["image_embeds"][0], expected) for s in seen)
 
 
@@ -301,19 +298,32 @@ def test_conditions_are_space_or_comma_separated_under_either_flag_name_without_
 
 
 def test_models_dir_points_every_model_at_its_standard_folder_and_a_model_flag_wins(world):
-    paths = gdt.model_paths("M", captioner="blip", depth_model="my/depth")
+    paths = model.gdt_model_paths("M", captioner="blip", depth_model="my/depth")
     assert paths == dict(sd_model=os.path.join("M", "stable-diffusion-v1-5"),
                          controlnet=os.path.join("M", "control_v11f1p_sd15_depth"), depth_model="my/depth",
                          lcm_lora=os.path.join("M", "lcm-lora-sdv1-5"), ip_adapter=os.path.join("M", "IP-Adapter"),
                          caption_model=os.path.join("M", "blip-image-captioning-base"),
                          ip_adapter_weight="models/ip-adapter_sd15.bin")
-    assert gdt.model_paths()["sd_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert gdt.model_paths()["caption_model"] == "Salesforce/blip2-opt-2.7b"
+    assert model.gdt_model_paths()["sd_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert model.gdt_model_paths()["caption_model"] == "Salesforce/blip2-opt-2.7b"
     written = set(os.listdir(world / "models"))  # tiny_models.py fills exactly these folders
     for captioner in ("blip2", "blip"):
-        assert {os.path.basename(p) for k, p in gdt.model_paths("M", captioner).items() if k != "ip_adapter_weight"} \
+        assert {os.path.basename(p) for k, p in model.gdt_model_paths("M", captioner).items()
+                if k != "ip_adapter_weight"} \
             <= written
     assert (world / "models" / "IP-Adapter" / "models" / "ip-adapter_sd15.bin").exists()
+
+
+def test_settings_refuse_what_the_pipeline_would_fail_on_for_library_users_too():
+    for given, message in ((dict(size=(60, 64)), "--size: give HxW, both multiples of 8"),
+                           (dict(sampler="lcm", guidance=4.0), "--guidance must be 1-2"),
+                           (dict(steps=4, strength=0.2), r"--strength must be in \(0, 1\]"),
+                           (dict(min_agreement=0.5, audit=False), "needs the geometry audit"),
+                           (dict(max_tries=0), "--max-tries must be at least 1"),
+                           (dict(sampler="ddim"), "--sampler: choose from unipc, lcm")):
+        with pytest.raises(ValueError, match=message):
+            gdt.Settings(**given)
+    assert (gdt.Settings(sampler="lcm").steps, gdt.Settings().guidance) == (4, 7.5)
 
 
 def test_library_settings_translate_as_the_command_line_does(world, first_run, translator):
@@ -350,7 +360,7 @@ def test_output_inside_the_dataset_is_refused(world):
 def test_style_references_can_come_from_the_datasets_own_night_and_rain_training_scenes(tiny_world):
     args = gdt.parse_args(["--dataset", "nuscenes", "--data-root", tiny_world, "--out", "unused",
                            "--cond", "night", "rain", "--style-dir", "data"])
-    styles = gdt.style_folders(args)
+    styles = data.style_references(args.style_dir, args.cond, args.dataset, args.data_root, args.version)
     index = data.load_index(tiny_world)
     for cond in ("night", "rain"):
         scenes = {index.sample[index.sample_data[t]["sample_token"]]["scene_token"] for t in
@@ -361,27 +371,13 @@ def test_style_references_can_come_from_the_datasets_own_night_and_rain_training
         assert all(cond in described[s]["description"].lower() and described[s]["name"] not in
                    data.val_scene_names("v1.0-trainval") for s in scenes)
     with pytest.raises(ValueError, match="snow"):
-        gdt.style_folders(gdt.parse_args(["--dataset", "nuscenes", "--data-root", tiny_world, "--out", "unused",
-                                          "--cond", "snow", "--style-dir", "data"]))
-
-
-def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_near_and_far():
-    control = np.zeros((1, 2, 3), np.float32)
-    control[0, 1] = 1  # the farthest pixel (depth 80) and the nearest (depth 1)
-    perfect, _ = gdt.geometry_agreement(lambda _: np.array([[2.0, 7.0]]), None, control)  # any scale and shift
-    assert perfect["abs_rel"] == pytest.approx(0, abs=1e-12) and perfect["delta1"] == 1
-    # a flat prediction is fitted by the mean, control 0.5, depth 1 / (1/80 + 0.5 * 79/80) = 160/81:
-    # abs_rel = ((80 - 160/81) / 80 + (160/81 - 1) / 1) / 2 = 79/81, both pixels off by over 1.25
-    flat, aligned = gdt.geometry_agreement(lambda _: np.array([[3.0, 3.0]]), None, control)
-    assert flat == pytest.approx(dict(abs_rel=79 / 81, delta1=0.0)) and aligned.tolist() == [[0.5, 0.5]]
-    swapped, _ = gdt.geometry_agreement(lambda _: np.array([[7.0, 2.0]]), None, control)  # scale -1 would fit
-    assert swapped == pytest.approx(flat)
+        data.style_references(["data"], ["snow"], "nuscenes", tiny_world, "v1.0-trainval")
 
 
 def test_translation_that_is_the_day_image_itself_has_perfect_agreement(world, translator):
     day = Image.open(world / "data" / "a.png")
     control = gdt.control_depth(translator.depth, data.as_rgb8(day))
-    metrics, _ = gdt.geometry_agreement(translator.depth, day, control)
+    metrics, _ = geometry_agreement(gdt.control_depth(translator.depth, day), control)
     assert metrics["abs_rel"] < 1e-9 and metrics["delta1"] == 1.0
 
 
@@ -394,7 +390,7 @@ def test_upside_down_translation_fails_the_threshold_and_is_rejected_not_written
         outs = [im if k == "same.png" else im.transpose(Image.FLIP_TOP_BOTTOM) for im, k in zip(images, keys)]
         return outs, [dict(cond=cond, attempt=attempt, key=k, seed=gdt.sample_seed(k, cond, attempt),
                            **gdt.run_record(translator)) for k in keys]
-    monkeypatch.setattr(gdt, "load_depth_model", lambda *args: luminance_depth)
+    monkeypatch.setattr(model, "load_depth_model", lambda *args: luminance_depth)
     monkeypatch.setattr(gdt, "translate_batch", fake_translate)
     out = tmp_path / "out" / "night"
     run = ["--models-dir", str(world / "models"), "--tiny", "--captioner", "none", "--no-ip-adapter",

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import (SSIM_C1, TEACHER_MASKS, average_metrics, backproject, compute_depth_metrics, distillation,
-                    flip_post_process, min_reprojection, photometric_error, pixel_grid, project, reprojection_loss,
-                    score_loader, semantic_loss, silog_loss, smoothness_loss, ssim, teacher_loss, velocity_loss, warp)
+from losses import (SSIM_C1, TEACHER_MASKS, align_scale_shift, average_metrics, backproject, compute_depth_metrics,
+                    distillation, flip_post_process, geometry_agreement, min_reprojection, photometric_error,
+                    pixel_grid, project, reprojection_loss, score_loader, semantic_loss, silog_loss, smoothness_loss,
+                    ssim, teacher_loss, velocity_loss, warp)
 
 
 def intrinsics(fx, h, w, batch=1):
@@ -429,3 +430,21 @@ def test_score_loader_scores_each_mode_and_groups_night_rain_as_night():
     assert totals["plain"]["all"]["count"] == 2 and rows[1]["flip_pp"]["abs_rel"] == pytest.approx(1.0)
     legacy, rows = score_loader([batch], lambda b: plain)  # what the trainers' validation reads
     assert legacy["night"]["abs_rel"] == pytest.approx(0.0) and rows[0]["abs_rel"] == pytest.approx(0.1)
+
+
+def test_scale_shift_alignment_recovers_an_affine_map():
+    pred = np.random.default_rng(1).random((7, 9))
+    np.testing.assert_allclose(align_scale_shift(pred, 2.5 * pred - 0.7), 2.5 * pred - 0.7, atol=1e-12)
+
+
+def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_near_and_far():
+    control = np.zeros((1, 2, 3), np.float32)
+    control[0, 1] = 1  # the farthest pixel (depth 80) and the nearest (depth 1)
+    perfect, _ = geometry_agreement(np.array([[2.0, 7.0]]), control)  # any scale and shift
+    assert perfect["abs_rel"] == pytest.approx(0, abs=1e-12) and perfect["delta1"] == 1
+    # a flat prediction is fitted by the mean, control 0.5, depth 1 / (1/80 + 0.5 * 79/80) = 160/81:
+    # abs_rel = ((80 - 160/81) / 80 + (160/81 - 1) / 1) / 2 = 79/81, both pixels off by over 1.25
+    flat, aligned = geometry_agreement(np.array([[3.0, 3.0]]), control)
+    assert flat == pytest.approx(dict(abs_rel=79 / 81, delta1=0.0)) and aligned.tolist() == [[0.5, 0.5]]
+    swapped, _ = geometry_agreement(np.array([[7.0, 2.0]]), control)  # scale -1 would fit
+    assert swapped == pytest.approx(flat)

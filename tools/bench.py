@@ -62,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import data  # noqa: E402
 import gdt  # noqa: E402
 import tiny_models  # noqa: E402
-from model import DepthNet, DinoFeatures, PoseNet  # noqa: E402
+from model import DepthNet, DinoFeatures, PoseNet, gdt_model_paths  # noqa: E402
 from train_student import StudentLoss  # noqa: E402
 from train_teacher import LidarLoss, SelfSupervisedLoss  # noqa: E402
 from training import add_common_args, build_depth_net, depth_param_groups, resolve_args  # noqa: E402
@@ -230,8 +230,8 @@ def sd15_models():
 
 def save_sd15_models(root):
     """sd15_models(), an IP-Adapter and an LCM-LoRA for them, fp16, in the folders `gdt.py --models-dir root`
-    reads (gdt.model_paths; no depth model or captioner); reused when `root` holds a finished copy."""
-    paths = gdt.model_paths(root)
+    reads (gdt_model_paths; no depth model or captioner); reused when `root` holds a finished copy."""
+    paths = gdt_model_paths(root)
     if os.path.exists(os.path.join(root, "complete")) and all(
             os.path.isdir(paths[k]) for k in ("sd_model", "controlnet", "ip_adapter", "lcm_lora")):
         return paths

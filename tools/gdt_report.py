@@ -21,6 +21,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
 import data  # noqa: E402
 import gdt  # noqa: E402
+from losses import geometry_agreement  # noqa: E402
+from model import GDT_MODELS, load_depth_model  # noqa: E402
 
 WORST_COUNT = 16
 
@@ -75,7 +77,7 @@ def contact_sheet(rows, path, height=96):
 def depth_model_of(record, args):
     """The depth model to recompute a record's maps with: --depth-model, else the run's own (from the
     manifest; under --models-dir, the folder of the same name there), else gdt.py's default."""
-    run_model = record.get("models", {}).get("depth_model") or gdt.MODELS["depth_model"]
+    run_model = record.get("models", {}).get("depth_model") or GDT_MODELS["depth_model"]
     if args.depth_model:
         return args.depth_model
     return os.path.join(args.models_dir, os.path.basename(run_model.rstrip("/"))) if args.models_dir else run_model
@@ -99,14 +101,14 @@ def worst_frames_sheet(args, cond, records, path, loaded):
         return []
     settings, model = shown[0].get("settings", {}), depth_model_of(shown[0], args)
     if model not in loaded:
-        loaded[model] = gdt.load_depth_model(model, torch.device("cpu"), torch.float32, "--depth-model DIR or ")
+        loaded[model] = load_depth_model(model, torch.device("cpu"), torch.float32, "--depth-model DIR or ")
     predict, tiles, control_dir = loaded[model], settings.get("depth_tiles", 1), settings.get("control_dir")
     rows, worst = [], []
     for r in shown:
         day = data.as_rgb8(data.load_image(os.path.join(args.data_root, r["key"]) if args.data_root else r["source"]))
         control = gdt.load_control_map(control_dir, r["key"]) if control_dir else gdt.control_depth(predict, day, tiles)
         translation = data.as_rgb8(data.load_image(image_path(r)))
-        metrics, aligned = gdt.geometry_agreement(predict, translation, control, tiles)
+        metrics, aligned = geometry_agreement(gdt.control_depth(predict, translation, tiles), control)
         rows.append((f"{r['output']}  delta1 {metrics['delta1']:.3f}  abs_rel {metrics['abs_rel']:.3f}  {r['status']}",
                      [day, grey(control), translation, grey(aligned)]))
         worst.append(dict(output=r["output"], status=r["status"], **metrics))
