@@ -243,6 +243,26 @@ def test_car_sides_vary_along_the_car_so_their_depth_shows_in_the_flow():
     assert np.array_equal(side, albedo(0.6, 1, 0.01))  # deterministic
 
 
+def test_wet_road_mirrors_the_street_in_the_rain_and_only_there():
+    scene = plan()[0]
+    ts = [t for t, key in scene['cameras'] if key][1]
+    boxes = {k: v[:1] for k, v in scene['boxes'].items()}  # one box, 10 km away beside the road: out of sight
+    no_boxes = dict(scene, boxes=dict(boxes, corners=boxes['corners'] + [0, 1e4, 0]))
+    changed = {}
+    for cond in ('day', 'rain'):
+        image, depth = synthetic.render_frame(dict(scene, condition=cond), ts, (90, 160))
+        empty_image, empty_depth = synthetic.render_frame(dict(no_boxes, condition=cond), ts, (90, 160))
+        road = (depth == empty_depth) & (depth > 0)  # the road where no box stands in front of it
+        road[:, :2] = road[:, -2:] = False  # the rain's blur mixes in neighbours up to a pixel away
+        road[:-1] &= road[1:]
+        road[1:] &= road[:-1]
+        diff = np.abs(image.astype(int) - empty_image).max(-1)
+        changed[cond] = (diff[road] > 12).mean()
+        assert road.sum() > 1000
+    assert changed['day'] == 0  # by day the road looks the same with or without the cars beside it
+    assert changed['rain'] > 0.05  # in the rain their upside-down images lie on the wet road
+
+
 def test_sweeps_make_a_12_hz_camera_that_moves_under_a_metre_between_frames():
     for sweeps, hz in ((1, 4), (5, 12)):
         scene = synthetic.plan_world(2, 0, 0, 0, 0, 0, keyframes=6, sweeps=sweeps, seed=2)[1]  # the 1st stops

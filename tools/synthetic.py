@@ -289,8 +289,9 @@ def sky_colour(cond, elev):
     return SKY[cond][0] + np.clip(elev * 3, 0, 1)[..., None] * np.subtract(SKY[cond][1], SKY[cond][0])
 
 
-def light(scene, P, nrm, alb, emit, view, ego):
-    """Radiance of hits: sun and sky (day); overcast and a wet road (rain); lamps and headlights (night)."""
+def light(scene, P, nrm, alb, emit, view, ego, mirror=None):
+    """Radiance of hits: sun and sky (day); overcast and a wet road (rain) that reflects `mirror`, the
+    radiance arriving from the mirror direction (default: the sky); lamps and headlights (night)."""
     if scene['condition'] == 'day':
         sun = np.clip(nrm @ scene['sun'], 0, None)[:, None]
         return alb * ((0.3 + 0.15 * nrm[:, 2:]) * [.9, .95, 1.05] + 0.75 * sun * [1, .96, .88])
@@ -298,9 +299,9 @@ def light(scene, P, nrm, alb, emit, view, ego):
         s, l = road_coords(scene, P[:, 0], P[:, 1])
         puddle = np.clip(value_noise(s / 4, l / 2, scene['tex_seed'] + 5) * 3 - 1.5, 0, 1)
         wet = ((nrm[:, 2] > 0.5) & (np.abs(l) < PAVEMENT) & (P[:, 2] < 0.01))[:, None]
-        refl = wet * (0.25 + 0.5 * puddle[:, None]) * (1 - np.abs(view[:, 2:])) ** 3  # Fresnel-like: grazing
+        refl = wet * (0.3 + 0.6 * puddle[:, None]) * (1 - np.abs(view[:, 2:])) ** 2  # Fresnel-like: grazing
         rad = alb * (0.5 + 0.2 * nrm[:, 2:]) * [.92, .95, 1.0] * (1 - 0.4 * wet)
-        return rad * (1 - refl) + refl * sky_colour('rain', -view[:, 2])
+        return rad * (1 - refl) + refl * (sky_colour('rain', -view[:, 2]) if mirror is None else mirror)
     irr = np.full((len(P), 3), 0.03) * [.6, .7, 1.0]  # moonlight
     for lamp in scene['lamps'][np.linalg.norm(scene['lamps'][:, :2] - ego[:2, 3], axis=1) < 120]:
         L = lamp - P
@@ -334,6 +335,22 @@ def camera_effects(scene, rgb, depth, T, K, rng):
     return rgb
 
 
+def shade(scene, origin, dirs, t, obj, face, K, ego, mirror=None):
+    """Radiance (N, 3) along rays origin + t * dirs with cast_rays' hits: lit and hazed surfaces, else sky."""
+    norm, hit, cond = np.linalg.norm(dirs, axis=1), obj > -2, scene['condition']
+    view, rgb = dirs / norm[:, None], np.zeros((len(t), 3))
+    rgb[~hit] = sky_colour(cond, view[~hit, 2])
+    P, dist, obj, face = origin + t[hit, None] * dirs[hit], t[hit] * norm[hit], obj[hit], face[hit]
+    rot = scene['boxes']['rot'][np.maximum(obj, 0), :, face // 2]  # box faces 0..5: axes x, y, z; odd: -
+    nrm = np.where((obj < 0)[:, None], [0.0, 0, 1], np.where(face % 2, -1.0, 1.0)[:, None] * rot)
+    fp = dist / K[0, 0] / np.sqrt(np.clip(np.abs((nrm * view[hit]).sum(1)), 0.05, 1))  # metres per pixel
+    alb, emit = surface(scene, P, obj, face, fp)
+    fog = np.exp(-dist / FOG_M[cond])[:, None]
+    mirror = None if mirror is None else mirror[hit]
+    rgb[hit] = light(scene, P, nrm, alb, emit, view[hit], ego, mirror) * fog + (1 - fog) * sky_colour(cond, 0 * dist)
+    return rgb
+
+
 def render_frame(scene, timestamp, size):
     """CAM_FRONT image (H, W, 3) uint8 and exact depth (H, W) float32 (camera z, 0 = sky) at a time (us)."""
     (H, W), K, ego = size, intrinsics(size), rigid(*ego_pose(scene, timestamp))
@@ -341,18 +358,19 @@ def render_frame(scene, timestamp, size):
     u, v = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
     dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1) @ T[:3, :3].T
     t, obj, face = cast_rays(scene, T[:3, 3], dirs, partial(box_window, to_sensor=np.linalg.inv(T), K=K, hw=size))
-    dirs, t, obj, face = dirs.reshape(-1, 3), t.ravel(), obj.ravel(), face.ravel()
-    norm, hit, cond = np.linalg.norm(dirs, axis=1), obj > -2, scene['condition']
-    view, rgb = dirs / norm[:, None], np.zeros((len(t), 3))
-    rgb[~hit] = sky_colour(cond, view[~hit, 2])
-    P, dist, obj, face = T[:3, 3] + t[hit, None] * dirs[hit], t[hit] * norm[hit], obj[hit], face[hit]
-    rot = scene['boxes']['rot'][np.maximum(obj, 0), :, face // 2]  # box faces 0..5: axes x, y, z; odd: -
-    nrm = np.where((obj < 0)[:, None], [0.0, 0, 1], np.where(face % 2, -1.0, 1.0)[:, None] * rot)
-    fp = dist / K[0, 0] / np.sqrt(np.clip(np.abs((nrm * view[hit]).sum(1)), 0.05, 1))  # metres per pixel
-    alb, emit = surface(scene, P, obj, face, fp)
-    fog = np.exp(-dist / FOG_M[cond])[:, None]
-    rgb[hit] = light(scene, P, nrm, alb, emit, view[hit], ego) * fog + (1 - fog) * sky_colour(cond, 0 * dist)
-    depth = np.where(hit, t, 0).reshape(H, W).astype(np.float32)
+    mirror = None
+    if scene['condition'] == 'rain':  # the wet road mirrors the street: cars and facades upside down beneath
+        # them, the hazard rain brings to depth nets. The road is the plane z = 0, so the mirrored scene is the
+        # scene seen by the camera's mirror image below it; its boxes cover the pixels of their mirrored
+        # corners. The reflection is hazed over its whole path, and shade() hazes the first leg once more.
+        flip = np.array([1.0, 1.0, -1.0])
+        tm, om, fm = cast_rays(scene, T[:3, 3] * flip, dirs * flip,
+                               lambda c: box_window(c * flip, to_sensor=np.linalg.inv(T), K=K, hw=size))
+        om = np.where(tm > 0, om, -2)  # rays that look up meet the plane behind the mirrored camera: unused
+        mirror = shade(scene, T[:3, 3] * flip, (dirs * flip).reshape(-1, 3), tm.ravel(), om.ravel(), fm.ravel(),
+                       K, ego)
+    rgb = shade(scene, T[:3, 3], dirs.reshape(-1, 3), t.ravel(), obj.ravel(), face.ravel(), K, ego, mirror)
+    depth = np.where(obj > -2, t, 0).astype(np.float32)  # (H, W)
     rng = np.random.default_rng([scene['tex_seed'], timestamp % (1 << 32)])  # noise and streaks per frame
     rgb = camera_effects(scene, rgb.reshape(H, W, 3), depth, T, K, rng)
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), depth
