@@ -47,9 +47,6 @@ PHRASES = {"night": "At night", "rain": "In a rainy day", "snow": "In a snowy da
 NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 SAMPLERS = {"unipc": dict(steps=30, guidance=7.5), "lcm": dict(steps=4, guidance=1.0)}  # docs/method.md §1
 TINY_DEFAULTS = dict(steps=2, size=(64, 112))  # --tiny: a smoke run, seconds per frame on a CPU
-SETTINGS = ("sampler", "captioner", "caption", "depth_tiles", "control_dir", "steps", "guidance",
-            "control_scale", "ip_scale", "strength", "size", "night_ratio", "dtype", "tiny", "min_agreement",
-            "max_tries")  # what each manifest record carries
 
 
 def check_condition(cond):
@@ -189,7 +186,7 @@ def run_record(translator):
     used += ["caption_model"] * (settings.captioner != "none")
     used += ["ip_adapter", "ip_adapter_weight"] * (translator.styles is not None)
     used += ["depth_model"] * (not settings.control_dir or settings.audit)
-    return dict(settings={k: getattr(settings, k) for k in SETTINGS},
+    return dict(settings=dataclasses.asdict(settings),
                 models={k: str(translator.models[k]) for k in used})
 
 

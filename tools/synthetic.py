@@ -10,11 +10,12 @@ m/s (and stops in the first day-clear train scene: static frames for md4all's fi
 2 Hz with --sweeps camera frames between them: 1 (4 Hz, about 2 m apart) is fast to render; 5 is nuScenes'
 12 Hz (about 0.5-0.9 m), which self-supervised learning needs. Cars carry detail along their length (paint,
 door gaps, pillars, wheels), so the photometric loss can see their depth. Night: lamps, headlights, lit
-windows, glare, noise; rain: overcast, wet road, streaks, blur; descriptions say "Night" / "Rain" as in
-nuScenes. Val scenes are named from splits/nuscenes_val.txt, train scenes outside it. Deterministic from
---seed, atomic files, a rerun resumes. Also written: v1.0-trainval/scenes.json (what was generated) and
-depth/CAM_FRONT/<key frame>.npy (camera-z depth, 0 = sky). Rays pass through pixel centres (u+0.5, v+0.5). --translate
-writes ideal translations: a world's training frames rendered at night and in rain from the same poses.
+windows, glare, noise; rain: overcast, a wet road that mirrors the street, streaks, blur; descriptions say
+"Night" / "Rain" as in nuScenes. Val scenes are named from splits/nuscenes_val.txt, train scenes outside
+it. Deterministic from --seed, atomic files, a rerun resumes. Also written: v1.0-trainval/scenes.json (what
+was generated) and depth/CAM_FRONT/<key frame>.npy (camera-z depth, 0 = sky). Rays pass through pixel centres
+(u+0.5, v+0.5). --translate writes ideal translations: a world's training frames rendered at night and in rain
+from the same poses.
 """
 import argparse
 import hashlib
