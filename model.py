@@ -581,7 +581,7 @@ def load_pipeline(sd_model, controlnet, img2img, dtype):
     controlnet = load_gdt_model(ControlNetModel.from_pretrained, controlnet, dtype=dtype)
     pipeline = StableDiffusionControlNetImg2ImgPipeline if img2img else StableDiffusionControlNetPipeline
     return load_gdt_model(pipeline.from_pretrained, sd_model, controlnet=controlnet, safety_checker=None,
-                requires_safety_checker=False, dtype=dtype)
+                          requires_safety_checker=False, dtype=dtype)
 
 
 def fuse_lcm_lora(pipe, path):
@@ -620,7 +620,7 @@ def per_sample_ip_adapter_embeds(ip_adapter_image, ip_adapter_image_embeds, devi
 class Translator:
     """Everything gdt.translate_batch needs, loaded once by `build_translator`."""
     settings: object             # gdt.Settings
-    models: dict                 # model.gdt_model_paths(): what each model was loaded from
+    models: dict                 # gdt_model_paths(): what each model was loaded from
     pipe: object                 # the diffusers ControlNet pipeline
     captioner: tuple = None      # (model, processor); None: the fixed settings.caption
     depth: object = None         # predict(pil) -> inverse depth; None when neither control maps nor audit need it
@@ -632,7 +632,7 @@ class Translator:
 
 
 def build_translator(settings, models=None, styles=None, batch_size=4, compile=False):
-    """Load every GDT model a gdt.Settings needs once, from `models` (model.gdt_model_paths(); default the hub ids).
+    """Load every GDT model a gdt.Settings needs once, from `models` (gdt_model_paths(); default the hub ids).
     `styles`: cond -> real reference images for IP-Adapter, None for no IP-Adapter. The depth model
     makes the control maps (unless settings.control_dir) and audits the translations."""
     models = models or gdt_model_paths(captioner=settings.captioner)
