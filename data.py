@@ -59,6 +59,12 @@ def parse_size(text):
     return h, w
 
 
+def split_conditions(words):
+    """--cond / --conds values -> condition names: ['night,rain', 'rain'] -> ['night', 'rain'] (space- or
+    comma-separated, duplicates dropped), as gdt.py and train_student.py read them."""
+    return list(dict.fromkeys(c.strip() for word in words for c in word.split(",") if c.strip()))
+
+
 def read_text(path, fix):
     """Contents of a small text file the protocol needs; a missing one names itself and the fix."""
     if not os.path.isfile(path):

@@ -276,11 +276,6 @@ def already_rejected(out, cond, settings):
             == (settings.min_agreement, settings.max_tries)}
 
 
-def split_conditions(items):
-    """['night,rain', 'rain'] -> ['night', 'rain']: space- or comma-separated, duplicates dropped."""
-    return list(dict.fromkeys(c.strip() for item in items for c in item.split(",") if c.strip()))
-
-
 def settings_from_args(args):
     """The Settings of the flags of the same names (--no-audit: audit off); unset flags: Settings' defaults."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if getattr(args, f.name, None)
@@ -329,7 +324,7 @@ def parse_args(argv=None):
                    "from tools/tiny_models.py)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet (GPU, long runs)")
     args = p.parse_args(argv)
-    args.cond = split_conditions(args.cond or ["night", "rain"])
+    args.cond = data.split_conditions(args.cond or ["night", "rain"])
     unknown = [c for c in args.cond if c not in PHRASES]
     if unknown or not args.cond:
         p.error(f"argument --cond/--conds: invalid choice: {', '.join(map(repr, unknown)) or 'none given'} "

@@ -22,6 +22,7 @@ import argparse
 import torch
 import torch.nn as nn
 
+from data import split_conditions
 from losses import TEACHER_MASKS, distillation, reprojection_loss, semantic_loss, teacher_loss
 from model import DinoFeatures, checkpoint_kind, load_depth_net, load_pose_net, predict_poses, read_checkpoint
 from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, run_cli, train
@@ -35,7 +36,7 @@ def parse_conds(words, gdt_root):
     if words is None:
         return ("night", "rain") if gdt_root else ()
     words = [words] if isinstance(words, str) else words
-    conds = tuple(dict.fromkeys(c.strip() for w in words for c in w.split(",") if c.strip()))
+    conds = tuple(split_conditions(words))
     unknown = [c for c in conds if c not in TRANSLATED_CONDITIONS]
     if unknown:
         raise ValueError(f"--conds: unknown condition(s) {', '.join(map(repr, unknown))}; gdt.py makes "
