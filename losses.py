@@ -5,7 +5,8 @@ edge-aware smoothness, velocity supervision. Supervised teacher: SILog against L
 distillation, the teacher-reliability mask, the semantic loss. The trainers compose and weight them.
 Last, the evaluation metrics (docs/method.md §5): md4all's depth errors with its validity mask and
 median scaling, the flip post-processing and single upsampling of a prediction, and the per-condition
-averages that evaluate.py reports and the trainers validate with.
+averages that evaluate.py reports and the trainers validate with; and GDT's geometry agreement
+(docs/method.md §1), the metric by which gdt.py audits a translation's depth against its day frame's.
 
 Conventions used by every geometric function here:
 - Pixels: data.py treats pixel (i, j) as covering [i, i+1) x [j, j+1) (what resizing assumes), so
@@ -350,6 +351,7 @@ def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=
     return {mode: metric_totals([r[mode] for r in rows], conds) for mode in modes}, rows
 
 
+# GDT's geometry audit (docs/method.md §1): how well a translation keeps its day frame's depth (numpy maps).
 def align_scale_shift(pred, target):
     """Closed-form least-squares scale s >= 0 and shift t of pred onto target (docs/method.md §1):
     s = cov(pred, target) / var(pred), t = mean(target) - s mean(pred). A negative scale would swap
