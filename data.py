@@ -59,6 +59,13 @@ def parse_size(text):
     return h, w
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help of gdt.py and evaluate.py: the docstring's runbook as written, and each flag's default (when it
+    has one worth showing)."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def split_conditions(words):
     """--cond / --conds values -> condition names: ['night,rain', 'rain'] -> ['night', 'rain'] (space- or
     comma-separated, duplicates dropped), as gdt.py and train_student.py read them."""

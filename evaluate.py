@@ -193,14 +193,8 @@ def inside(path, folder):
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The docstring's runbook as written, and each flag's default (when it has one worth showing)."""
-    def _get_help_string(self, action):
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
-
-
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=data.HelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (.pt) or exported folder of a depth net")
     p.add_argument("--pred-dir", help="evaluate precomputed .npy depth maps (metres) instead of a checkpoint")
     p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"],

@@ -283,14 +283,8 @@ def settings_from_args(args):
     return Settings(**given, audit=not args.no_audit)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The docstring's runbook as written, and each flag's default (when it has one worth showing)."""
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=data.HelpFormatter)
     data.add_translation_args(p)
     add_gdt_model_args(p)
     p.add_argument("--cond", "--conds", nargs="+", metavar="COND",
