@@ -590,10 +590,10 @@ def condition_frames(data_root, version, cond):
     return paths
 
 
-def style_references(style_dir, conds, dataset, data_root, version, known=("night", "rain", "snow", "fog")):
+def style_references(style_dir, conds, dataset, data_root, version, known):
     """cond -> GDT's IP-Adapter reference images (docs/method.md §1), from gdt.py's --style-dir entries:
-    COND=DIR per condition (COND among `known`), DIR holding DIR/<cond>/, or ['data']: the nuScenes
-    training scenes of the condition (condition_frames, the paper's choice)."""
+    COND=DIR per condition (COND among `known`, the conditions gdt.py can make), DIR holding DIR/<cond>/,
+    or ['data']: the nuScenes training scenes of the condition (condition_frames, the paper's choice)."""
     if style_dir == ["data"]:
         if dataset != "nuscenes":
             raise ValueError("--style-dir data draws from nuScenes night / rain training scenes: use --dataset "

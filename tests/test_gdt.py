@@ -360,7 +360,8 @@ def test_output_inside_the_dataset_is_refused(world):
 def test_style_references_can_come_from_the_datasets_own_night_and_rain_training_scenes(tiny_world):
     args = gdt.parse_args(["--dataset", "nuscenes", "--data-root", tiny_world, "--out", "unused",
                            "--cond", "night", "rain", "--style-dir", "data"])
-    styles = data.style_references(args.style_dir, args.cond, args.dataset, args.data_root, args.version)
+    styles = data.style_references(args.style_dir, args.cond, args.dataset, args.data_root, args.version,
+                                   tuple(gdt.PHRASES))
     index = data.load_index(tiny_world)
     for cond in ("night", "rain"):
         scenes = {index.sample[index.sample_data[t]["sample_token"]]["scene_token"] for t in
@@ -371,7 +372,7 @@ def test_style_references_can_come_from_the_datasets_own_night_and_rain_training
         assert all(cond in described[s]["description"].lower() and described[s]["name"] not in
                    data.val_scene_names("v1.0-trainval") for s in scenes)
     with pytest.raises(ValueError, match="snow"):
-        data.style_references(["data"], ["snow"], "nuscenes", tiny_world, "v1.0-trainval")
+        data.style_references(["data"], ["snow"], "nuscenes", tiny_world, "v1.0-trainval", tuple(gdt.PHRASES))
 
 
 def test_translation_that_is_the_day_image_itself_has_perfect_agreement(world, translator):
