@@ -20,12 +20,10 @@ gdt.py writes and the GDT input swap reads: images in the source's format and mo
 import argparse
 import contextlib
 import csv
-import io
 import json
 import math
 import os
-import re
-import time
+import sys
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +33,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageStat
 
-CONDITIONS = ('day-clear', 'day-rain', 'night-clear', 'night-rain')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 LUMA = np.array([0.299, 0.587, 0.114])  # PIL's 'L' weights (ITU-R 601), what Contrast and Color blend to
 
@@ -66,10 +63,47 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return action.help if action.default is None or action.default is False else super()._get_help_string(action)
 
 
-def split_conditions(words):
-    """--cond / --conds values -> condition names: ['night,rain', 'rain'] -> ['night', 'rain'] (space- or
-    comma-separated, duplicates dropped), as gdt.py and train_student.py read them."""
-    return list(dict.fromkeys(c.strip() for word in words for c in word.split(",") if c.strip()))
+def at_least(minimum):
+    """argparse type: an integer >= minimum."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def run_cli(main, prog):
+    """Run a script's `main()`, turning the errors a user can cause (missing or unreadable files, bad flags,
+    data or checkpoints, models that cannot be loaded: OSError and ValueError) into one line
+    `<prog>: error: ...` and exit status 1 (argparse's usage errors exit with 2); bugs keep their traceback."""
+    try:
+        return main()
+    except (OSError, ValueError) as e:
+        message = str(e).strip() or type(e).__name__
+        if "Original Traceback" in message:  # raised in a DataLoader worker: its traceback's last line says it
+            message = message.splitlines()[-1].removeprefix(f"{type(e).__name__}: ")
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def write_atomic(path, write):
+    """Write a file whole or not at all: `write(tmp)` fills a temp file `.<name>.tmp<pid>` beside `path`, which
+    then replaces `path` (created by open(), so with the umask's permissions); on an error the temp file is
+    removed. A killed run leaves at most a temp file, never a half-written output that a resume would skip."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
 
 
 def read_text(path, fix):
@@ -185,18 +219,14 @@ class AugmentedDataset(torch.utils.data.Dataset):
     - gdt_root, gdt_conds, p_day: GDT input swap (docs/method.md §4): with probability 1 - p_day the
       depth net sees `<gdt_root>/<cond>/<relative path>` for a cond drawn from gdt_conds (gdt.py's output).
     - seed: with (epoch, index), the seed of every random choice of an item.
-    - fast_decode, exact_jitter: the cheap decode below (or the reference), and md4all's exact jitter
-      (torchvision's PIL ops) or the cheap affine one.
+    - fast_decode: decode a JPEG once per DCT scale its sizes allow (PIL draft: 1/2, 1/4, 1/8 where a
+      size is at most that share of the frame), then Lanczos to the size; False decodes the full frame
+      for every tensor (the reference). The two differ by a few levels of 255 on JPEGs at the loss size
+      (docs/results.md); PNGs and sizes above half the frame are bit-identical.
+    - exact_jitter: True jitters with color_jitter (torchvision's PIL ops, as md4all); False with the
+      cheaper affine_jitter (an approximation of the hue step).
     - day_input: also return `day_input`, the clean day frame at net_size (the student's frozen teacher
       and DINOv2 see it).
-
-    fast_decode=True decodes a frame once per scale its sizes allow: JPEGs at 1/2, 1/4 or 1/8 (PIL
-    draft, DCT scaling) where a size is at most that share of the frame, then Lanczos to the size;
-    no float conversion before the resize. fast_decode=False decodes the full frame for every tensor
-    (the reference). On nuScenes' 1600x900 CAM_FRONT fixture frame at 320x576 the two differ by at
-    most 0.047 (12/255) and on average 0.0015 (in [0, 1] units); PNGs and sizes above half the frame
-    are bit-identical. exact_jitter=True jitters with affine_jitter, True with color_jitter (torchvision's
-    PIL ops, as md4all; about 15 ms more per 320x576 frame).
     """
     crop = 1.0  # share of image rows kept from the top
     dataset, version = 'folder', None  # gdt.py's --dataset (and nuScenes --version) for this reader
@@ -575,42 +605,6 @@ def lidar_depth_map(dataroot, version, cam_sample_data_token, size=None):
     return load_index(dataroot, version).lidar_depth_map(cam_sample_data_token, size)
 
 
-def condition_frames(data_root, version, cond):
-    """CAM_FRONT key frames (paths) of the training scenes whose description names `cond`: GDT's real
-    style references (docs/method.md §1), frames depth training never uses. Weather references ('rain') come
-    from day scenes only, as the prompt says 'in a rainy day'; 'night' takes every night scene."""
-    index, val = load_index(data_root, version), val_scene_names(version)
-    wanted = lambda text: cond in text and (cond == 'night' or 'night' not in text)  # noqa: E731
-    paths = sorted(index.sample_data[t]['filename'] for s in index.scenes
-                   if s['name'] not in val and wanted(s['description'].lower()) for t in index.scene_key_frames(s))
-    if not paths:
-        raise ValueError(f"no training scene in {data_root} ({version}) is described as '{cond}'"
-                         f"{'' if cond == 'night' else ' by day'}: pass real '{cond}' images with "
-                         f"--style-dir {cond}=DIR, or --no-ip-adapter")
-    return paths
-
-
-def style_references(style_dir, conds, dataset, data_root, version, known):
-    """cond -> GDT's IP-Adapter reference images (docs/method.md §1), from gdt.py's --style-dir entries:
-    COND=DIR per condition (COND among `known`, the conditions gdt.py can make), DIR holding DIR/<cond>/,
-    or ['data']: the nuScenes training scenes of the condition (condition_frames, the paper's choice)."""
-    if style_dir == ["data"]:
-        if dataset != "nuscenes":
-            raise ValueError("--style-dir data draws from nuScenes night / rain training scenes: use --dataset "
-                             "nuscenes, or pass --style-dir COND=DIR")
-        return {c: [os.path.join(data_root, p) for p in condition_frames(data_root, version, c)] for c in conds}
-    folders = {}
-    for entry in style_dir or []:
-        cond, _, folder = entry.partition("=")
-        folders.update({cond: folder} if cond in known and folder else
-                       {c: os.path.join(entry, c) for c in conds if c not in folders})
-    for cond in conds:
-        if not os.path.isdir(folders.get(cond, "")):
-            raise ValueError(f"IP-Adapter needs real '{cond}' reference images: pass --style-dir {cond}=DIR or "
-                             f"--style-dir DIR with DIR/{cond}/ (not found: {folders.get(cond)}), or --no-ip-adapter")
-    return {c: [os.path.join(folders[c], p) for p in list_images("folder", folders[c])] for c in conds}
-
-
 class NuScenesDepth(AugmentedDataset):
     """nuScenes CAM_FRONT key frames of md4all's 'train' or 'val' split (docs/method.md §4, §5).
 
@@ -622,12 +616,8 @@ class NuScenesDepth(AugmentedDataset):
     dataset, crop = 'nuscenes', DATASET_DEFAULTS['nuscenes']['crop']
 
     def __init__(self, data_root, version='v1.0-trainval', split='train', size=DATASET_DEFAULTS['nuscenes']['size'],
-                 frames=(0,), with_lidar=False, scenes=None, *, net_size=None, color_jitter=False, flip=False,
-                 gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True,
-                 day_input=False):
-        super().__init__(data_root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
-                         gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,
-                         exact_jitter=exact_jitter, day_input=day_input)
+                 frames=(0,), with_lidar=False, scenes=None, **options):
+        super().__init__(data_root, size, **options)
         if split == 'val' and tuple(frames) != (0,):
             raise ValueError("nuScenes val items have no source frames at scene ends; use frames=(0,)")
         self.split, self.frames, self.with_lidar, self.version = split, frames, with_lidar, version
@@ -792,12 +782,8 @@ class RobotCarDepth(AugmentedDataset):
     dataset, crop = 'robotcar', DATASET_DEFAULTS['robotcar']['crop']
 
     def __init__(self, data_root, split='train', size=DATASET_DEFAULTS['robotcar']['size'], frames=(0,),
-                 with_lidar=False, sequences=None, max_depth=DATASET_DEFAULTS['robotcar']['max_depth'], *,
-                 net_size=None, color_jitter=False, flip=False, gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0,
-                 fast_decode=True, exact_jitter=True, day_input=False):
-        super().__init__(data_root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
-                         gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,
-                         exact_jitter=exact_jitter, day_input=day_input)
+                 with_lidar=False, sequences=None, max_depth=DATASET_DEFAULTS['robotcar']['max_depth'], **options):
+        super().__init__(data_root, size, **options)
         self.split, self.frames, self.with_lidar, self.max_depth = split, frames, with_lidar, max_depth
         self.vo = {}
         self.items = read_robotcar_split(data_root, split, sequences)
@@ -848,12 +834,8 @@ class FolderDepth(AugmentedDataset):
     The keyword options are AugmentedDataset's."""
     dataset, crop = 'folder', DATASET_DEFAULTS['folder']['crop']
 
-    def __init__(self, root, size=DATASET_DEFAULTS['folder']['size'], *, net_size=None, color_jitter=False, flip=False,
-                 gdt_root=None, gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True,
-                 day_input=False):
-        super().__init__(root, size, net_size=net_size, color_jitter=color_jitter, flip=flip, gdt_root=gdt_root,
-                         gdt_conds=gdt_conds, p_day=p_day, seed=seed, fast_decode=fast_decode,
-                         exact_jitter=exact_jitter, day_input=day_input)
+    def __init__(self, root, size=DATASET_DEFAULTS['folder']['size'], **options):
+        super().__init__(root, size, **options)
         self.items = list_images('folder', root)
         self._check_gdt(self.items)
 
@@ -891,12 +873,22 @@ def list_images(dataset, data_root, version=None, split='train'):
     raise ValueError(f"unknown dataset {dataset!r}; use 'nuscenes', 'robotcar' or 'folder'")
 
 
-# GDT translation files (docs/method.md §1): `<out>/<cond>/<path relative to the data root>` in the
-# source's format and mode, written atomically, and JSONL manifests `<out>/<cond>/manifest.rank<r>.jsonl`.
-# gdt.py and tools/classic_weather.py write them; the datasets above read them.
+# GDT translation files, the reading side (docs/method.md §1): gdt.py writes each translation to
+# `<out>/<cond>/<path relative to the data root>` in the source's format and mode, and a JSONL record per
+# frame to `<out>/<cond>/manifest.rank<r>.jsonl`; the student's datasets above read them.
 
-JPEG_QUALITY = 95  # translations are training inputs: keep JPEG artefacts well below the night noise
-STALE_AGE_S = 60  # a temp file untouched this long has no writer (an image is written in well under a second)
+GDT_CONDITIONS = ('night', 'rain', 'snow', 'fog')  # the conditions gdt.py has prompts for
+
+
+def parse_conditions(words):
+    """--cond / --conds values -> condition names: ['night,rain', 'rain'] -> ['night', 'rain'] (space- or
+    comma-separated, duplicates dropped); an unknown name is a ValueError that lists the known ones."""
+    conds = list(dict.fromkeys(c.strip() for word in words for c in word.split(',') if c.strip()))
+    unknown = [c for c in conds if c not in GDT_CONDITIONS]
+    if unknown or not conds:
+        raise ValueError(f"unknown condition(s) {', '.join(map(repr, unknown)) or 'none given'}: choose from "
+                         f"{', '.join(GDT_CONDITIONS)}")
+    return conds
 
 
 def load_image(path):
@@ -907,95 +899,6 @@ def load_image(path):
             return image
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
-
-
-def as_rgb8(image):
-    """8-bit RGB of any PIL image. 16-bit greyscale (PNG modes 'I;16', 'I') is scaled by 1/257:
-    PIL's convert('RGB') clips it, turning every value above 255 white."""
-    if image.mode.startswith('I'):
-        grey = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert('RGB')
-    return image.convert('RGB')
-
-
-def in_source_mode(image, mode):
-    """An 8-bit RGB translation back in the source's mode (16-bit greyscale: x 257)."""
-    if mode.startswith('I'):
-        grey = np.asarray(image.convert('L'), dtype=np.int32) * 257
-        return Image.fromarray(grey.astype(np.uint16 if mode.startswith('I;16') else np.int32))
-    return image.convert(mode)
-
-
-def to_uint8(x):
-    """uint8 of an array in [0, 1] (clipped), rounded to the nearest level."""
-    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def save_image(image, file, suffix):
-    """Save in the format of the extension `suffix` (JPEG at JPEG_QUALITY)."""
-    fmt = Image.registered_extensions()[suffix.lower()]
-    image.save(file, format=fmt, **({'quality': JPEG_QUALITY} if fmt == 'JPEG' else {}))
-
-
-def save_atomic(image, path):
-    """Write to a temp file in the same folder, then os.replace: an interrupted run never leaves a
-    half-written output that a resume would skip."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    save_image(image, tmp, path.suffix)
-    os.replace(tmp, path)
-
-
-def as_saved(image, suffix):
-    """The image as its file will read back (JPEG loses detail): what the student sees and the audit checks."""
-    buffer = io.BytesIO()
-    save_image(image, buffer, suffix)
-    return load_image(buffer)
-
-
-def remove_stale(folders):
-    """Delete the temp outputs `.<name>.tmp<pid>` below `folders` of killed runs: their process is gone
-    and nothing touched them for a minute (a rank on another machine sharing the folder can have the
-    same pid). Returns the count."""
-    removed = 0
-    for path in [os.path.join(d, n) for folder in folders for d, _, names in os.walk(folder) for n in names
-                 if n.startswith('.') and re.search(r'\.tmp\d+$', n)]:
-        try:
-            os.kill(int(re.search(r'\.tmp(\d+)$', path)[1]), 0)  # the writer is alive (PermissionError: not ours)
-        except ProcessLookupError:
-            with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another rank
-                if time.time() - os.path.getmtime(path) > STALE_AGE_S:
-                    os.unlink(path)
-                    removed += 1
-        except PermissionError:
-            pass
-    return removed
-
-
-def add_translation_args(p):
-    """The flags that say which frames a writer of translations reads and where it writes (argparse)."""
-    p.add_argument("--dataset", choices=("nuscenes", "robotcar", "folder"), default="folder",
-                   help="folder: every .jpg/.jpeg/.png below --data-root; else the split's training frames")
-    p.add_argument("--data-root", required=True, help="the dataset")
-    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
-    p.add_argument("--split", default="train", help="nuScenes / RobotCar split to translate")
-    p.add_argument("--out", required=True, help="writes OUT/<cond>/<path relative to --data-root>")
-    return p
-
-
-def translation_frames(dataset, data_root, version, split, out, conds):
-    """The frames a writer of translations (gdt.py, tools/classic_weather.py) works through, after the
-    checks both make: `out` lies outside the dataset, the split has frames, and the temp files of a
-    killed run below out/<cond>/ are gone."""
-    if Path(out).resolve().is_relative_to(Path(data_root).resolve()):
-        raise ValueError(f"--out {out} is inside --data-root {data_root}: translations never go into the dataset")
-    keys = list_images(dataset, data_root, version, split)
-    if not keys:
-        raise ValueError(f"no images for --dataset {dataset} --split {split} under {data_root}")
-    stale = remove_stale([Path(out, c) for c in conds])
-    if stale:
-        print(f"removed {stale} half-written temp files of an interrupted run")
-    return keys
 
 
 def read_manifests(folder):

@@ -18,28 +18,172 @@ Writes `<out>/metrics.json` (per mode, per group and per image), `<out>/metrics.
 PNGs per condition (image | prediction | ground truth on one depth scale in metres). `--pred-dir` reads
 `<pred-dir>/<image path relative to the data root, extension replaced by .npy>` (depth in metres, any
 size; upsampled like the net's depth), so other methods are scored on exactly this protocol. Without
---size the checkpoint's training size is used. The protocol's functions live where the trainers'
-validation uses them too: the metrics and their averages in losses.py (`compute_depth_metrics`,
-`score_loader`, `summarize`), the net's prediction in model.py (`net_predictor`); this file reads
-checkpoints or prediction folders and writes the tables and pictures.
+--size the checkpoint's training size is used. This file is the whole protocol, in reading order: the
+prediction (network_input, flip_post_process, upsample_depth, predict_depths, net_predictor), the scores
+(compute_depth_metrics, condition groups, score_loader, summarize), tables and pictures, the command.
+The trainers' validation calls the same functions (training.py). It needs model.py and data.py only.
 """
 import argparse
 import json
 import os
 import pickle
-import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
 import data
-from losses import METRIC_NAMES, condition_group, score_loader, summarize, upsample_depth
-from model import load_depth_net, net_predictor, network_input
+from model import load_depth_net, read_checkpoint
 
+METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 GROUP_ORDER = ("day-clear", "night", "day-rain", "all")
 MODE_TITLES = {"plain": "plain prediction", "flip_pp": "flip post-processing (monodepth2 edge ramp)"}
+
+
+# The prediction: the depth net as md4all's evaluator runs it (the trainers' validation runs it too).
+def flip_post_process(disp, disp_of_flipped):
+    """monodepth2's edge-ramp blend of a disparity (B,1,H,W) with the prediction of the mirrored image
+    (docs/method.md §5): the un-flipped mirror prediction alone near the left border, the plain one
+    alone near the right, their mean in between; mask = 1 - clamp(20 (x - 0.05), 0, 1), x in [0, 1]."""
+    hat = torch.flip(disp_of_flipped, dims=[-1])
+    x = torch.linspace(0.0, 1.0, disp.shape[-1], dtype=disp.dtype, device=disp.device)
+    mask = 1.0 - torch.clamp(20.0 * (x - 0.05), 0.0, 1.0)
+    mask_hat = torch.flip(mask, dims=[-1])
+    return mask_hat * disp + mask * hat + (1.0 - mask - mask_hat) * 0.5 * (disp + hat)
+
+
+def upsample_depth(depth, size):
+    """md4all's single interpolation of a (B,1,h,w) depth to the ground-truth size: bilinear, align_corners=True."""
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return depth
+    return F.interpolate(depth, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+@torch.no_grad()
+def predict_depths(net, images, out_size, flip_pp=False, bf16=False):
+    """{"plain": depth} (and {"flip_pp": depth} with flip_pp) of `net` on images in [0,1], (B,1,*out_size):
+    scaled disparity at network resolution (flip-blended), depth = 1 / it, then one upsampling (docs/method.md §5).
+    bf16 runs the net under bf16 autocast (its head still ends in float32); md4all evaluates in float32."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        disp = net(images, out_size="network")["scaled_disp"]
+        disp_of_flipped = net(torch.flip(images, dims=[-1]), out_size="network")["scaled_disp"] if flip_pp else None
+    disps = {"plain": disp.float()}
+    if flip_pp:
+        disps["flip_pp"] = flip_post_process(disp.float(), disp_of_flipped.float())
+    return {mode: upsample_depth(1.0 / d.clamp(min=1e-6), out_size) for mode, d in disps.items()}
+
+
+def network_input(batch):
+    """What the depth net sees: the item's `input` (at the net's size), else its `color`."""
+    return batch["input"] if "input" in batch else batch["color"]
+
+
+def net_predictor(net, device, flip_pp=False, by_mode=False, bf16=None):
+    """predict(batch) -> (B, Hgt, Wgt) depth of `net` at the ground-truth size (flip post-processed
+    when flip_pp); with by_mode=True a dict {"plain": ...} (and "flip_pp", from the same two passes).
+    bf16 autocast by default on GPU (validation during training); the command passes its --bf16."""
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+
+    def predict(batch):
+        images = network_input(batch).to(device, non_blocking=True)
+        depths = predict_depths(net, images, batch["gt"].shape[-2:], flip_pp, bf16)
+        depths = {mode: d.float().cpu()[:, 0] for mode, d in depths.items()}
+        return depths if by_mode else depths["flip_pp" if flip_pp else "plain"]
+    return predict
+
+
+# The scores: md4all's metrics per image, averaged per condition.
+def _tensor(x):
+    """A squeezed CPU tensor of x, keeping its dtype (numpy float64 stays float64, float32 stays float32)."""
+    x = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return x.squeeze()
+
+
+def compute_depth_metrics(gt, pred, min_depth=0.1, max_depth=80.0, median_scaling=False):
+    """Depth errors of one image, md4all's rules (docs/method.md §5). Returns None without valid pixels.
+
+    valid = min < gt < max in gt's own dtype (a float32 gt of float32(0.1) is not valid); the optional
+    median scaling uses torch's median (the lower middle value on an even count); then pred is
+    clamped to [min, max]. The metrics are computed in the inputs' dtype, as md4all does."""
+    gt, pred = _tensor(gt), _tensor(pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt {tuple(gt.shape)} and prediction {tuple(pred.shape)} differ in size: upsample "
+                         f"the prediction to the ground-truth resolution first")
+    valid = (gt > min_depth) & (gt < max_depth)  # a Python float does not promote the tensor's dtype
+    if not valid.any():
+        return None
+    dtype = torch.promote_types(gt.dtype, pred.dtype)
+    dtype = dtype if dtype.is_floating_point else torch.float64
+    gt, pred = gt[valid].to(dtype), pred[valid].to(dtype)
+    if median_scaling:
+        pred = pred * torch.median(gt) / torch.median(pred)
+    pred = pred.clamp(min_depth, max_depth)
+    ratio, diff = torch.maximum(gt / pred, pred / gt), gt - pred
+    return {
+        "abs_rel": float(torch.mean(diff.abs() / gt)),
+        "sq_rel": float(torch.mean(diff ** 2 / gt)),
+        "rmse": float(torch.sqrt(torch.mean(diff ** 2))),
+        "rmse_log": float(torch.sqrt(torch.mean((torch.log(gt) - torch.log(pred)) ** 2))),
+        "a1": float((ratio < 1.25).to(dtype).mean()),
+        "a2": float((ratio < 1.25 ** 2).to(dtype).mean()),
+        "a3": float((ratio < 1.25 ** 3).to(dtype).mean()),
+    }
+
+
+def condition_group(cond):
+    """Reporting group of a frame's condition (docs/method.md §5): night-clear and night-rain count as night."""
+    return "night" if cond.startswith("night") else cond
+
+
+def metric_totals(per_image, conds):
+    """Sums and counts of per-image metrics per reporting group and 'all' (reducible across ranks)."""
+    totals = {}
+    for metrics, cond in zip(per_image, conds):
+        if metrics is None:
+            continue
+        for group in {condition_group(cond), "all"}:  # a set: a folder's frames are in 'all' only, once
+            t = totals.setdefault(group, dict.fromkeys(METRIC_NAMES, 0.0) | {"count": 0})
+            t["count"] += 1
+            for k in METRIC_NAMES:
+                t[k] += float(metrics[k])
+    return totals
+
+
+def summarize(totals):
+    """Means per group from `metric_totals` sums."""
+    return {g: {"count": t["count"], **{k: t[k] / t["count"] for k in METRIC_NAMES}} for g, t in totals.items()}
+
+
+def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=False, on_image=None,
+                 progress=False):
+    """Score `predict(batch)` against each item's `gt`: (totals per group, one row per image).
+
+    When predict returns a dict {mode: predictions} (model.net_predictor(..., by_mode=True)), totals are
+    {mode: totals per group} and each row holds {mode: metrics}. `on_image(batch, i, pred_i, row)`
+    sees every image (pred_i: a tensor, or a dict like the predictions)."""
+    rows, per_mode = [], None
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
+        if "gt" not in batch:
+            raise ValueError("items carry no ground truth `gt`: a folder needs a .npy depth map next to each image")
+        preds = predict(batch)
+        per_mode = isinstance(preds, dict)
+        preds = preds if per_mode else {"plain": preds}
+        for i in range(len(batch["path"])):
+            row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all"}
+            for mode, pred in preds.items():
+                row[mode] = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
+            if not per_mode:
+                row = {"path": row["path"], "cond": row["cond"], **(row["plain"] or {})}
+            rows.append(row)
+            if on_image:
+                on_image(batch, i, {mode: p[i] for mode, p in preds.items()} if per_mode else preds["plain"][i], row)
+    conds = [r["cond"] for r in rows]
+    if not per_mode:
+        return metric_totals([r if "abs_rel" in r else None for r in rows], conds), rows
+    modes = [m for m in rows[0] if m not in ("path", "cond")] if rows else []
+    return {mode: metric_totals([r[mode] for r in rows], conds) for mode in modes}, rows
 
 
 def ordered_groups(summary):
@@ -113,16 +257,8 @@ def render_visualisation(image, pred, gt, min_depth, max_depth, labels=("image",
 
 def save_visualisation(path, image, pred, gt, min_depth, max_depth):
     """Write render_visualisation(...) as a PNG, atomically."""
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    render_visualisation(image, pred, gt, min_depth, max_depth).save(tmp)
-    os.replace(tmp, path)
-
-
-def write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    picture = render_visualisation(image, pred, gt, min_depth, max_depth)
+    data.write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def load_prediction(pred_dir, rel_path, size):
@@ -143,26 +279,12 @@ def load_prediction(pred_dir, rel_path, size):
 def load_checkpoint(path):
     """(depth net, the training args it stores or {}) from a .pt file or an exported folder; errors name the file."""
     if os.path.isdir(path):
-        try:
-            return load_depth_net(path), {}
-        except (RuntimeError, OSError, KeyError) as e:
-            raise ValueError(f"--ckpt {path}: not a folder written by export_pretrained ({e})") from e
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--ckpt {path} does not exist: pass the ckpt.pt a training script wrote "
-                                f"or a folder written by export_pretrained")
+        return load_depth_net(path), {}
+    ckpt = read_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise ValueError(f"--ckpt {path} is not a readable checkpoint ({str(e).splitlines()[0]}); it may be "
-                         f"truncated: pass a complete ckpt.pt written by train_teacher.py / train_student.py") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"--ckpt {path} holds no 'model' and 'config' entries: it was not written by this "
-                         f"project's training scripts")
-    try:
-        net = load_depth_net(ckpt)
-    except (RuntimeError, TypeError) as e:  # weights that do not fit the stored config
-        raise ValueError(f"--ckpt {path}: its weights do not fit its config ({str(e).splitlines()[0]})") from e
-    return net, ckpt.get("args") or {}
+        return load_depth_net(ckpt), ckpt.get("args") or {}
+    except ValueError as e:
+        raise ValueError(f"--ckpt {path}: {e}") from e
 
 
 def make_eval_dataset(args, net_size=None):
@@ -173,19 +295,6 @@ def make_eval_dataset(args, net_size=None):
     if args.dataset == "robotcar":
         return data.RobotCarDepth(args.data_root, "test", **kwargs)
     return data.FolderDepth(args.data_root, **kwargs)
-
-
-def at_least(minimum):
-    """argparse type: an integer >= minimum."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def inside(path, folder):
@@ -202,8 +311,8 @@ def parse_args(argv):
     p.add_argument("--data-root", required=True, help="the dataset folder (read only: --out must lie outside it)")
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
     p.add_argument("--size", type=data.parse_size, default=None,
-                   help="item size HxW (default: the checkpoint's training size, else nuScenes 320x576, "
-                        "RobotCar 320x544, folder: image size); the net sees its input at its own net size")
+                   help="the frames' size HxW, the trainers' --size (default: the checkpoint's, else nuScenes 320x576, "
+                        "RobotCar 320x544, folder: each image's); the net sees its input at its own net size")
     p.add_argument("--min-depth", type=float, default=0.1, help="ground truth must exceed it")
     p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes, folder), 50 (RobotCar)")
     p.add_argument("--median-scaling", action="store_true", help="scale each prediction to the gt median "
@@ -211,9 +320,9 @@ def parse_args(argv):
     p.add_argument("--flip-pp", action="store_true", help="report flip post-processing too (both tables)")
     p.add_argument("--bf16", action="store_true",
                    help="run the net under bf16 autocast on GPU (faster; md4all's numbers are float32)")
-    p.add_argument("--batch-size", type=at_least(1), default=8, help="images per forward pass (folder: 1)")
-    p.add_argument("--workers", type=at_least(0), default=4, help="DataLoader worker processes")
-    p.add_argument("--save-vis", type=at_least(0), default=0, help="PNGs per condition")
+    p.add_argument("--batch-size", type=data.at_least(1), default=8, help="images per forward pass (folder: 1)")
+    p.add_argument("--workers", type=data.at_least(0), default=4, help="DataLoader worker processes")
+    p.add_argument("--save-vis", type=data.at_least(0), default=0, help="PNGs per condition")
     p.add_argument("--out", default="eval", help="folder for metrics.json, metrics.csv, vis/")
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.pred_dir):
@@ -227,14 +336,15 @@ def parse_args(argv):
 
 
 def evaluate(args):
-    """Run the evaluation of parsed `args`: {mode: summary per group} and the per-image rows."""
+    """Run the evaluation of parsed `args`: ({mode: summary per group}, the per-image rows, the settings used:
+    `args` with --size and --max-depth filled from the checkpoint and the dataset's defaults)."""
     from torch.utils.data import DataLoader
     defaults = data.DATASET_DEFAULTS[args.dataset]
-    args.max_depth = args.max_depth or defaults["max_depth"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, trained = load_checkpoint(args.ckpt) if args.ckpt else (None, {})
-    if args.size is None:  # the size the checkpoint was trained at, else the dataset's default
-        args.size = tuple(trained["size"]) if trained.get("size") else defaults["size"]
+    # --size: the size the checkpoint was trained at, else the dataset's default
+    size = args.size or (tuple(trained["size"]) if trained.get("size") else defaults["size"])
+    args = argparse.Namespace(**{**vars(args), "size": size, "max_depth": args.max_depth or defaults["max_depth"]})
     dataset = make_eval_dataset(args, net.net_size if net is not None else None)
     batch_size = 1 if args.dataset == "folder" else args.batch_size  # a folder's ground truths differ in size
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)
@@ -261,32 +371,30 @@ def evaluate(args):
     if not summaries.get("plain"):
         raise ValueError(f"no image had a valid ground-truth pixel in ({args.min_depth}, {args.max_depth}) m: "
                          f"check --min-depth / --max-depth and the ground truth under {args.data_root}")
-    return summaries, rows
+    return summaries, rows, args
 
 
 def write_results(args, summaries, rows):
     for mode, summary in summaries.items():
         print(f"\n{MODE_TITLES[mode]}\n{format_table(summary)}")
     report = {"summary": summaries, "per_image": rows, "args": {k: v for k, v in vars(args).items()}}
-    write_atomic(os.path.join(args.out, "metrics.json"), json.dumps(report, indent=1))
+    data.write_atomic(os.path.join(args.out, "metrics.json"), lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     lines = [",".join(("mode", "condition", "count") + METRIC_NAMES)]
     lines += [",".join([mode, g, str(s[g]["count"])] + [f"{s[g][k]:.6f}" for k in METRIC_NAMES])
               for mode, s in summaries.items() for g in ordered_groups(s)]
-    write_atomic(os.path.join(args.out, "metrics.csv"), "\n".join(lines) + "\n")
+    data.write_atomic(os.path.join(args.out, "metrics.csv"), lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
 def main(argv=None):
-    """Run the command; returns the summary per group of the reported mode (flip-pp with --flip-pp)."""
-    parser, args = parse_args(argv)
-    try:
-        summaries, rows = evaluate(args)
-        write_results(args, summaries, rows)
-    except (OSError, ValueError) as e:  # expected: missing or unreadable files, bad data (bugs keep a traceback)
-        message = str(e)
-        if "Original Traceback" in message:  # raised in a DataLoader worker: keep its own last line
-            message = message.strip().splitlines()[-1].removeprefix(f"{type(e).__name__}: ")
-        parser.exit(1, f"{parser.prog}: error: {message}\n")
-    return summaries["flip_pp" if args.flip_pp else "plain"]
+    """Run the command (an error a user can cause: one line, exit status 1); returns the summary per group of
+    the reported mode (flip-pp with --flip-pp)."""
+    _, args = parse_args(argv)
+
+    def run():
+        summaries, rows, settings = evaluate(args)
+        write_results(settings, summaries, rows)
+        return summaries["flip_pp" if args.flip_pp else "plain"]
+    return data.run_cli(run, "evaluate.py")
 
 
 if __name__ == "__main__":

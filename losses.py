@@ -3,20 +3,15 @@
 Self-supervised teacher (md4all / monodepth2): photometric error, reprojection with auto-masking,
 edge-aware smoothness, velocity supervision. Supervised teacher: SILog against LiDAR. Student:
 distillation, the teacher-reliability mask, the semantic loss. The trainers compose and weight them.
-Last, the evaluation metrics (docs/method.md §5): md4all's depth errors with its validity mask and
-median scaling, the flip post-processing and single upsampling of a prediction, and the per-condition
-averages that evaluate.py reports and the trainers validate with; and GDT's geometry agreement
-(docs/method.md §1), the metric by which gdt.py audits a translation's depth against its day frame's.
+Torch only: this file imports nothing of the project.
 
 Conventions used by every geometric function here:
 - Pixels: data.py treats pixel (i, j) as covering [i, i+1) x [j, j+1) (what resizing assumes), so
   intrinsics scale by W'/W, a flip maps cx to W - cx and a projected point at u lands on floor(u).
   The warp, like md4all's and monodepth2's, back-projects integer pixel coordinates, i.e. reads K
   with pixel centres at integers: half a pixel from data.py's reading, the same as moving (cx, cy) by
-  +0.5 px (tests/test_losses.py shows both). We keep md4all's warp exactly (the protocol's reference).
-  A corner-exact warp (centres at i + 0.5, the same K) was tried: on the learning check's tiny nets
-  the self-supervised teacher then collapsed to a constant depth (seed 0, 900 steps) where md4all's
-  warp learns on both seeds, so the half pixel is not neutral there (README, Measured).
+  +0.5 px (tests/test_losses.py shows both). We keep md4all's warp exactly (the protocol's reference;
+  a corner-exact warp trained worse in the learning check, docs/results.md).
   K (B,3,3) is the intrinsics at the resolution of the image it is used with.
 - T (B,4,4) takes points in the *target* camera frame to the *source* camera frame (T_{t->s}), as
   PoseNet returns it; warping samples the source where each target pixel lands.
@@ -30,7 +25,6 @@ Typical self-supervised step (train_teacher.py):
     loss = loss_map.mean() + 1e-3 * smoothness_loss(disp, color) \\
         + 0.02 * velocity_loss(T_prev[:, :3, 3], dist_prev)
 """
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -226,156 +220,3 @@ def semantic_loss(f_student, f_dino):
                          f"tokens {tuple(f_dino.shape)} differ; use an encoder of the same size "
                          "on images of the same size")
     return 1 - F.cosine_similarity(f_student, f_dino.detach(), dim=-1).mean()
-
-
-# Evaluation metrics (docs/method.md §5): md4all's evaluator rules, here because evaluate.py reports them and
-# the trainers validate with them (as monodepth2 keeps compute_depth_errors beside its losses in layers.py).
-METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
-
-
-def flip_post_process(disp, disp_of_flipped):
-    """monodepth2's edge-ramp blend of a disparity (B,1,H,W) with the prediction of the mirrored image
-    (docs/method.md §5): the un-flipped mirror prediction alone near the left border, the plain one
-    alone near the right, their mean in between; mask = 1 - clamp(20 (x - 0.05), 0, 1), x in [0, 1]."""
-    hat = torch.flip(disp_of_flipped, dims=[-1])
-    x = torch.linspace(0.0, 1.0, disp.shape[-1], dtype=disp.dtype, device=disp.device)
-    mask = 1.0 - torch.clamp(20.0 * (x - 0.05), 0.0, 1.0)
-    mask_hat = torch.flip(mask, dims=[-1])
-    return mask_hat * disp + mask * hat + (1.0 - mask - mask_hat) * 0.5 * (disp + hat)
-
-
-def upsample_depth(depth, size):
-    """md4all's single interpolation of a (B,1,h,w) depth to the ground-truth size: bilinear, align_corners=True."""
-    if tuple(depth.shape[-2:]) == tuple(size):
-        return depth
-    return F.interpolate(depth, size=tuple(size), mode="bilinear", align_corners=True)
-
-
-def _tensor(x):
-    """A squeezed CPU tensor of x, keeping its dtype (numpy float64 stays float64, float32 stays float32)."""
-    x = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    return x.squeeze()
-
-
-def compute_depth_metrics(gt, pred, min_depth=0.1, max_depth=80.0, median_scaling=False):
-    """Depth errors of one image, md4all's rules (docs/method.md §5). Returns None without valid pixels.
-
-    valid = min < gt < max in gt's own dtype (a float32 gt of float32(0.1) is not valid); the optional
-    median scaling uses torch's median (the lower middle value on an even count); then pred is
-    clamped to [min, max]. The metrics are computed in the inputs' dtype, as md4all does."""
-    gt, pred = _tensor(gt), _tensor(pred)
-    if gt.shape != pred.shape:
-        raise ValueError(f"gt {tuple(gt.shape)} and prediction {tuple(pred.shape)} differ in size: upsample "
-                         f"the prediction to the ground-truth resolution first")
-    valid = (gt > min_depth) & (gt < max_depth)  # a Python float does not promote the tensor's dtype
-    if not valid.any():
-        return None
-    dtype = torch.promote_types(gt.dtype, pred.dtype)
-    dtype = dtype if dtype.is_floating_point else torch.float64
-    gt, pred = gt[valid].to(dtype), pred[valid].to(dtype)
-    if median_scaling:
-        pred = pred * torch.median(gt) / torch.median(pred)
-    pred = pred.clamp(min_depth, max_depth)
-    ratio, diff = torch.maximum(gt / pred, pred / gt), gt - pred
-    return {
-        "abs_rel": float(torch.mean(diff.abs() / gt)),
-        "sq_rel": float(torch.mean(diff ** 2 / gt)),
-        "rmse": float(torch.sqrt(torch.mean(diff ** 2))),
-        "rmse_log": float(torch.sqrt(torch.mean((torch.log(gt) - torch.log(pred)) ** 2))),
-        "a1": float((ratio < 1.25).to(dtype).mean()),
-        "a2": float((ratio < 1.25 ** 2).to(dtype).mean()),
-        "a3": float((ratio < 1.25 ** 3).to(dtype).mean()),
-    }
-
-
-def average_metrics(per_image):
-    """Mean of per-image metric dicts (images without valid pixels skipped), with the image count."""
-    per_image = [m for m in per_image if m is not None]
-    if not per_image:
-        return {"count": 0, **{k: float("nan") for k in METRIC_NAMES}}
-    return {"count": len(per_image), **{k: float(np.mean([m[k] for m in per_image])) for k in METRIC_NAMES}}
-
-
-def condition_group(cond):
-    """Reporting group of a frame's condition (docs/method.md §5): night-clear and night-rain count as night."""
-    return "night" if cond.startswith("night") else cond
-
-
-def metric_totals(per_image, conds):
-    """Sums and counts of per-image metrics per reporting group and 'all' (reducible across ranks)."""
-    totals = {}
-    for metrics, cond in zip(per_image, conds):
-        if metrics is None:
-            continue
-        for group in {condition_group(cond), "all"}:  # a set: a folder's frames are in 'all' only, once
-            t = totals.setdefault(group, dict.fromkeys(METRIC_NAMES, 0.0) | {"count": 0})
-            t["count"] += 1
-            for k in METRIC_NAMES:
-                t[k] += float(metrics[k])
-    return totals
-
-
-def summarize(totals):
-    """Means per group from `metric_totals` sums."""
-    return {g: {"count": t["count"], **{k: t[k] / t["count"] for k in METRIC_NAMES}} for g, t in totals.items()}
-
-
-def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=False, on_image=None,
-                 progress=False):
-    """Score `predict(batch)` against each item's `gt`: (totals per group, one row per image).
-
-    When predict returns a dict {mode: predictions} (model.net_predictor(..., by_mode=True)), totals are
-    {mode: totals per group} and each row holds {mode: metrics}. `on_image(batch, i, pred_i, row)`
-    sees every image (pred_i: a tensor, or a dict like the predictions)."""
-    from tqdm import tqdm
-    rows, per_mode = [], None
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
-        if "gt" not in batch:
-            raise ValueError("items carry no ground truth `gt`: a folder needs a .npy depth map next to each image")
-        preds = predict(batch)
-        per_mode = isinstance(preds, dict)
-        preds = preds if per_mode else {"plain": preds}
-        for i in range(len(batch["path"])):
-            row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all"}
-            for mode, pred in preds.items():
-                row[mode] = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
-            if not per_mode:
-                row = {"path": row["path"], "cond": row["cond"], **(row["plain"] or {})}
-            rows.append(row)
-            if on_image:
-                on_image(batch, i, {mode: p[i] for mode, p in preds.items()} if per_mode else preds["plain"][i], row)
-    conds = [r["cond"] for r in rows]
-    if not per_mode:
-        return metric_totals([r if "abs_rel" in r else None for r in rows], conds), rows
-    modes = [m for m in rows[0] if m not in ("path", "cond")] if rows else []
-    return {mode: metric_totals([r[mode] for r in rows], conds) for mode in modes}, rows
-
-
-# GDT's geometry audit (docs/method.md §1): how well a translation keeps its day frame's depth (numpy maps).
-def align_scale_shift(pred, target):
-    """Closed-form least-squares scale s >= 0 and shift t of pred onto target (docs/method.md §1):
-    s = cov(pred, target) / var(pred), t = mean(target) - s mean(pred). A negative scale would swap
-    near and far, so it is held at 0 (the best fit is then the constant mean). Never
-    torch.linalg.lstsq (its backward builds N x N matrices)."""
-    pm, tm = pred.mean(), target.mean()
-    s = max(((pred - pm) * (target - tm)).mean() / max(((pred - pm) ** 2).mean(), 1e-12), 0.0)
-    return s * pred + (tm - s * pm)
-
-
-def geometry_agreement(pred, control, depth_range=80.0):
-    """GDT's geometry audit of one translation (docs/method.md §1): does it keep the day frame's depth?
-
-    pred: the translation's relative inverse depth (H, W) from the depth model that made the control
-    map (H, W[, 3]), near = bright in [0, 1]. pred is aligned to the control by least-squares scale
-    and shift in INVERSE depth: both are disparity known up to a scale and a shift, an affine map
-    there (not in depth, where a fit would follow the far pixels). Both are then read as depth over
-    depth_range (control 1 = depth 1, 0 = depth_range: md4all's 80 m cap) and compared as a
-    prediction against ground truth: abs_rel, and delta1 = share of pixels within 1.25x (gdt.py's
-    --min-agreement metric). The control's own map scores abs_rel 0, delta1 1.
-    Returns (metrics, aligned map in control units)."""
-    target, pred = (np.asarray(x, dtype=np.float64) for x in (control, pred))
-    target, pred = (x[..., 0] if x.ndim == 3 else x for x in (target, pred))
-    aligned = np.clip(align_scale_shift(pred, target), 0.0, 1.0)
-    d, d_ctrl = (1.0 / (1.0 / depth_range + (1.0 - 1.0 / depth_range) * c) for c in (aligned, target))
-    ratio = np.maximum(d / d_ctrl, d_ctrl / d)
-    return dict(abs_rel=float(np.mean(np.abs(d - d_ctrl) / d_ctrl)), delta1=float(np.mean(ratio < 1.25))), aligned

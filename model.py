@@ -10,23 +10,17 @@ unchanged, and an exported net opens with `from_pretrained` anywhere. We call it
 and head ourselves (three lines) so the last-layer patch tokens come out of the same pass for the
 semantic loss. The head is built as "metric" with max_depth 1, so its output is exactly the sigmoid
 disparity s of md4all; `disp_to_depth` turns s into metres.
-
-Last, the networks GDT borrows frozen (docs/method.md §1): Stable Diffusion 1.5 + depth ControlNet, the
-depth model of the control maps, the captioner, IP-Adapter and LCM-LoRA, loaded once by `build_translator`.
+This file imports nothing of the project: copy it alone to use a trained net.
 """
 import contextlib
+import json
 import os
-from dataclasses import dataclass, field
 import socket
-import tempfile
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from data import as_rgb8, load_image
-from losses import flip_post_process, upsample_depth
 
 # transformers is imported inside the functions that build networks: it costs seconds to import, and a
 # command that fails on a flag, or only scores saved predictions, should not wait for it.
@@ -50,7 +44,7 @@ DEPTH_ANYTHING_V2_SMALL = "depth-anything/Depth-Anything-V2-Small-hf"
 RESNET18 = "microsoft/resnet-18"
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(OSError):
     """A model id or folder that cannot be loaded here (the message says which and how to fix it)."""
 
 
@@ -103,8 +97,10 @@ def disp_to_depth(disp, min_depth=0.1, max_depth=80.0):
 
 
 def to_network_input(images, net_size=None):
-    """Resize (B,3,H,W) images in [0,1] to `net_size` (or the nearest multiples of 14) and
-    normalise them as DINOv2 expects."""
+    """Resize (B,3,H,W) images in [0,1] to `net_size` (or the nearest multiples of 14) and normalise them
+    as DINOv2 expects. The datasets own the resize to the network size (once, from the full frame), so
+    here it acts only on images that come at another size: a photo given to infer(), the pose net's
+    frames, or nets built without a net_size (--tiny), which see the loss-size frames at multiples of 14."""
     h, w = images.shape[-2:]
     if net_size is None:
         net_size = (max(14, round(h / 14) * 14), max(14, round(w / 14) * 14))
@@ -267,40 +263,6 @@ class DepthNet(nn.Module):
         return depth
 
 
-# The depth net as md4all's evaluator runs it (docs/method.md §5): evaluate.py and the trainers' validation.
-@torch.no_grad()
-def predict_depths(net, images, out_size, flip_pp=False, bf16=False):
-    """{"plain": depth} (and {"flip_pp": depth} with flip_pp) of `net` on images in [0,1], (B,1,*out_size):
-    scaled disparity at network resolution (flip-blended), depth = 1 / it, then one upsampling (docs/method.md §5).
-    bf16 runs the net under bf16 autocast (its head still ends in float32); md4all evaluates in float32."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        disp = net(images, out_size="network")["scaled_disp"]
-        disp_of_flipped = net(torch.flip(images, dims=[-1]), out_size="network")["scaled_disp"] if flip_pp else None
-    disps = {"plain": disp.float()}
-    if flip_pp:
-        disps["flip_pp"] = flip_post_process(disp.float(), disp_of_flipped.float())
-    return {mode: upsample_depth(1.0 / d.clamp(min=1e-6), out_size) for mode, d in disps.items()}
-
-
-def network_input(batch):
-    """What the depth net sees: the item's `input` (at the net's size), else its `color`."""
-    return batch["input"] if "input" in batch else batch["color"]
-
-
-def net_predictor(net, device, flip_pp=False, by_mode=False, bf16=None):
-    """predict(batch) -> (B, Hgt, Wgt) depth of `net` at the ground-truth size (flip post-processed
-    when flip_pp); with by_mode=True a dict {"plain": ...} (and "flip_pp", from the same two passes).
-    bf16 autocast by default on GPU (validation during training); the command passes its --bf16."""
-    bf16 = device.type == "cuda" if bf16 is None else bf16
-
-    def predict(batch):
-        images = network_input(batch).to(device, non_blocking=True)
-        depths = predict_depths(net, images, batch["gt"].shape[-2:], flip_pp, bf16)
-        depths = {mode: d.float().cpu()[:, 0] for mode, d in depths.items()}
-        return depths if by_mode else depths["flip_pp" if flip_pp else "plain"]
-    return predict
-
-
 class DinoFeatures(nn.Module):
     """Frozen pretrained DINOv2 giving the last-layer patch tokens of the day image (semantic loss)."""
 
@@ -419,11 +381,11 @@ class PoseNet(nn.Module):
 
 
 def save_checkpoint(path, **parts):
-    """Write a dict of parts with torch.save, atomically (temp file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Write a dict of parts with torch.save, whole or not at all: a temp file `.<name>.tmp<pid>` beside `path`
+    (created with the umask's permissions), then renamed over it (data.write_atomic's rule; model.py stands alone)."""
+    folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
+    tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
     try:
         torch.save(parts, tmp)
         os.replace(tmp, path)
@@ -458,23 +420,29 @@ def checkpoint_kind(ckpt):
 
 
 def load_depth_net(path_or_dict, map_location="cpu"):
-    """Rebuild a DepthNet from a checkpoint file (or dict), or from a folder written by
-    `export_pretrained`."""
+    """Rebuild a DepthNet from a checkpoint file (or dict), or from a folder written by `export_pretrained`;
+    errors name the file and say what it is not."""
+    name = path_or_dict if isinstance(path_or_dict, str) else "the checkpoint"
     if isinstance(path_or_dict, str) and os.path.isdir(path_or_dict):
-        import json
         from transformers import DepthAnythingForDepthEstimation
-        with open(os.path.join(path_or_dict, "ssd_config.json")) as f:
-            cfg = json.load(f)
-        net = DepthNet(cfg["encoder"], init="none", min_depth=cfg["min_depth"], max_depth=cfg["max_depth"],
-                       net_size=cfg["net_size"])
-        net.model = DepthAnythingForDepthEstimation.from_pretrained(path_or_dict)
+        try:
+            with open(os.path.join(path_or_dict, "ssd_config.json")) as f:
+                cfg = json.load(f)
+            net = DepthNet(cfg["encoder"], init="none", min_depth=cfg["min_depth"], max_depth=cfg["max_depth"],
+                           net_size=cfg["net_size"])
+            net.model = DepthAnythingForDepthEstimation.from_pretrained(path_or_dict)
+        except (OSError, KeyError, json.JSONDecodeError) as e:
+            raise ValueError(f"{name}: not a folder written by export_pretrained ({e})") from e
         return net.to(map_location)
     ckpt = read_checkpoint(path_or_dict)
     if "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"checkpoint {path_or_dict if isinstance(path_or_dict, str) else ''} has no 'model' / "
-                       f"'config' entries: it was not written by this project's training scripts")
+        raise ValueError(f"{name} has no 'model' / 'config' entries: it was not written by this project's training "
+                         f"scripts")
     net = DepthNet(init="none", **ckpt["config"])
-    net.load_state_dict(ckpt["model"])
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{name}: its weights do not fit its config ({str(e).splitlines()[0]})") from e
     return net.to(map_location)
 
 
@@ -494,7 +462,6 @@ def load_pose_net(path_or_dict, map_location="cpu"):
 def export_pretrained(net, folder):
     """Write `net` as a transformers folder: `DepthAnythingForDepthEstimation.from_pretrained(folder)`
     gives the sigmoid disparity s as `predicted_depth`; `load_depth_net(folder)` gives metres."""
-    import json
     net.model.save_pretrained(folder)
     cfg = {k: v for k, v in net.config_dict().items() if k != "hf_config"}
     with open(os.path.join(folder, "ssd_config.json"), "w") as f:
@@ -507,185 +474,3 @@ def export_pretrained(net, folder):
                        keep_aspect_ratio=False, ensure_multiple_of=14, resample=3, do_rescale=True,
                        rescale_factor=1 / 255, do_normalize=True, image_mean=list(IMAGENET_MEAN),
                        image_std=list(IMAGENET_STD), do_pad=False), f, indent=2)
-
-
-# GDT's models (docs/method.md §1): the frozen pretrained networks gdt.py loads once and never trains. Each
-# loader takes a hub id or a folder; `alternative` in an error names the flag that does without the model.
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-GDT_MODELS = {  # hub ids; gdt.py --models-dir DIR reads DIR/<last part of the id>
-    "sd_model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "controlnet": "lllyasviel/control_v11f1p_sd15_depth",
-    "depth_model": "depth-anything/Depth-Anything-V2-Small-hf", "lcm_lora": "latent-consistency/lcm-lora-sdv1-5",
-    "ip_adapter": "h94/IP-Adapter"}
-CAPTION_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b", "blip": "Salesforce/blip-image-captioning-base"}
-IP_ADAPTER_WEIGHT = "models/ip-adapter_sd15.bin"  # inside --ip-adapter, with image_encoder/ beside it
-LCM_LORA_WEIGHT = "pytorch_lora_weights.safetensors"  # the file name in latent-consistency/lcm-lora-sdv1-5
-
-
-def gdt_model_paths(models_dir=None, captioner="blip2", **given):
-    """flag -> hub id or folder of every GDT model: a given path wins, then models_dir/<the id's last
-    part> (the folder `hf download ID --local-dir DIR/<name>` and `tools/tiny_models.py --out DIR` fill),
-    then the hub id."""
-    ids = dict(GDT_MODELS, caption_model=CAPTION_MODELS.get(captioner, CAPTION_MODELS["blip2"]))
-    paths = {k: given.get(k) or (os.path.join(models_dir, v.rsplit("/", 1)[-1]) if models_dir else v)
-             for k, v in ids.items()}
-    return dict(paths, ip_adapter_weight=given.get("ip_adapter_weight") or IP_ADAPTER_WEIGHT)
-
-
-def add_gdt_model_args(p):
-    """gdt.py's flags that say where each model comes from (None: from --models-dir, else the hub id)."""
-    p.add_argument("--models-dir", metavar="DIR", help="every model below from DIR/<last part of its id> "
-                   "(DIR/stable-diffusion-v1-5, ...); `python tools/tiny_models.py --out DIR` writes random tiny ones")
-    p.add_argument("--sd-model", help=f"SD 1.5 id or folder (default {GDT_MODELS['sd_model']})")
-    p.add_argument("--controlnet", help=f"depth ControlNet (default {GDT_MODELS['controlnet']})")
-    p.add_argument("--lcm-lora", help=f"LoRA for --sampler lcm (default {GDT_MODELS['lcm_lora']})")
-    p.add_argument("--caption-model", help="default: blip2-opt-2.7b, or BLIP-base with --captioner blip")
-    p.add_argument("--depth-model", help=f"default {GDT_MODELS['depth_model']}, or Intel/dpt-hybrid-midas: a "
-                   "transformers depth model predicting relative inverse depth (control maps and the geometry audit)")
-    p.add_argument("--ip-adapter", help=f"IP-Adapter repository or folder (default {GDT_MODELS['ip_adapter']})")
-    p.add_argument("--ip-adapter-weight", help=f"inside --ip-adapter, image_encoder/ beside it (default "
-                   f"{IP_ADAPTER_WEIGHT})")
-
-
-def load_gdt_model(load_fn, name, alternative="", **kwargs):
-    """from_pretrained_or_explain with gdt.py's fixes (`alternative` names a flag that does without the model)."""
-    hint = ("--models-dir DIR holding it (`python tools/tiny_models.py --out DIR` writes random tiny models "
-            "for a smoke run)")
-    return from_pretrained_or_explain(load_fn, name, alternative + hint, **kwargs)
-
-
-def load_depth_model(path, device, dtype, alternative="--control-dir or "):
-    """predict(pil) -> (H, W) relative inverse depth at the image's size, from a transformers depth model."""
-    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-    model = load_gdt_model(AutoModelForDepthEstimation.from_pretrained, path, alternative, dtype=dtype)
-    model = model.to(device).eval()
-    processor = load_gdt_model(AutoImageProcessor.from_pretrained, path)
-
-    @torch.no_grad()
-    def predict(image):
-        pixels = processor(images=as_rgb8(image), return_tensors="pt")["pixel_values"]
-        out = model(pixel_values=pixels.to(device, dtype)).predicted_depth[:, None].float()
-        return F.interpolate(out, size=(image.height, image.width), mode="bicubic")[0, 0].cpu().numpy()
-    return predict
-
-
-def load_captioner(path, device, dtype):
-    """(model, processor) of a BLIP-2 or BLIP captioner."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    model = load_gdt_model(AutoModelForImageTextToText.from_pretrained, path, "--captioner none or ", dtype=dtype)
-    return model.to(device).eval(), load_gdt_model(AutoProcessor.from_pretrained, path)
-
-
-def load_pipeline(sd_model, controlnet, img2img, dtype):
-    """SD 1.5 + depth ControlNet (from noise, or img2img from the day image), on the CPU."""
-    from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline, StableDiffusionControlNetPipeline
-    controlnet = load_gdt_model(ControlNetModel.from_pretrained, controlnet, dtype=dtype)
-    pipeline = StableDiffusionControlNetImg2ImgPipeline if img2img else StableDiffusionControlNetPipeline
-    return load_gdt_model(pipeline.from_pretrained, sd_model, controlnet=controlnet, safety_checker=None,
-                          requires_safety_checker=False, dtype=dtype)
-
-
-def fuse_lcm_lora(pipe, path):
-    """The LCM-LoRA folded into the UNet weights (the sampler then costs what plain SD costs) + LCMScheduler."""
-    from diffusers import LCMScheduler
-    from diffusers.utils import logging as diffusers_logging
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": right, it adapts the UNet only
-    try:
-        load_gdt_model(pipe.load_lora_weights, path, "--sampler unipc or ", weight_name=LCM_LORA_WEIGHT)
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-    pipe.fuse_lora()
-    pipe.unload_lora_weights()
-    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
-
-
-def add_ip_adapter(pipe, path, weight, scale):
-    """IP-Adapter (`weight` inside `path`, its image encoder beside it), fed one reference per sample."""
-    subfolder, weight_name = os.path.split(weight)
-    load_gdt_model(pipe.load_ip_adapter, path, "--no-ip-adapter or ", subfolder=subfolder, weight_name=weight_name)
-    pipe.set_ip_adapter_scale(scale)
-    pipe.prepare_ip_adapter_image_embeds = per_sample_ip_adapter_embeds
-
-
-def per_sample_ip_adapter_embeds(ip_adapter_image, ip_adapter_image_embeds, device, batch_size, guidance):
-    """Stands in for the pipeline's `prepare_ip_adapter_image_embeds`, which repeats given embeddings
-    once per prompt (one reference shared by the batch): B per-sample references would become B^2
-    rows, and every image would attend to all of them (diffusers issue #9813)."""
-    if any(e.shape[0] != batch_size * (1 + bool(guidance)) for e in ip_adapter_image_embeds):
-        raise ValueError(f"ip_adapter_image_embeds need one row per sample (x2 with guidance), batch {batch_size}")
-    return [e.to(device) for e in ip_adapter_image_embeds]
-
-
-@dataclass
-class Translator:
-    """Everything gdt.translate_batch needs, loaded once by `build_translator`."""
-    settings: object             # gdt.Settings
-    models: dict                 # gdt_model_paths(): what each model was loaded from
-    pipe: object                 # the diffusers ControlNet pipeline
-    captioner: tuple = None      # (model, processor); None: the fixed settings.caption
-    depth: object = None         # predict(pil) -> inverse depth; None when neither control maps nor audit need it
-    styles: dict = None          # cond -> reference image paths; None without IP-Adapter
-    device: torch.device = torch.device("cpu")
-    dtype: torch.dtype = torch.float32
-    micro_batch: int = 1         # images per model call, see build_translator
-    style_cache: dict = field(default_factory=dict)
-
-
-def build_translator(settings, models=None, styles=None, batch_size=4, compile=False):
-    """Load every GDT model a gdt.Settings needs once, from `models` (gdt_model_paths(); default the hub ids).
-    `styles`: cond -> real reference images for IP-Adapter, None for no IP-Adapter. The depth model
-    makes the control maps (unless settings.control_dir) and audits the translations."""
-    models = models or gdt_model_paths(captioner=settings.captioner)
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES.get(settings.dtype, torch.float16 if device.type == "cuda" else torch.float32)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True  # reruns reproduce bit for bit
-    captioner = None if settings.captioner == "none" else load_captioner(models["caption_model"], device, dtype)
-    depth = None
-    if settings.control_dir is None or settings.audit:
-        alternative = "--no-audit or " if settings.control_dir else "--control-dir or "
-        depth = load_depth_model(models["depth_model"], device, dtype, alternative)
-    pipe = load_pipeline(models["sd_model"], models["controlnet"], bool(settings.strength), dtype)
-    if settings.sampler == "lcm":
-        fuse_lcm_lora(pipe, models["lcm_lora"])
-    else:
-        from diffusers import UniPCMultistepScheduler
-        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-    if styles is not None:
-        add_ip_adapter(pipe, models["ip_adapter"], models["ip_adapter_weight"], settings.ip_scale)
-    pipe.to(device)
-    if device.type == "cuda":  # NHWC convolutions feed tensor cores without layout transposes
-        for module in (pipe.unet, pipe.controlnet, pipe.vae):
-            module.to(memory_format=torch.channels_last)
-    if compile:
-        pipe.unet.compile()
-        pipe.controlnet.compile()
-    pipe.set_progress_bar_config(disable=True)
-    # Images per model call. CPU: one, as BLAS/oneDNN pick kernels by batch size (a batched image differs in its last
-    # bits from itself alone) and one image fills the cores. GPU: batch_size, padded to it in gdt.translate_batch.
-    return Translator(settings, models, pipe, captioner, depth, styles, device, dtype,
-                      1 if device.type == "cpu" else batch_size)
-
-
-@torch.no_grad()
-def caption_images(translator, images):
-    """GDT's BLIP-2 (or BLIP) captions of day images, docs/method.md §1; the fixed caption with --captioner none."""
-    if translator.captioner is None:
-        return [translator.settings.caption] * len(images)
-    model, processor = translator.captioner
-    inputs = processor(images=[as_rgb8(im) for im in images], return_tensors="pt")
-    inputs = {k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
-    out = model.generate(**inputs, max_new_tokens=30, do_sample=False)
-    return [c.strip() for c in processor.batch_decode(out, skip_special_tokens=True)]
-
-
-@torch.no_grad()
-def style_embeds(translator, style_paths):
-    """Per-sample IP-Adapter image prompts (docs/method.md §1): the CLIP image embedding of each
-    sample's own reference, (2B, 1, D) with the zero negative half first when guidance is on (a list
-    of images would be one multi-image prompt for the whole batch). Cached: references repeat."""
-    pipe, cache = translator.pipe, translator.style_cache
-    for path in style_paths:
-        if path not in cache:
-            cache[path] = pipe.encode_image([as_rgb8(load_image(path))], pipe.device, 1)[0]
-    positive = torch.cat([cache[p] for p in style_paths])[:, None]
-    return torch.cat([torch.zeros_like(positive), positive]) if translator.settings.guidance > 1 else positive

@@ -22,12 +22,10 @@ import argparse
 import torch
 import torch.nn as nn
 
-from data import split_conditions
+import data
 from losses import TEACHER_MASKS, distillation, reprojection_loss, semantic_loss, teacher_loss
 from model import DinoFeatures, checkpoint_kind, load_depth_net, load_pose_net, predict_poses, read_checkpoint
-from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, run_cli, train
-
-TRANSLATED_CONDITIONS = ("night", "rain", "snow", "fog")  # what gdt.py makes
+from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, train
 
 
 def parse_conds(words, gdt_root):
@@ -35,12 +33,7 @@ def parse_conds(words, gdt_root):
     that --gdt-root goes with them."""
     if words is None:
         return ("night", "rain") if gdt_root else ()
-    words = [words] if isinstance(words, str) else words
-    conds = tuple(split_conditions(words))
-    unknown = [c for c in conds if c not in TRANSLATED_CONDITIONS]
-    if unknown:
-        raise ValueError(f"--conds: unknown condition(s) {', '.join(map(repr, unknown))}; gdt.py makes "
-                         f"{', '.join(TRANSLATED_CONDITIONS)}")
+    conds = tuple(data.parse_conditions([words] if isinstance(words, str) else words))
     if conds and not gdt_root:
         raise ValueError(f"--conds {' '.join(conds)} needs --gdt-root, the folder gdt.py wrote (<root>/<cond>/...); without "
                          f"translations the student would see day images only")
@@ -136,4 +129,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, "train_student.py")
+    data.run_cli(main, "train_student.py")

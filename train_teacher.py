@@ -18,9 +18,10 @@ import argparse
 import torch
 import torch.nn as nn
 
+import data
 from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
 from model import POSE_ORDERS, PoseNet, predict_poses
-from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, run_cli, train
+from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, train
 
 
 class SelfSupervisedLoss(nn.Module):
@@ -123,4 +124,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, "train_teacher.py")
+    data.run_cli(main, "train_teacher.py")

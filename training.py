@@ -19,7 +19,6 @@ import gc
 import json
 import math
 import os
-import sys
 import time
 
 import torch
@@ -29,19 +28,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import data
-from losses import score_loader, summarize
-from model import DepthNet, ModelUnavailable, checkpoint_kind, net_predictor, read_checkpoint, save_checkpoint
-
-
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+from evaluate import net_predictor, score_loader, summarize
+from model import DepthNet, checkpoint_kind, read_checkpoint, save_checkpoint
 
 
 def add_common_args(p):
@@ -58,9 +46,9 @@ def add_common_args(p):
     p.add_argument("--net-size", type=data.parse_size, default=(518, 784), help="depth-net input HxW, multiples of 14")
     p.add_argument("--min-depth", type=float, default=0.1)
     p.add_argument("--max-depth", type=float, default=None, help="default 80 (nuScenes) / 50 (RobotCar)")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="per process")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--steps", type=positive_int, default=None, help="total optimiser steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=data.at_least(1), default=4, help="per process")
+    p.add_argument("--epochs", type=data.at_least(1), default=20)
+    p.add_argument("--steps", type=data.at_least(1), default=None, help="total optimiser steps (overrides --epochs)")
     p.add_argument("--lr-encoder", type=float, default=5e-6)
     p.add_argument("--lr-decoder", type=float, default=5e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -100,9 +88,11 @@ def resolve_args(args):
 
 
 def given_flags(parser, argv):
-    """Destinations of the flags written on the command line (not left at their defaults)."""
-    words = {w.split("=")[0] for w in (sys.argv[1:] if argv is None else argv) if w.startswith("--")}
-    return {a.dest for a in parser._actions if words & set(a.option_strings)}
+    """Destinations of the flags written on the command line (not left at their defaults): argparse fills a
+    default only where the namespace it is given lacks the attribute, so what a parse overwrites was given."""
+    unset = object()
+    blank = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args(argv)), unset))
+    return {dest for dest, value in vars(parser.parse_args(argv, namespace=blank)).items() if value is not unset}
 
 
 def check_run_folder(args):
@@ -124,20 +114,6 @@ def parse_args(parser, argv):
     args.given = sorted(given_flags(parser, argv))
     check_run_folder(args)
     return args
-
-
-def run_cli(main, prog):
-    """Run `main()`, turning the errors a user can cause (missing files, bad flags or checkpoints, models
-    that cannot be loaded) into one line `<prog>: error: ...` and exit status 1 (argparse's usage errors exit
-    with 2); real bugs keep their traceback."""
-    try:
-        return main()
-    except (FileNotFoundError, ValueError, ModelUnavailable) as e:
-        message = str(e).strip()
-        if "DataLoader worker" in message.splitlines()[0]:  # the worker's traceback: keep its last line
-            message = message.splitlines()[-1]
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def make_dataset(args, split, **kwargs):

@@ -23,6 +23,15 @@ def tiny_world(tmp_path_factory):
                                       val_night=1, val_rain=1, keyframes=4, sweeps=1, size=(72, 128), seed=0))
 
 
+@pytest.fixture(scope="session")
+def tiny_gdt_models(tmp_path_factory):
+    """Every model gdt.py loads, tiny and random, written once per test session in the folders --models-dir reads."""
+    import tiny_models
+    root = tmp_path_factory.mktemp("tiny_models")
+    tiny_models.write_models(str(root))
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from threads, and on shared cores spinning OpenMP threads cost 10x."""

@@ -23,11 +23,14 @@ def world(tmp_path_factory):
     return root
 
 
-def test_seed_is_gdts_seed_of_the_first_attempt():
-    expected = int.from_bytes(hashlib.sha256(b"night/samples/CAM_FRONT/x.jpg").digest()[:8], "big") >> 1
-    assert classic_weather.sample_seed("samples/CAM_FRONT/x.jpg", "night") == expected
-    for key, cond in (("samples/CAM_FRONT/x.jpg", "rain"), ("sub/b.png", "fog")):
-        assert classic_weather.sample_seed(key, cond) == gdt.sample_seed(key, cond)
+def test_each_frame_is_drawn_from_gdts_seed_of_the_first_attempt(world, tmp_path):
+    classic_weather.main(["--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "night", "rain"])
+    for cond in ("night", "rain"):
+        records = data.read_manifests(tmp_path / cond)
+        assert set(records) == set(SOURCES)
+        for key, r in records.items():  # sha256 of "<cond>/<key>", its first 8 bytes big-endian, halved
+            expected = int.from_bytes(hashlib.sha256(f"{cond}/{key}".encode()).digest()[:8], "big") >> 1
+            assert r["seed"] == expected == gdt.sample_seed(key, cond)
 
 
 @pytest.mark.parametrize("cond", ["night", "rain", "fog", "snow"])

@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import data
+import gdt
 from worlds import DAY, NIGHT, RC_K, make_nuscenes, make_robotcar, save_image
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'nuscenes_sample')
@@ -452,13 +453,13 @@ def test_style_references_are_training_key_frames_rain_from_day_scenes_only(nusc
     json.dump(scenes, open(path, 'w'))
     data.load_index.cache_clear()
     key_frames = lambda scene, idx: [f'samples/CAM_FRONT/{scene}-cam{i}.png' for i in idx]  # noqa: E731
-    assert data.condition_frames(nusc, 'v1.0-trainval', 'rain') == key_frames('scene-0001', (1, 3, 5, 7))
-    assert data.condition_frames(nusc, 'v1.0-trainval', 'night') == key_frames('scene-0002', (1, 3))
+    assert gdt.condition_frames(nusc, 'v1.0-trainval', 'rain') == key_frames('scene-0001', (1, 3, 5, 7))
+    assert gdt.condition_frames(nusc, 'v1.0-trainval', 'night') == key_frames('scene-0002', (1, 3))
     scenes[0]['description'] = 'Parked cars'
     json.dump(scenes, open(path, 'w'))
     data.load_index.cache_clear()  # night-rain training scene and day-rain val scene: no reference
     with pytest.raises(ValueError, match=r"described as 'rain' by day.*--style-dir rain=DIR"):
-        data.condition_frames(nusc, 'v1.0-trainval', 'rain')
+        gdt.condition_frames(nusc, 'v1.0-trainval', 'rain')
 
 
 def test_fixture_train_split_is_empty_because_its_frame_has_no_neighbours():

@@ -1,11 +1,14 @@
 """evaluate.py, the md4all evaluation stage (docs/method.md §5): checkpoints and prediction folders, tables, pictures,
-errors. The protocol's rules themselves are tested with the code: metrics in test_losses.py, prediction in test_model.py."""
+errors, and the protocol's rules: the net's prediction, the metrics, their averages."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import evaluate
-from losses import average_metrics, compute_depth_metrics, condition_group
+from evaluate import (compute_depth_metrics, condition_group, flip_post_process, metric_totals, score_loader,
+                      summarize)
 
 
 def test_precomputed_maps_get_the_same_single_aligned_corner_upsampling(tmp_path):
@@ -91,7 +94,7 @@ def test_precomputed_depth_maps_score_as_the_metric_core_averaged_per_image(tiny
                              "--workers", "0", "--out", str(tmp_path / "eval"), "--save-vis", "1"])
     assert len(os.listdir(tmp_path / "eval" / "vis")) == 3
     for group, metrics in per_group.items():
-        expected = average_metrics(metrics)
+        expected = {k: np.mean([m[k] for m in metrics]) for k in ("abs_rel", "rmse", "a1")} | {"count": len(metrics)}
         for k in ("abs_rel", "rmse", "a1", "count"):
             assert summary[group][k] == pytest.approx(expected[k]), (group, k)
 
@@ -135,8 +138,8 @@ def test_bad_checkpoints_and_data_roots_are_one_line_errors_naming_the_file(case
         data_root = str(tmp_path / "nowhere")
     line = run_expecting_error(["--ckpt", str(ckpt), "--data-root", data_root, "--workers", "0",
                                 "--out", str(tmp_path / "eval")], capsys)
-    expected = {"missing": "does not exist", "truncated": "not a readable checkpoint",
-                "not a checkpoint": "holds no 'model'", "no data root": "data root not found"}[case]
+    expected = {"missing": "does not exist", "truncated": "cannot be read",
+                "not a checkpoint": "no 'model'", "no data root": "data root not found"}[case]
     assert expected in line and (str(ckpt) in line or data_root in line)
 
 
@@ -189,3 +192,158 @@ def test_save_visualisation_writes_the_png_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["v.png"]
     with Image.open(tmp_path / "v.png") as im:
         assert im.size == (3 * 64, 16 + 48 + 40)
+
+
+# The protocol's prediction: md4all's evaluator runs the net at its own resolution and upsamples its depth once.
+class StandInNet(torch.nn.Module):
+    """A depth net stand-in: `scaled_disp(images)` at its own resolution, recording what it was given."""
+
+    def __init__(self, scaled_disp):
+        super().__init__()
+        self.scaled_disp, self.seen, self.autocast = scaled_disp, [], []
+
+    def forward(self, images, out_size="input"):
+        assert out_size == "network", "the evaluation must take the net's output at network resolution"
+        self.seen.append(images.clone())
+        self.autocast.append(torch.is_autocast_enabled(images.device.type))
+        return {"scaled_disp": self.scaled_disp(images)}
+
+
+def test_depth_at_network_resolution_is_upsampled_once_bilinearly_with_aligned_corners():
+    depth = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
+    net = StandInNet(lambda images: (1.0 / depth).expand(len(images), 1, 2, 2))
+    batch = {"input": torch.rand(1, 3, 28, 28), "color": torch.rand(1, 3, 8, 8), "gt": torch.zeros(1, 1, 3, 3)}
+    pred = evaluate.net_predictor(net, torch.device("cpu"))(batch)
+    # align_corners=True keeps the corners and puts the rest halfway (upsampling 1/depth would not give these)
+    assert torch.allclose(pred[0], torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [5.0, 6.0, 7.0]]))
+    assert torch.equal(net.seen[0], batch["input"])  # the net sees `input`, not `color`
+    del batch["input"]
+    evaluate.net_predictor(net, torch.device("cpu"))(batch)
+    assert torch.equal(net.seen[1], batch["color"])
+
+
+def test_flip_post_processing_blends_scaled_disparity_before_it_becomes_depth():
+    ramp = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05])  # fixed in image coordinates: not flip-equivariant
+    net = StandInNet(lambda images: images[:, :1] + ramp)
+    image = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]).expand(1, 3, 1, 5)
+    batch = {"input": image, "gt": torch.zeros(1, 1, 1, 5)}
+    preds = evaluate.net_predictor(net, torch.device("cpu"), flip_pp=True, by_mode=True)(batch)
+    # plain .11 .22 .33 .44 .55; mirror's, un-flipped .15 .24 .33 .42 .51
+    assert torch.allclose(preds["plain"][0, 0], 1.0 / torch.tensor([0.11, 0.22, 0.33, 0.44, 0.55]))
+    assert torch.allclose(preds["flip_pp"][0, 0], 1.0 / torch.tensor([0.15, 0.23, 0.33, 0.43, 0.55]))
+    single = evaluate.net_predictor(net, torch.device("cpu"), flip_pp=True)(batch)
+    assert torch.equal(single, preds["flip_pp"])
+
+
+def test_the_net_runs_in_float32_unless_bf16_is_asked_for():
+    net = StandInNet(lambda images: images[:, :1] + 0.1)
+    batch = {"input": torch.rand(1, 3, 4, 4), "gt": torch.zeros(1, 1, 4, 4)}
+    evaluate.net_predictor(net, torch.device("cpu"))(batch)
+    evaluate.net_predictor(net, torch.device("cpu"), bf16=True)(batch)
+    assert net.autocast == [False, True]
+
+
+# The protocol's metrics (md4all's rules).
+def test_metrics_equal_hand_values_and_ignore_gt_zeros_and_gt_beyond_cap():
+    gt = np.array([[10.0, 0.0, 20.0], [90.0, 5.0, 0.05]])  # 0, 90 (> cap) and 0.05 (< min) are not valid
+    pred = np.array([[12.0, 3.0, 20.0], [10.0, 4.0, 1.0]])
+    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
+    g, p = np.array([10.0, 20.0, 5.0]), np.array([12.0, 20.0, 4.0])
+    assert m["abs_rel"] == pytest.approx(np.mean([2 / 10, 0, 1 / 5]))
+    assert m["sq_rel"] == pytest.approx(np.mean([4 / 10, 0, 1 / 5]))
+    assert m["rmse"] == pytest.approx(math.sqrt((4 + 0 + 1) / 3))
+    assert m["rmse_log"] == pytest.approx(math.sqrt(np.mean((np.log(g) - np.log(p)) ** 2)))
+    # ratios 1.2, 1.0, 1.25: the last is not < 1.25
+    assert m["a1"] == pytest.approx(2 / 3)
+    assert m["a2"] == pytest.approx(1.0) and m["a3"] == pytest.approx(1.0)
+
+
+def test_predictions_beyond_the_caps_are_clamped():
+    gt = np.array([50.0, 0.5])
+    m = compute_depth_metrics(gt, np.array([500.0, 0.001]), 0.1, 80.0)
+    assert m["abs_rel"] == pytest.approx(np.mean([30 / 50, 0.4 / 0.5]))
+    assert m["a1"] == 0.0
+
+
+def test_median_scaling_makes_a_scaled_prediction_exact():
+    gt = np.array([[2.0, 4.0], [8.0, 16.0]])
+    m = compute_depth_metrics(gt, gt / 7.0, 0.1, 80.0, median_scaling=True)
+    assert m["abs_rel"] == pytest.approx(0.0, abs=1e-12) and m["a1"] == 1.0
+    unscaled = compute_depth_metrics(gt, gt / 7.0, 0.1, 80.0)
+    assert unscaled["abs_rel"] == pytest.approx(6 / 7)
+
+
+def test_median_scaling_happens_before_clamping():
+    gt = np.array([10.0, 20.0, 30.0])
+    pred = np.array([0.01, 0.02, 0.03])  # all below min: clamping first would make them equal
+    m = compute_depth_metrics(gt, pred, 0.1, 80.0, median_scaling=True)
+    assert m["abs_rel"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_metrics_accept_tensors_with_channel_dims():
+    gt = torch.tensor([[[10.0, 20.0]]])
+    m = compute_depth_metrics(gt, torch.tensor([[[11.0, 20.0]]]), 0.1, 80.0)
+    assert m["abs_rel"] == pytest.approx(0.05)
+
+
+def test_no_valid_pixel_gives_none_and_is_skipped_in_the_average():
+    assert compute_depth_metrics(np.zeros((3, 3)), np.ones((3, 3))) is None
+    a = compute_depth_metrics(np.array([10.0]), np.array([12.0]))
+    b = compute_depth_metrics(np.array([10.0]), np.array([10.0]))
+    avg = summarize(metric_totals([a, None, b], ["day-clear"] * 3))
+    assert avg["all"]["count"] == 2 and avg["all"]["abs_rel"] == pytest.approx(0.1)
+    assert summarize(metric_totals([None], ["day-clear"])) == {}
+
+
+def test_size_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="upsample"):
+        compute_depth_metrics(np.ones((4, 4)), np.ones((2, 2)))
+
+
+def test_a_float32_ground_truth_of_exactly_the_minimum_is_not_valid():
+    # md4all compares in the ground truth's float32: float32(0.1) > 0.1 is False there (in float64 it is True)
+    gt = np.array([0.1, 10.0, 20.0], np.float32)
+    pred = np.array([5.0, 12.0, 20.0], np.float32)
+    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
+    assert m["abs_rel"] == pytest.approx(np.mean([0.2, 0.0]))
+    assert m["rmse"] == pytest.approx(math.sqrt(2.0)) and m["a1"] == 1.0
+    just_above = np.array([np.nextafter(np.float32(0.1), np.float32(1.0)), 10.0], np.float32)
+    assert compute_depth_metrics(just_above, np.array([0.2, 10.0], np.float32), 0.1, 80.0)["a1"] == 0.5
+
+
+def test_median_scaling_uses_the_lower_middle_value_of_an_even_count():
+    # gt medians: lower 2 (numpy's mean of the middle two would be 2.5): pred scaled by 2/1
+    m = compute_depth_metrics(np.array([1.0, 2.0, 3.0, 4.0]), np.ones(4), 0.1, 80.0, median_scaling=True)
+    assert m["abs_rel"] == pytest.approx((1 / 1 + 0 / 2 + 1 / 3 + 2 / 4) / 4)
+    # pred medians: lower 2 (not 2.5): scale 10/2 = 5 gives 5, 10, 15, 20
+    m = compute_depth_metrics(np.full(4, 10.0), np.array([1.0, 2.0, 3.0, 4.0]), 0.1, 80.0, median_scaling=True)
+    assert m["abs_rel"] == pytest.approx((0.5 + 0 + 0.5 + 1.0) / 4)
+
+
+def test_flip_post_process_takes_the_mirror_at_the_left_edge_the_plain_at_the_right_the_mean_between():
+    pred = torch.tensor([[[[1.0, 2.0, 3.0, 4.0, 5.0]]]])
+    of_flipped = torch.tensor([[[[10.0, 20.0, 30.0, 40.0, 50.0]]]])  # un-flipped: 50, 40, 30, 20, 10
+    # x = 0, .25, .5, .75, 1: mask = 1, 0, 0, 0, 0 and its mirror 0, 0, 0, 0, 1
+    expected = torch.tensor([[[[50.0, 21.0, 16.5, 12.0, 5.0]]]])
+    assert torch.allclose(flip_post_process(pred, of_flipped), expected)
+
+
+def test_flip_post_process_ramps_linearly_over_the_outer_five_percent():
+    pred, of_flipped = torch.ones(1, 1, 2, 81), torch.full((1, 1, 2, 81), 3.0)
+    out = flip_post_process(pred, of_flipped)[0, 0, 0]
+    # x = k / 80; at k = 5 (x = 0.0625) mask = 1 - 20 * 0.0125 = 0.75: 0.75 * 3 + 0.25 * mean(1, 3) = 2.75
+    assert out[0].item() == pytest.approx(3.0) and out[-1].item() == pytest.approx(1.0)
+    assert out[5].item() == pytest.approx(2.75) and out[75].item() == pytest.approx(1.25)
+    assert out[40].item() == pytest.approx(2.0) and out[4].item() == pytest.approx(3.0)
+
+
+def test_score_loader_scores_each_mode_and_groups_night_rain_as_night():
+    batch = {"gt": torch.tensor([[[[10.0, 20.0]]], [[[10.0, 0.0]]]]), "path": ["a", "b"],
+             "cond": ["day-clear", "night-rain"]}
+    plain = torch.tensor([[[12.0, 20.0]], [[10.0, 5.0]]])
+    totals, rows = score_loader([batch], lambda b: {"plain": plain, "flip_pp": plain * 2})
+    assert totals["plain"]["day-clear"]["abs_rel"] == pytest.approx(0.1)
+    assert totals["flip_pp"]["night"]["count"] == 1 and totals["flip_pp"]["night"]["abs_rel"] == pytest.approx(1.0)
+    assert totals["plain"]["all"]["count"] == 2 and rows[1]["flip_pp"]["abs_rel"] == pytest.approx(1.0)
+    legacy, rows = score_loader([batch], lambda b: plain)  # what the trainers' validation reads
+    assert legacy["night"]["abs_rel"] == pytest.approx(0.0) and rows[0]["abs_rel"] == pytest.approx(0.1)

@@ -18,8 +18,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import data
 import gdt
 import model
-from losses import geometry_agreement
-import tiny_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tools/ holds scripts, not a package
 import gdt_report  # noqa: E402
@@ -33,7 +31,7 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_gdt_models):
     """A folder dataset (RGB PNG, greyscale PNG, JPEG of different sizes), real-style reference
     folders per condition, and the tiny models written once to the folder gdt.py --models-dir reads."""
     root = tmp_path_factory.mktemp("gdt")
@@ -47,12 +45,12 @@ def world(tmp_path_factory):
         for i in range(3):
             Image.fromarray((rng.random((40, 40, 3)) * 255 * (i + 1) / 3).astype(np.uint8)).save(
                 root / "styles" / cond / f"{i}.png")
-    tiny_models.write_models(str(root / "models"))
+    (root / "models").symlink_to(tiny_gdt_models)
     return root
 
 
 def cli(world, out, *extra):
-    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--size", "64x64", "--data-root",
+    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--gen-size", "64x64", "--data-root",
             str(world / "data"), "--out", str(out), "--style-dir", str(world / "styles"), "--cond", "night", "rain",
             *extra]
 
@@ -60,8 +58,8 @@ def cli(world, out, *extra):
 def library_translator(world, **settings):
     """What cli() builds, through the library: Settings, gdt_model_paths and styles, no command line."""
     styles = {c: sorted(str(p) for p in (world / "styles" / c).iterdir()) for c in ("night", "rain")}
-    return gdt.build_translator(gdt.Settings(steps=2, size=(64, 64), tiny=True, **settings),
-                                model.gdt_model_paths(world / "models"), styles)
+    return gdt.build_translator(gdt.Settings(steps=2, gen_size=(64, 64), tiny=True, **settings),
+                                gdt.gdt_model_paths(world / "models"), styles)
 
 
 def outputs(out):
@@ -100,7 +98,7 @@ def redraw_run(world, first_run):
 
 def luminance_depth(image):
     """A stand-in depth model: inverse depth = brightness."""
-    return np.asarray(data.as_rgb8(image).convert("L"), dtype=np.float64)
+    return np.asarray(gdt.as_rgb8(image).convert("L"), dtype=np.float64)
 
 
 def street_scene(h=48, w=80):
@@ -246,7 +244,7 @@ def test_redraws_are_the_same_with_batch_size_1_on_two_ranks(world, first_run, r
 
 def test_each_sample_reaches_the_unet_with_its_own_style_embedding(world, translator, monkeypatch):
     styles = sorted(str(p) for p in (world / "styles" / "night").iterdir())
-    embeds = model.style_embeds(translator, [styles[0], styles[1], styles[0]])
+    embeds = gdt.style_embeds(translator, [styles[0], styles[1], styles[0]])
     assert embeds.shape[:2] == (6, 1) and not embeds[:3].any()  # zero negative half first
     assert torch.equal(embeds[3], embeds[5]) and not torch.equal(embeds[3], embeds[4])
     seen, unet, forward = [], translator.pipe.unet, translator.pipe.unet.forward
@@ -255,7 +253,7 @@ def test_each_sample_reaches_the_unet_with_its_own_style_embedding(world, transl
     keys = sorted(SOURCES)
     images = [Image.open(world / "data" / k) for k in keys]
     records = gdt.translate_batch(translator, images, keys, "night")[1]
-    expected = model.style_embeds(translator, [r["style"] for r in records])
+    expected = gdt.style_embeds(translator, [r["style"] for r in records])
     assert len(seen) == 2 and all(torch.equal(s["image_embeds"][0], expected) for s in seen)
 
 
@@ -282,7 +280,7 @@ def test_unknown_condition_is_refused(world, tmp_path, capsys):
         gdt.parse_args(["--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "dusk"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'dusk'" in err and "--cond/--conds" in err and "night, rain, snow, fog" in err
+    assert "unknown condition(s) 'dusk'" in err and "--cond/--conds" in err and "night, rain, snow, fog" in err
 
 
 def test_conditions_are_space_or_comma_separated_under_either_flag_name_without_duplicates(capsys):
@@ -294,28 +292,28 @@ def test_conditions_are_space_or_comma_separated_under_either_flag_name_without_
     assert gdt.parse_args(base + ["--conds", "fog,snow", "fog"]).cond == ["fog", "snow"]
     with pytest.raises(SystemExit) as exit_:
         gdt.parse_args(base + ["--conds", "night,dusk"])
-    assert exit_.value.code == 2 and "--cond/--conds: invalid choice: 'dusk'" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--cond/--conds: unknown condition(s) 'dusk'" in capsys.readouterr().err
 
 
 def test_models_dir_points_every_model_at_its_standard_folder_and_a_model_flag_wins(world):
-    paths = model.gdt_model_paths("M", captioner="blip", depth_model="my/depth")
+    paths = gdt.gdt_model_paths("M", captioner="blip", depth_model="my/depth")
     assert paths == dict(sd_model=os.path.join("M", "stable-diffusion-v1-5"),
                          controlnet=os.path.join("M", "control_v11f1p_sd15_depth"), depth_model="my/depth",
                          lcm_lora=os.path.join("M", "lcm-lora-sdv1-5"), ip_adapter=os.path.join("M", "IP-Adapter"),
                          caption_model=os.path.join("M", "blip-image-captioning-base"),
                          ip_adapter_weight="models/ip-adapter_sd15.bin")
-    assert model.gdt_model_paths()["sd_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert model.gdt_model_paths()["caption_model"] == "Salesforce/blip2-opt-2.7b"
+    assert gdt.gdt_model_paths()["sd_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert gdt.gdt_model_paths()["caption_model"] == "Salesforce/blip2-opt-2.7b"
     written = set(os.listdir(world / "models"))  # tiny_models.py fills exactly these folders
     for captioner in ("blip2", "blip"):
-        assert {os.path.basename(p) for k, p in model.gdt_model_paths("M", captioner).items()
+        assert {os.path.basename(p) for k, p in gdt.gdt_model_paths("M", captioner).items()
                 if k != "ip_adapter_weight"} \
             <= written
     assert (world / "models" / "IP-Adapter" / "models" / "ip-adapter_sd15.bin").exists()
 
 
 def test_settings_refuse_what_the_pipeline_would_fail_on_for_library_users_too():
-    for given, message in ((dict(size=(60, 64)), "--size: give HxW, both multiples of 8"),
+    for given, message in ((dict(gen_size=(60, 64)), "--gen-size: give HxW, both multiples of 8"),
                            (dict(sampler="lcm", guidance=4.0), "--guidance must be 1-2"),
                            (dict(steps=4, strength=0.2), r"--strength must be in \(0, 1\]"),
                            (dict(min_agreement=0.5, audit=False), "needs the geometry audit"),
@@ -347,7 +345,7 @@ def test_ip_adapter_without_style_images_is_refused(world, tmp_path):
 
 
 def test_unreachable_model_id_fails_at_once_naming_it_and_the_alternatives(world, tmp_path):
-    with pytest.raises(RuntimeError, match="nobody/no-such-depth-model.*--control-dir or --models-dir"):
+    with pytest.raises(model.ModelUnavailable, match="nobody/no-such-depth-model.*--control-dir or --models-dir"):
         gdt.main(["--captioner", "none", "--depth-model", "nobody/no-such-depth-model", "--no-ip-adapter",
                   "--data-root", str(world / "data"), "--out", str(tmp_path)])
 
@@ -360,8 +358,7 @@ def test_output_inside_the_dataset_is_refused(world):
 def test_style_references_can_come_from_the_datasets_own_night_and_rain_training_scenes(tiny_world):
     args = gdt.parse_args(["--dataset", "nuscenes", "--data-root", tiny_world, "--out", "unused",
                            "--cond", "night", "rain", "--style-dir", "data"])
-    styles = data.style_references(args.style_dir, args.cond, args.dataset, args.data_root, args.version,
-                                   tuple(gdt.PHRASES))
+    styles = gdt.style_references(args.style_dir, args.cond, args.dataset, args.data_root, args.version)
     index = data.load_index(tiny_world)
     for cond in ("night", "rain"):
         scenes = {index.sample[index.sample_data[t]["sample_token"]]["scene_token"] for t in
@@ -372,13 +369,13 @@ def test_style_references_can_come_from_the_datasets_own_night_and_rain_training
         assert all(cond in described[s]["description"].lower() and described[s]["name"] not in
                    data.val_scene_names("v1.0-trainval") for s in scenes)
     with pytest.raises(ValueError, match="snow"):
-        data.style_references(["data"], ["snow"], "nuscenes", tiny_world, "v1.0-trainval", tuple(gdt.PHRASES))
+        gdt.style_references(["data"], ["snow"], "nuscenes", tiny_world, "v1.0-trainval")
 
 
 def test_translation_that_is_the_day_image_itself_has_perfect_agreement(world, translator):
     day = Image.open(world / "data" / "a.png")
-    control = gdt.control_depth(translator.depth, data.as_rgb8(day))
-    metrics, _ = geometry_agreement(gdt.control_depth(translator.depth, day), control)
+    control = gdt.control_depth(translator.depth, gdt.as_rgb8(day))
+    metrics, _ = gdt.geometry_agreement(gdt.control_depth(translator.depth, day), control)
     assert metrics["abs_rel"] < 1e-9 and metrics["delta1"] == 1.0
 
 
@@ -391,7 +388,7 @@ def test_upside_down_translation_fails_the_threshold_and_is_rejected_not_written
         outs = [im if k == "same.png" else im.transpose(Image.FLIP_TOP_BOTTOM) for im, k in zip(images, keys)]
         return outs, [dict(cond=cond, attempt=attempt, key=k, seed=gdt.sample_seed(k, cond, attempt),
                            **gdt.run_record(translator)) for k in keys]
-    monkeypatch.setattr(model, "load_depth_model", lambda *args: luminance_depth)
+    monkeypatch.setattr(gdt, "load_depth_model", lambda *args: luminance_depth)
     monkeypatch.setattr(gdt, "translate_batch", fake_translate)
     out = tmp_path / "out" / "night"
     run = ["--models-dir", str(world / "models"), "--tiny", "--captioner", "none", "--no-ip-adapter",
@@ -483,10 +480,10 @@ def test_lcm_flops_per_image_are_at_most_an_eighth_of_the_default_at_the_same_si
 def test_tiny_defaults_to_a_smoke_run_and_help_shows_examples_and_defaults(capsys):
     base = ["--data-root", "d", "--out", "o"]
     parsed = lambda *extra: gdt.settings_from_args(gdt.parse_args(base + list(extra)))  # noqa: E731
-    assert (parsed("--tiny").size, parsed("--tiny").steps) == ((64, 112), 2)
-    assert (parsed().size, parsed().steps, parsed().guidance) == ((576, 1024), 30, 7.5)
+    assert (parsed("--tiny").gen_size, parsed("--tiny").steps) == ((64, 112), 2)
+    assert (parsed().gen_size, parsed().steps, parsed().guidance) == ((576, 1024), 30, 7.5)
     assert (parsed("--sampler", "lcm").steps, parsed("--sampler", "lcm").guidance) == (4, 1.0)
-    assert (parsed("--tiny", "--steps", "5", "--size", "32x48").steps, parsed("--tiny", "--size", "32x48").size) == (
+    assert (parsed("--tiny", "--steps", "5", "--gen-size", "32x48").steps, parsed("--tiny", "--gen-size", "32x48").gen_size) == (
         5, (32, 48))
     assert (gdt.Settings(sampler="lcm").steps, gdt.Settings(sampler="lcm").guidance) == (4, 1.0)  # library: the same
     with pytest.raises(SystemExit) as exit_:
@@ -525,3 +522,21 @@ def test_leftovers_of_killed_runs_are_removed_at_the_next_start(world, first_run
         os.utime(path, (long_ago, long_ago) if path != recent else None)
     gdt.main(cli(world, tmp_path / "out"))
     assert [p.exists() for p in (stale, alive, recent)] == [False, True, True]
+
+
+def test_scale_shift_alignment_recovers_an_affine_map():
+    pred = np.random.default_rng(1).random((7, 9))
+    np.testing.assert_allclose(gdt.align_scale_shift(pred, 2.5 * pred - 0.7), 2.5 * pred - 0.7, atol=1e-12)
+
+
+def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_near_and_far():
+    control = np.zeros((1, 2, 3), np.float32)
+    control[0, 1] = 1  # the farthest pixel (depth 80) and the nearest (depth 1)
+    perfect, _ = gdt.geometry_agreement(np.array([[2.0, 7.0]]), control)  # any scale and shift
+    assert perfect["abs_rel"] == pytest.approx(0, abs=1e-12) and perfect["delta1"] == 1
+    # a flat prediction is fitted by the mean, control 0.5, depth 1 / (1/80 + 0.5 * 79/80) = 160/81:
+    # abs_rel = ((80 - 160/81) / 80 + (160/81 - 1) / 1) / 2 = 79/81, both pixels off by over 1.25
+    flat, aligned = gdt.geometry_agreement(np.array([[3.0, 3.0]]), control)
+    assert flat == pytest.approx(dict(abs_rel=79 / 81, delta1=0.0)) and aligned.tolist() == [[0.5, 0.5]]
+    swapped, _ = gdt.geometry_agreement(np.array([[7.0, 2.0]]), control)  # scale -1 would fit
+    assert swapped == pytest.approx(flat)

@@ -1,14 +1,12 @@
 """losses.py against hand-computed values on tiny tensors (docs/method.md §3; the evaluation metrics §5)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import (SSIM_C1, TEACHER_MASKS, align_scale_shift, average_metrics, backproject, compute_depth_metrics,
-                    distillation, flip_post_process, geometry_agreement, min_reprojection, photometric_error,
-                    pixel_grid, project, reprojection_loss, score_loader, semantic_loss, silog_loss, smoothness_loss,
+from losses import (SSIM_C1, TEACHER_MASKS, backproject, distillation, min_reprojection, photometric_error,
+                    pixel_grid, project, reprojection_loss, semantic_loss, silog_loss, smoothness_loss,
                     ssim, teacher_loss, velocity_loss, warp)
 
 
@@ -325,126 +323,3 @@ def test_warp_survives_nan_depth_in_backward():
     warped = warp(source, depth, torch.eye(4)[None], K)
     warped.sum().backward()
     assert source.grad is not None and torch.isfinite(warped).all()
-
-
-def test_metrics_equal_hand_values_and_ignore_gt_zeros_and_gt_beyond_cap():
-    gt = np.array([[10.0, 0.0, 20.0], [90.0, 5.0, 0.05]])  # 0, 90 (> cap) and 0.05 (< min) are not valid
-    pred = np.array([[12.0, 3.0, 20.0], [10.0, 4.0, 1.0]])
-    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
-    g, p = np.array([10.0, 20.0, 5.0]), np.array([12.0, 20.0, 4.0])
-    assert m["abs_rel"] == pytest.approx(np.mean([2 / 10, 0, 1 / 5]))
-    assert m["sq_rel"] == pytest.approx(np.mean([4 / 10, 0, 1 / 5]))
-    assert m["rmse"] == pytest.approx(math.sqrt((4 + 0 + 1) / 3))
-    assert m["rmse_log"] == pytest.approx(math.sqrt(np.mean((np.log(g) - np.log(p)) ** 2)))
-    # ratios 1.2, 1.0, 1.25: the last is not < 1.25
-    assert m["a1"] == pytest.approx(2 / 3)
-    assert m["a2"] == pytest.approx(1.0) and m["a3"] == pytest.approx(1.0)
-
-
-def test_predictions_beyond_the_caps_are_clamped():
-    gt = np.array([50.0, 0.5])
-    m = compute_depth_metrics(gt, np.array([500.0, 0.001]), 0.1, 80.0)
-    assert m["abs_rel"] == pytest.approx(np.mean([30 / 50, 0.4 / 0.5]))
-    assert m["a1"] == 0.0
-
-
-def test_median_scaling_makes_a_scaled_prediction_exact():
-    gt = np.array([[2.0, 4.0], [8.0, 16.0]])
-    m = compute_depth_metrics(gt, gt / 7.0, 0.1, 80.0, median_scaling=True)
-    assert m["abs_rel"] == pytest.approx(0.0, abs=1e-12) and m["a1"] == 1.0
-    unscaled = compute_depth_metrics(gt, gt / 7.0, 0.1, 80.0)
-    assert unscaled["abs_rel"] == pytest.approx(6 / 7)
-
-
-def test_median_scaling_happens_before_clamping():
-    gt = np.array([10.0, 20.0, 30.0])
-    pred = np.array([0.01, 0.02, 0.03])  # all below min: clamping first would make them equal
-    m = compute_depth_metrics(gt, pred, 0.1, 80.0, median_scaling=True)
-    assert m["abs_rel"] == pytest.approx(0.0, abs=1e-9)
-
-
-def test_metrics_accept_tensors_with_channel_dims():
-    gt = torch.tensor([[[10.0, 20.0]]])
-    m = compute_depth_metrics(gt, torch.tensor([[[11.0, 20.0]]]), 0.1, 80.0)
-    assert m["abs_rel"] == pytest.approx(0.05)
-
-
-def test_no_valid_pixel_gives_none_and_is_skipped_in_the_average():
-    assert compute_depth_metrics(np.zeros((3, 3)), np.ones((3, 3))) is None
-    a = compute_depth_metrics(np.array([10.0]), np.array([12.0]))
-    b = compute_depth_metrics(np.array([10.0]), np.array([10.0]))
-    avg = average_metrics([a, None, b])
-    assert avg["count"] == 2 and avg["abs_rel"] == pytest.approx(0.1)
-    assert average_metrics([])["count"] == 0
-
-
-def test_size_mismatch_is_a_clear_error():
-    with pytest.raises(ValueError, match="upsample"):
-        compute_depth_metrics(np.ones((4, 4)), np.ones((2, 2)))
-
-
-def test_a_float32_ground_truth_of_exactly_the_minimum_is_not_valid():
-    # md4all compares in the ground truth's float32: float32(0.1) > 0.1 is False there (in float64 it is True)
-    gt = np.array([0.1, 10.0, 20.0], np.float32)
-    pred = np.array([5.0, 12.0, 20.0], np.float32)
-    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
-    assert m["abs_rel"] == pytest.approx(np.mean([0.2, 0.0]))
-    assert m["rmse"] == pytest.approx(math.sqrt(2.0)) and m["a1"] == 1.0
-    just_above = np.array([np.nextafter(np.float32(0.1), np.float32(1.0)), 10.0], np.float32)
-    assert compute_depth_metrics(just_above, np.array([0.2, 10.0], np.float32), 0.1, 80.0)["a1"] == 0.5
-
-
-def test_median_scaling_uses_the_lower_middle_value_of_an_even_count():
-    # gt medians: lower 2 (numpy's mean of the middle two would be 2.5): pred scaled by 2/1
-    m = compute_depth_metrics(np.array([1.0, 2.0, 3.0, 4.0]), np.ones(4), 0.1, 80.0, median_scaling=True)
-    assert m["abs_rel"] == pytest.approx((1 / 1 + 0 / 2 + 1 / 3 + 2 / 4) / 4)
-    # pred medians: lower 2 (not 2.5): scale 10/2 = 5 gives 5, 10, 15, 20
-    m = compute_depth_metrics(np.full(4, 10.0), np.array([1.0, 2.0, 3.0, 4.0]), 0.1, 80.0, median_scaling=True)
-    assert m["abs_rel"] == pytest.approx((0.5 + 0 + 0.5 + 1.0) / 4)
-
-
-def test_flip_post_process_takes_the_mirror_at_the_left_edge_the_plain_at_the_right_the_mean_between():
-    pred = torch.tensor([[[[1.0, 2.0, 3.0, 4.0, 5.0]]]])
-    of_flipped = torch.tensor([[[[10.0, 20.0, 30.0, 40.0, 50.0]]]])  # un-flipped: 50, 40, 30, 20, 10
-    # x = 0, .25, .5, .75, 1: mask = 1, 0, 0, 0, 0 and its mirror 0, 0, 0, 0, 1
-    expected = torch.tensor([[[[50.0, 21.0, 16.5, 12.0, 5.0]]]])
-    assert torch.allclose(flip_post_process(pred, of_flipped), expected)
-
-
-def test_flip_post_process_ramps_linearly_over_the_outer_five_percent():
-    pred, of_flipped = torch.ones(1, 1, 2, 81), torch.full((1, 1, 2, 81), 3.0)
-    out = flip_post_process(pred, of_flipped)[0, 0, 0]
-    # x = k / 80; at k = 5 (x = 0.0625) mask = 1 - 20 * 0.0125 = 0.75: 0.75 * 3 + 0.25 * mean(1, 3) = 2.75
-    assert out[0].item() == pytest.approx(3.0) and out[-1].item() == pytest.approx(1.0)
-    assert out[5].item() == pytest.approx(2.75) and out[75].item() == pytest.approx(1.25)
-    assert out[40].item() == pytest.approx(2.0) and out[4].item() == pytest.approx(3.0)
-
-
-def test_score_loader_scores_each_mode_and_groups_night_rain_as_night():
-    batch = {"gt": torch.tensor([[[[10.0, 20.0]]], [[[10.0, 0.0]]]]), "path": ["a", "b"],
-             "cond": ["day-clear", "night-rain"]}
-    plain = torch.tensor([[[12.0, 20.0]], [[10.0, 5.0]]])
-    totals, rows = score_loader([batch], lambda b: {"plain": plain, "flip_pp": plain * 2})
-    assert totals["plain"]["day-clear"]["abs_rel"] == pytest.approx(0.1)
-    assert totals["flip_pp"]["night"]["count"] == 1 and totals["flip_pp"]["night"]["abs_rel"] == pytest.approx(1.0)
-    assert totals["plain"]["all"]["count"] == 2 and rows[1]["flip_pp"]["abs_rel"] == pytest.approx(1.0)
-    legacy, rows = score_loader([batch], lambda b: plain)  # what the trainers' validation reads
-    assert legacy["night"]["abs_rel"] == pytest.approx(0.0) and rows[0]["abs_rel"] == pytest.approx(0.1)
-
-
-def test_scale_shift_alignment_recovers_an_affine_map():
-    pred = np.random.default_rng(1).random((7, 9))
-    np.testing.assert_allclose(align_scale_shift(pred, 2.5 * pred - 0.7), 2.5 * pred - 0.7, atol=1e-12)
-
-
-def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_near_and_far():
-    control = np.zeros((1, 2, 3), np.float32)
-    control[0, 1] = 1  # the farthest pixel (depth 80) and the nearest (depth 1)
-    perfect, _ = geometry_agreement(np.array([[2.0, 7.0]]), control)  # any scale and shift
-    assert perfect["abs_rel"] == pytest.approx(0, abs=1e-12) and perfect["delta1"] == 1
-    # a flat prediction is fitted by the mean, control 0.5, depth 1 / (1/80 + 0.5 * 79/80) = 160/81:
-    # abs_rel = ((80 - 160/81) / 80 + (160/81 - 1) / 1) / 2 = 79/81, both pixels off by over 1.25
-    flat, aligned = geometry_agreement(np.array([[3.0, 3.0]]), control)
-    assert flat == pytest.approx(dict(abs_rel=79 / 81, delta1=0.0)) and aligned.tolist() == [[0.5, 0.5]]
-    swapped, _ = geometry_agreement(np.array([[7.0, 2.0]]), control)  # scale -1 would fit
-    assert swapped == pytest.approx(flat)

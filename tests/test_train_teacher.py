@@ -9,7 +9,6 @@ import torch
 
 import data
 import train_teacher
-import training
 from model import DepthNet, PoseNet, load_depth_net, load_pose_net, pose_to_matrix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,7 +229,7 @@ def test_resume_from_an_earlier_checkpoint_keeps_one_log_record_per_step(tiny_wo
 
 def test_user_errors_are_one_line_without_a_traceback(tiny_world, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        training.run_cli(lambda: run(str(tmp_path / "nowhere"), tmp_path / "out", "--steps", "1"),
+        data.run_cli(lambda: run(str(tmp_path / "nowhere"), tmp_path / "out", "--steps", "1"),
                               "train_teacher.py")
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith("train_teacher.py: error: ") and "nowhere" in err

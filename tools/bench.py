@@ -62,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import data  # noqa: E402
 import gdt  # noqa: E402
 import tiny_models  # noqa: E402
-from model import DepthNet, DinoFeatures, PoseNet, gdt_model_paths  # noqa: E402
+from model import DepthNet, DinoFeatures, PoseNet  # noqa: E402
 from train_student import StudentLoss  # noqa: E402
 from train_teacher import LidarLoss, SelfSupervisedLoss  # noqa: E402
 from training import add_common_args, build_depth_net, depth_param_groups, resolve_args  # noqa: E402
@@ -139,13 +139,8 @@ class Results(dict):
 
 
 def write_json(results, path):
-    """Write atomically: a temp file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
+    """Write the results atomically (data.write_atomic)."""
+    data.write_atomic(path, lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
 
 
 def device_name(device):
@@ -231,7 +226,7 @@ def sd15_models():
 def save_sd15_models(root):
     """sd15_models(), an IP-Adapter and an LCM-LoRA for them, fp16, in the folders `gdt.py --models-dir root`
     reads (gdt_model_paths; no depth model or captioner); reused when `root` holds a finished copy."""
-    paths = gdt_model_paths(root)
+    paths = gdt.gdt_model_paths(root)
     if os.path.exists(os.path.join(root, "complete")) and all(
             os.path.isdir(paths[k]) for k in ("sd_model", "controlnet", "ip_adapter", "lcm_lora")):
         return paths
@@ -302,7 +297,7 @@ def gdt_ours(args, paths, work, inputs, device, rate, sampler):
     """images/s and FLOPs per image of gdt.translate_batch, its models loaded by gdt.build_translator."""
     images, keys, captions, controls = inputs
     settings = gdt.Settings(sampler=sampler, steps=args.gdt_steps if sampler == "unipc" else None,  # lcm: its 4 steps
-                            size=data.parse_size(args.gdt_size), captioner="none", dtype=args.gdt_dtype,
+                            gen_size=data.parse_size(args.gdt_size), captioner="none", dtype=args.gdt_dtype,
                             control_dir=work, audit=False)  # never read: the depth maps are passed in
     style_dir = os.path.join(work, "styles", "night")
     styles = {"night": [os.path.join(style_dir, p) for p in data.list_images("folder", style_dir)]}
@@ -339,7 +334,7 @@ def gdt_naive(args, paths, work, inputs, device):
     style = Image.open(f"{work}/styles/night/0.png").convert("RGB")
 
     def run(i):
-        control = Image.fromarray(data.to_uint8(controls[i])).resize((w, h), Image.BICUBIC)
+        control = Image.fromarray(gdt.to_uint8(controls[i])).resize((w, h), Image.BICUBIC)
         pipe(prompt=gdt.condition_prompt("night", captions[i]), negative_prompt=gdt.NEGATIVE_PROMPT, image=control,
              ip_adapter_image=style, height=h, width=w, num_inference_steps=args.gdt_steps, guidance_scale=GUIDANCE,
              generator=torch.Generator().manual_seed(gdt.sample_seed(keys[i], "night")))
@@ -522,7 +517,7 @@ def gdt_folder(root, paths, work):
     folder = Path(work, "gdt", "night")
     for path in paths:
         with Image.open(os.path.join(root, path)) as day:
-            data.save_atomic(day.convert("RGB").point(lambda v: v // 3), folder / path)
+            gdt.save_atomic(day.convert("RGB").point(lambda v: v // 3), folder / path)
     records = [json.dumps({"output": path, "status": "ok"}) for path in paths]
     (folder / "manifest.rank0.jsonl").write_text("\n".join(records) + "\n")
     return str(folder.parent)

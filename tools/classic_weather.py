@@ -12,8 +12,6 @@ so a rerun skips finished outputs and resumes) and a record per image to
 image is drawn from gdt.py's seed of (path, condition): any rerun writes the same bytes.
 """
 import argparse
-import hashlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -26,14 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
 import data  # noqa: E402
-
-CONDITIONS = ("night", "rain", "fog", "snow")
-
-
-def sample_seed(key, cond):
-    """gdt.sample_seed(key, cond) of attempt 0: a stable hash (sha256) of the condition and the sample key."""
-    return int.from_bytes(hashlib.sha256(f"{cond}/{key}".encode()).digest()[:8], "big") >> 1
-
+import gdt  # noqa: E402
 
 def blur(x, sigma):
     """Gaussian blur of an (H, W, C) array; wide blurs run on a pooled copy (glare and haze are smooth)."""
@@ -61,8 +52,8 @@ def marks(shape, rng, count, draw_one):
 def classic_translate(image, cond, seed):
     """Non-generative night / rain / fog / snow simulation (the Table 3 baseline): (H, W, 3) float in
     [0, 1] -> (H, W, 3) float32 in [0, 1], deterministic given the seed."""
-    if cond not in CONDITIONS:
-        raise ValueError(f"unknown condition {cond!r}: choose from {', '.join(CONDITIONS)}")
+    if cond not in data.GDT_CONDITIONS:
+        raise ValueError(f"unknown condition {cond!r}: choose from {', '.join(data.GDT_CONDITIONS)}")
     x = np.asarray(image, dtype=np.float32)
     if x.ndim != 3 or x.shape[2] != 3:
         raise ValueError(f"classic_translate expects an (H, W, 3) image, got shape {x.shape}")
@@ -100,15 +91,15 @@ def classic_translate(image, cond, seed):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data.add_translation_args(p)
-    p.add_argument("--cond", "--conds", nargs="+", choices=CONDITIONS, default=["night", "rain"], metavar="COND",
-                   help=f"target conditions ({', '.join(CONDITIONS)}); default: night rain")
+    gdt.add_translation_args(p)
+    p.add_argument("--cond", "--conds", nargs="+", choices=data.GDT_CONDITIONS, default=["night", "rain"], metavar="COND",
+                   help=f"target conditions ({', '.join(data.GDT_CONDITIONS)}); default: night rain")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    keys = data.translation_frames(args.dataset, args.data_root, args.version, args.split, args.out, args.cond)
+    keys = gdt.translation_frames(args.dataset, args.data_root, args.version, args.split, args.out, args.cond)
     work = [(k, [c for c in args.cond if not Path(args.out, c, k).exists()]) for k in keys]
     work = [(k, conds) for k, conds in work if conds]
     total = sum(len(conds) for _, conds in work)
@@ -117,22 +108,18 @@ def main(argv=None):
         for key, conds in work:
             source = os.path.join(args.data_root, key)
             day = data.load_image(source)
-            rgb = np.asarray(data.as_rgb8(day), np.float32) / 255
+            rgb = np.asarray(gdt.as_rgb8(day), np.float32) / 255
             for cond in conds:
-                seed = sample_seed(key, cond)
-                out = Image.fromarray(data.to_uint8(classic_translate(rgb, cond, seed)))
-                data.save_atomic(data.in_source_mode(out, day.mode), Path(args.out, cond, key))
+                seed = gdt.sample_seed(key, cond)
+                out = Image.fromarray(gdt.to_uint8(classic_translate(rgb, cond, seed)))
+                gdt.save_atomic(gdt.in_source_mode(out, day.mode), Path(args.out, cond, key))
                 # gdt.py's record of a run without models, audit or re-draws
                 record = dict(cond=cond, attempt=0, settings={"backend": "classic"}, models={}, key=key, seed=seed,
                               status="ok", attempts=[dict(attempt=0, seed=seed)], source=os.path.abspath(source),
                               output=key)
-                with open(Path(args.out, cond, "manifest.rank0.jsonl"), "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                gdt.append_record(Path(args.out, cond), record)
                 bar.update()
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        raise SystemExit(f"classic_weather.py: error: {e}")
+    data.run_cli(main, "classic_weather.py")

@@ -21,8 +21,6 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
 import data  # noqa: E402
 import gdt  # noqa: E402
-from losses import geometry_agreement  # noqa: E402
-from model import GDT_MODELS, load_depth_model  # noqa: E402
 
 WORST_COUNT = 16
 
@@ -52,7 +50,7 @@ def agreement_histogram(delta1, threshold, title, path):
         pen.line([x0 + (x1 - x0) * threshold, y0, x0 + (x1 - x0) * threshold, y1], fill=(220, 30, 30), width=2)
     pen.text((x0, 6), title, fill="black")
     pen.text((x0 + 90, y1 + 18), "delta1: share of pixels within 1.25x of the control depth", fill="black")
-    data.save_atomic(image, Path(path))
+    gdt.save_atomic(image, Path(path))
 
 
 def contact_sheet(rows, path, height=96):
@@ -71,20 +69,20 @@ def contact_sheet(rows, path, height=96):
         for left, im in zip(lefts, panels):
             sheet.paste(im.convert("RGB"), (int(left), top))
         pen.text((2, top + height + 2), label, fill="black")
-    data.save_atomic(sheet, Path(path))
+    gdt.save_atomic(sheet, Path(path))
 
 
 def depth_model_of(record, args):
     """The depth model to recompute a record's maps with: --depth-model, else the run's own (from the
     manifest; under --models-dir, the folder of the same name there), else gdt.py's default."""
-    run_model = record.get("models", {}).get("depth_model") or GDT_MODELS["depth_model"]
+    run_model = record.get("models", {}).get("depth_model") or gdt.GDT_MODELS["depth_model"]
     if args.depth_model:
         return args.depth_model
     return os.path.join(args.models_dir, os.path.basename(run_model.rstrip("/"))) if args.models_dir else run_model
 
 
 def grey(x):
-    return Image.fromarray(data.to_uint8(x[..., 0] if x.ndim == 3 else x))
+    return Image.fromarray(gdt.to_uint8(x[..., 0] if x.ndim == 3 else x))
 
 
 def worst_frames_sheet(args, cond, records, path, loaded):
@@ -101,14 +99,14 @@ def worst_frames_sheet(args, cond, records, path, loaded):
         return []
     settings, model = shown[0].get("settings", {}), depth_model_of(shown[0], args)
     if model not in loaded:
-        loaded[model] = load_depth_model(model, torch.device("cpu"), torch.float32, "--depth-model DIR or ")
+        loaded[model] = gdt.load_depth_model(model, torch.device("cpu"), torch.float32, "--depth-model DIR or ")
     predict, tiles, control_dir = loaded[model], settings.get("depth_tiles", 1), settings.get("control_dir")
     rows, worst = [], []
     for r in shown:
-        day = data.as_rgb8(data.load_image(os.path.join(args.data_root, r["key"]) if args.data_root else r["source"]))
+        day = gdt.as_rgb8(data.load_image(os.path.join(args.data_root, r["key"]) if args.data_root else r["source"]))
         control = gdt.load_control_map(control_dir, r["key"]) if control_dir else gdt.control_depth(predict, day, tiles)
-        translation = data.as_rgb8(data.load_image(image_path(r)))
-        metrics, aligned = geometry_agreement(gdt.control_depth(predict, translation, tiles), control)
+        translation = gdt.as_rgb8(data.load_image(image_path(r)))
+        metrics, aligned = gdt.geometry_agreement(gdt.control_depth(predict, translation, tiles), control)
         rows.append((f"{r['output']}  delta1 {metrics['delta1']:.3f}  abs_rel {metrics['abs_rel']:.3f}  {r['status']}",
                      [day, grey(control), translation, grey(aligned)]))
         worst.append(dict(output=r["output"], status=r["status"], **metrics))
@@ -161,15 +159,10 @@ def main(argv=None):
         print(f"{cond}: {s['count']} frames, {s['rejected']} rejected ({100 * s['rejection_rate']:.1f}%), "
               + (f"delta1 median {s['delta1']['p50']:.3f} (p5 {s['delta1']['p5']:.3f})" if s["audited"]
                  else "not audited"))
-    tmp = out / f".report.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "report.json")
+    data.write_atomic(out / "report.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
     print(f"report: {out / 'report.json'} and the PNGs beside it")
     return summary
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        raise SystemExit(f"gdt_report.py: error: {e}")
+    data.run_cli(main, "gdt_report.py")

@@ -1,6 +1,6 @@
 """Learning check on the synthetic world (CPU, tiny nets): does SSD do what the paper claims?
 
-    OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/check --jobs 2     # 18-26 min on 2 shared CPU cores
+    OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/check --jobs 2     # about 17 min on 2 CPU cores (docs/results.md)
     OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/quick --teacher-steps 200 --student-steps 100 --seeds 1
 
 Stages, each a real command of this repository run as its own process (logs in <out>/<run>/train.log):
@@ -21,24 +21,12 @@ Stages, each a real command of this repository run as its own process (logs in <
    `<out>/learning_check.png` (teacher vs student per condition), `<out>/translations.png` (a training
    frame, its rendered and classic translations, val frames) and PASS / FAIL lines for the claims.
 
-Settings of this check, not of the method (the paper's defaults are for a pretrained ViT-B on nuScenes):
-tiny random nets at 90x160, 900 teacher and 300 student steps; learning rates 1e-3 (self-supervised,
-pose net 3e-3) and 3e-3 (LiDAR) for the teachers, 1e-4 for the students; a head starting at 6 m
-(--init-depth 6: from md4all's 0.2 m a random net stalls under metric velocity supervision, from 10 m
-the near road's flow lies outside the photometric loss's reach once the pose net has found the metric
-scale, and the depth stays put); the pose net fed frames in time order (--pose-order temporal: fed
-(target, source) for both neighbours a small pose net must output +0.8 m and -0.8 m for near-identical
-inputs and does not learn it in this budget) and starting at straight-ahead motion of 0.7 m per frame
-pair (--init-motion 0.7, about this world's frame spacing: from md4all's zero motion a random pose net
-settles on the wrong axis, vertical or backwards, in about half the seeds before the depth net has
-learnt anything, and that teacher never recovers); 12 day-clear training scenes (with 6 the teachers
-overfit them: lower training loss, no better on val, and seeds 0.235-0.291 apart by day; with 12,
-0.229-0.250 over four seeds); 4 val scenes per condition (48 frames each: with 2, one
-scene's quirks decided a row, and the teachers were better in rain than by day). With no pretrained
-DINOv2 offline, each student starts from its teacher (--init-from-teacher), and the semantic-loss rows
-anchor the student's features to that teacher's own encoder (frozen, exported as a transformers
-Dinov2Model folder): the encoder the student starts from, as the paper's student starts from the
-DINOv2 its semantic loss keeps it near.
+Settings of this check, not of the method (each chosen for a reason measured on this world; the reasons are in
+docs/results.md, "Why the check's settings"): tiny random nets at 90x160, 900 teacher and 300 student steps;
+teacher rates 1e-3 (self-supervised, pose net 3e-3) and 3e-3 (LiDAR), students 1e-4; --init-depth 6;
+--pose-order temporal with --init-motion 0.7; 12 day-clear training scenes and 4 val scenes per condition. With no
+pretrained DINOv2 offline, each student starts from its teacher (--init-from-teacher), and the semantic-loss rows
+anchor its features to that teacher's own frozen encoder (exported as a transformers Dinov2Model folder).
 A rerun with the same --out resumes: finished runs are kept, interrupted ones continue.
 """
 import argparse
@@ -264,9 +252,7 @@ def bar_chart(results, seeds, path):
         draw.rectangle([x, H - 30, x + 14, H - 16], fill=colours[(sup, kind)])
         label = f"{'self-supervised' if sup == 'self' else 'LiDAR'} {kind}"
         draw.text((x + 20, H - 23), label, fill="black", font=font, anchor="lm")
-    tmp = path + ".tmp.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    data.write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
     return path
 
 
@@ -292,15 +278,8 @@ def translation_sheet(world, gdt_rendered, gdt_classic, path, height=90):
         x, y = (i if i < 4 else i - 3) * width, 0 if i < 4 else height + 18
         sheet.paste(image.resize((width, height), Image.LANCZOS), (x, y + 18))
         draw.text((x + width / 2, y + 9), label, fill="black", font=font, anchor="mm")
-    sheet.save(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
+    data.write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return path
-
-
-def write_atomic(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):
@@ -351,12 +330,12 @@ def main(argv=None):
     for claim, passed in ok.items():
         print(f"{'PASS' if passed else 'FAIL'}  {claim}")
     wall = time.time() - start
-    write_atomic(os.path.join(args.out, "learning_check.md"), table + "\n\n" + "\n".join(
-        f"- {'PASS' if v else 'FAIL'}: {k}" for k, v in ok.items()) + "\n")
-    write_atomic(os.path.join(args.out, "learning_check.json"), json.dumps(
+    data.write_atomic(os.path.join(args.out, "learning_check.md"), lambda tmp: tmp.write_text(table + "\n\n" + "\n".join(
+        f"- {'PASS' if v else 'FAIL'}: {k}" for k, v in ok.items()) + "\n"))
+    data.write_atomic(os.path.join(args.out, "learning_check.json"), lambda tmp: tmp.write_text(json.dumps(
         {"args": vars(args), "world": WORLD, "translations": {"rendered": gdt_rendered, "classic": gdt_classic},
          "commands": {r[0]: [r[1], *r[2]] for r in runs},
-         "results": results, "claims": ok, "train_seconds": timings, "wall_seconds": wall}, indent=1))
+         "results": results, "claims": ok, "train_seconds": timings, "wall_seconds": wall}, indent=1)))
     bar_chart(results, args.seeds, os.path.join(args.out, "learning_check.png"))
     print(f"wrote {args.out}/learning_check.md, .json and .png and translations.png in {wall / 60:.1f} min")
     return all(ok.values())

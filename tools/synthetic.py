@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from functools import partial
@@ -29,6 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
+import data  # noqa: E402
 
 VERSION = 'v1.0-trainval'
 TABLES = ('scene', 'sample', 'sample_data', 'calibrated_sensor', 'ego_pose', 'sensor', 'log')
@@ -431,11 +435,11 @@ def build_tables(scenes, size, seed):
 
 
 def atomic_write(path, write):
-    """Write through a temporary file in the same folder, then rename: no half-written files."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(f'{path}.tmp{os.getpid()}', 'wb') as f:
-        write(f)
-    os.replace(f.name, path)
+    """`write(binary file)` fills `path` whole or not at all (data.write_atomic)."""
+    def fill(tmp):
+        with open(tmp, 'wb') as f:
+            write(f)
+    data.write_atomic(path, fill)
 
 
 def write_jpeg(path, image):

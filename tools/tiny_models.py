@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
-import model  # noqa: E402
+import gdt  # noqa: E402
 
 TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "car", "street", "road",
               "on", "the", "with", "city", "building", "trees", "parked", "driving", "down", "of"]
@@ -56,7 +56,7 @@ def ip_adapter_state_dict(unet, image_embed_dim, tokens=4):
 
 def save_tiny_sd(paths):
     """Tiny SD 1.5 (UNet, VAE, CLIP text encoder + tokenizer, UniPC), ControlNet, IP-Adapter (CLIP
-    vision encoder + weights) and LCM-LoRA, saved in hub layouts at paths["sd_model"], ... (model.gdt_model_paths)."""
+    vision encoder + weights) and LCM-LoRA, saved in hub layouts at paths["sd_model"], ... (gdt.gdt_model_paths)."""
     from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel,
                            UniPCMultistepScheduler)
     from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
@@ -135,13 +135,13 @@ def save_tiny_blip(folder):
 
 def write_models(root):
     """Write every tiny model under `root` in the folders `gdt.py --models-dir root` reads
-    (model.gdt_model_paths: root/stable-diffusion-v1-5, root/control_v11f1p_sd15_depth, ...), seeded, so
-    the same files every time; a finished folder is kept. Returns model.gdt_model_paths(root)."""
+    (gdt.gdt_model_paths: root/stable-diffusion-v1-5, root/control_v11f1p_sd15_depth, ...), seeded, so
+    the same files every time; a finished folder is kept. Returns gdt.gdt_model_paths(root)."""
     root = os.path.abspath(root)
-    paths = model.gdt_model_paths(root)
-    blip2 = model.gdt_model_paths(root, captioner="blip2")["caption_model"]
-    blip = model.gdt_model_paths(root, captioner="blip")["caption_model"]
-    folders = [paths[k] for k in model.GDT_MODELS] + [blip, blip2]
+    paths = gdt.gdt_model_paths(root)
+    blip2 = gdt.gdt_model_paths(root, captioner="blip2")["caption_model"]
+    blip = gdt.gdt_model_paths(root, captioner="blip")["caption_model"]
+    folders = [paths[k] for k in gdt.GDT_MODELS] + [blip, blip2]
     if Path(root, "complete").exists() and all(map(os.path.isdir, folders)):
         return paths
     Path(root, "complete").unlink(missing_ok=True)

@@ -1,0 +1,76 @@
+"""The design's promise (README, "The files"): one stage, one file. A stage file with the shared files it names runs
+in an empty folder, and the shared files import nothing of the project."""
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import DepthNet, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_FILES = {f.stem for f in ROOT.glob("*.py")}
+
+
+def project_imports(path):
+    """The project's modules a file imports (top-level or inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & STAGE_FILES
+
+
+def test_shared_files_import_nothing_of_the_project_and_stages_only_what_they_name():
+    for shared in ("model", "losses", "data"):
+        assert project_imports(ROOT / f"{shared}.py") == set(), shared
+    assert project_imports(ROOT / "gdt.py") == {"data", "model"}
+    assert project_imports(ROOT / "evaluate.py") == {"data", "model"}
+    assert project_imports(ROOT / "training.py") == {"data", "evaluate", "model"}
+
+
+def run_copied(files, folder, *argv):
+    """Copy `files` of the repository into an empty `folder` and run the first one there as a user would."""
+    folder.mkdir()
+    for name in files:
+        shutil.copy(ROOT / name, folder / name)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH="")
+    return subprocess.run([sys.executable, files[0], *argv], cwd=folder, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two day images, each with a .npy depth map beside it (what --dataset folder reads)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((48, 80, 3)) * 255).astype(np.uint8)).save(root / f"{name}.png")
+        np.save(root / f"{name}.npy", rng.uniform(2, 40, (48, 80)).astype(np.float32))
+    return root
+
+
+def test_gdt_runs_from_a_folder_holding_only_gdt_data_and_model(images, tiny_gdt_models, tmp_path):
+    done = run_copied(["gdt.py", "data.py", "model.py"], tmp_path / "copy", "--tiny", "--models-dir",
+                      str(tiny_gdt_models), "--data-root", str(images), "--out", str(tmp_path / "out"),
+                      "--cond", "night", "--no-ip-adapter", "--captioner", "none", "--gen-size", "64x64")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "night").glob("*.png")) == ["a.png", "b.png"]
+
+
+def test_evaluate_runs_from_a_folder_holding_only_evaluate_model_and_data(images, tmp_path):
+    torch.manual_seed(0)
+    net = DepthNet("tiny", init="none", net_size=None)
+    save_checkpoint(str(tmp_path / "ckpt.pt"), model=net.state_dict(), config=net.config_dict())
+    done = run_copied(["evaluate.py", "model.py", "data.py"], tmp_path / "copy", "--ckpt", str(tmp_path / "ckpt.pt"),
+                      "--dataset", "folder", "--data-root", str(images), "--workers", "0", "--out", str(tmp_path / "eval"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]["plain"]["all"]["count"] == 2
