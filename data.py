@@ -850,6 +850,17 @@ class FolderDepth(AugmentedDataset):
         return self._flip(item, draws)
 
 
+def dataset_root_kind(root):
+    """'nuScenes' or 'RobotCar' when `root` is laid out as that dataset's root (docs/method.md §7), else None."""
+    if any(os.path.isfile(os.path.join(root, d, 'sample_data.json')) for d in os.listdir(root)) or \
+            all(os.path.isdir(os.path.join(root, d)) for d in ('samples', 'sweeps')):
+        return 'nuScenes'
+    if os.path.isdir(os.path.join(root, 'splits')) and os.path.isfile(os.path.join(root, 'models',
+                                                                                   'stereo_wide_left.txt')):
+        return 'RobotCar'
+    return None
+
+
 def list_images(dataset, data_root, version=None, split='train'):
     """Sorted image paths relative to data_root: the training targets (what gdt.py translates).
 
@@ -865,6 +876,10 @@ def list_images(dataset, data_root, version=None, split='train'):
     if dataset == 'folder':
         if not os.path.isdir(data_root):
             raise FileNotFoundError(f"image folder not found: {data_root}")
+        kind = dataset_root_kind(data_root)
+        if kind:  # every image below it would be taken: sweeps, all cameras, val and test, night
+            raise ValueError(f"{data_root} is a {kind} root, not a folder of images: pass --dataset "
+                             f"{kind.lower().replace(' ', '')} to use its training split")
         paths = sorted(os.path.relpath(os.path.join(d, n), data_root) for d, _, names in os.walk(data_root)
                        for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
         if not paths:
@@ -912,7 +927,9 @@ def read_manifests(folder):
             try:
                 record = json.loads(line) if line.strip() else None
             except json.JSONDecodeError:
-                if n == len(lines):  # no newline after it: the write was cut
+                if n == len(lines):  # no newline after it: the write was cut, and its frame is redone
+                    print(f"{path}: skipping its incomplete last line (a run was killed while writing it)",
+                          file=sys.stderr)
                     continue
                 raise ValueError(f"{path} line {n} is not JSON: delete that line (the frame is then redone)")
             if record:

@@ -567,8 +567,14 @@ def save_image(image, file, suffix):
 
 
 def save_atomic(image, path):
-    """Save in the format of path's extension, whole or not at all (data.write_atomic)."""
-    return data.write_atomic(path, lambda tmp: save_image(image, tmp, Path(path).suffix))
+    """Save in the format of path's extension, whole or not at all (data.write_atomic); the file is read back
+    before it takes its name, so a full disk or a cut write fails here instead of leaving a broken output."""
+    def write(tmp):
+        save_image(image, tmp, Path(path).suffix)
+        saved = data.load_image(tmp)  # decodes every pixel: a truncated file raises
+        if saved.size != image.size:
+            raise OSError(f"{path}: the written image reads back at {saved.size}, not {image.size}")
+    return data.write_atomic(path, write)
 
 
 def as_saved(image, suffix):
@@ -599,16 +605,23 @@ def remove_stale(folders):
 
 def append_record(folder, record, rank=0):
     """Append one JSON line to `<folder>/manifest.rank<rank>.jsonl` (data.read_manifests reads them): a manifest
-    per rank, so ranks never append to the same file."""
+    per rank, so ranks never append to the same file. An incomplete last line left by a killed run is dropped
+    first (its frame has no output, so it is redone): the manifest stays one record per line."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"manifest.rank{rank}.jsonl", "a") as f:
+    path = folder / f"manifest.rank{rank}.jsonl"
+    if path.exists() and not (content := path.read_bytes()).endswith(b"\n") and content:
+        with open(path, "r+b") as f:  # a torn last line (a killed write): its frame is being redone, drop it
+            f.truncate(content.rfind(b"\n") + 1)
+    with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the next frame: a full disk fails here, not in silence
 
 
 def add_translation_args(p):
     """The flags that say which frames a writer of translations reads and where it writes (argparse)."""
-    p.add_argument("--dataset", choices=("nuscenes", "robotcar", "folder"), default="folder",
-                   help="folder: every .jpg/.jpeg/.png below --data-root; else the split's training frames")
+    p.add_argument("--dataset", choices=("nuscenes", "robotcar", "folder"), default="nuscenes",
+                   help="the split's training frames (as the trainers); folder: every .jpg/.jpeg/.png below --data-root")
     p.add_argument("--data-root", required=True, help="the dataset")
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
     p.add_argument("--split", default="train", help="nuScenes / RobotCar split to translate")

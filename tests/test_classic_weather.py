@@ -24,7 +24,7 @@ def world(tmp_path_factory):
 
 
 def test_each_frame_is_drawn_from_gdts_seed_of_the_first_attempt(world, tmp_path):
-    classic_weather.main(["--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "night", "rain"])
+    classic_weather.main(["--dataset", "folder", "--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "night", "rain"])
     for cond in ("night", "rain"):
         records = data.read_manifests(tmp_path / cond)
         assert set(records) == set(SOURCES)
@@ -56,14 +56,14 @@ def test_classic_translation_rejects_bad_input():
 
 
 def test_classic_weather_translates_without_any_model_in_gdts_layout(world, tmp_path, capsys):
-    classic_weather.main(["--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "fog"])
+    classic_weather.main(["--dataset", "folder", "--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "fog"])
     for key, ((h, w), mode) in SOURCES.items():
         assert Image.open(tmp_path / "fog" / key).size == (w, h)
     for r in data.read_manifests(tmp_path / "fog").values():  # no model ids it never used, nothing to audit
         assert r["models"] == {} and r["settings"] == {"backend": "classic"} and r["status"] == "ok"
         assert "caption" not in r and "agreement" not in r
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    classic_weather.main(["--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "fog"])
+    classic_weather.main(["--dataset", "folder", "--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "fog"])
     assert "0 images to translate" in capsys.readouterr().out  # a rerun skips finished outputs
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
 
@@ -72,15 +72,15 @@ def test_unreadable_image_is_named(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
-        classic_weather.main(["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o")])
+        classic_weather.main(["--dataset", "folder", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o")])
 
 
 def test_empty_input_and_output_inside_the_dataset_are_refused(world, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .*images"):
-        classic_weather.main(["--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+        classic_weather.main(["--dataset", "folder", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     with pytest.raises(ValueError, match="inside --data-root"):
-        classic_weather.main(["--data-root", str(world / "data"), "--out", str(world / "data" / "gdt")])
+        classic_weather.main(["--dataset", "folder", "--data-root", str(world / "data"), "--out", str(world / "data" / "gdt")])
 
 
 def test_16_bit_png_is_read_at_its_depth_not_clipped_white(tmp_path):
@@ -88,7 +88,7 @@ def test_16_bit_png_is_read_at_its_depth_not_clipped_white(tmp_path):
     for bits, pixels in ((8, grey), (16, grey.astype(np.uint16) * 257)):
         (tmp_path / f"d{bits}").mkdir()
         Image.fromarray(pixels).save(tmp_path / f"d{bits}" / "f.png")
-        classic_weather.main(["--data-root", str(tmp_path / f"d{bits}"), "--out", str(tmp_path / f"o{bits}"),
+        classic_weather.main(["--dataset", "folder", "--data-root", str(tmp_path / f"d{bits}"), "--out", str(tmp_path / f"o{bits}"),
                               "--cond", "fog"])
     out8, out16 = (Image.open(tmp_path / f"o{bits}" / "fog" / "f.png") for bits in (8, 16))
     assert (out8.mode, out16.mode) == ("L", "I;16")

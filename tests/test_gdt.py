@@ -277,7 +277,7 @@ def test_img2img_path_translates_every_frame_at_its_size(world, tmp_path):
 
 def test_unknown_condition_is_refused(world, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        gdt.parse_args(["--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "dusk"])
+        gdt.parse_args(["--dataset", "folder", "--data-root", str(world / "data"), "--out", str(tmp_path), "--cond", "dusk"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "unknown condition(s) 'dusk'" in err and "--cond/--conds" in err and "night, rain, snow, fog" in err
@@ -335,24 +335,24 @@ def test_library_settings_translate_as_the_command_line_does(world, first_run, t
 def test_empty_input_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .*images"):
-        gdt.main(["--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+        gdt.main(["--dataset", "folder", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
 
 
 def test_ip_adapter_without_style_images_is_refused(world, tmp_path):
     with pytest.raises(ValueError, match="--style-dir night=DIR.*--no-ip-adapter"):
-        gdt.main(["--models-dir", str(world / "models"), "--tiny", "--data-root", str(world / "data"),
+        gdt.main(["--models-dir", str(world / "models"), "--tiny", "--dataset", "folder", "--data-root", str(world / "data"),
                   "--out", str(tmp_path)])
 
 
 def test_unreachable_model_id_fails_at_once_naming_it_and_the_alternatives(world, tmp_path):
     with pytest.raises(model.ModelUnavailable, match="nobody/no-such-depth-model.*--control-dir or --models-dir"):
         gdt.main(["--captioner", "none", "--depth-model", "nobody/no-such-depth-model", "--no-ip-adapter",
-                  "--data-root", str(world / "data"), "--out", str(tmp_path)])
+                  "--dataset", "folder", "--data-root", str(world / "data"), "--out", str(tmp_path)])
 
 
 def test_output_inside_the_dataset_is_refused(world):
     with pytest.raises(ValueError, match="inside --data-root"):
-        gdt.main(["--data-root", str(world / "data"), "--out", str(world / "data" / "gdt")])
+        gdt.main(["--dataset", "folder", "--data-root", str(world / "data"), "--out", str(world / "data" / "gdt")])
 
 
 def test_style_references_can_come_from_the_datasets_own_night_and_rain_training_scenes(tiny_world):
@@ -392,7 +392,7 @@ def test_upside_down_translation_fails_the_threshold_and_is_rejected_not_written
     monkeypatch.setattr(gdt, "translate_batch", fake_translate)
     out = tmp_path / "out" / "night"
     run = ["--models-dir", str(world / "models"), "--tiny", "--captioner", "none", "--no-ip-adapter",
-           "--cond", "night", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+           "--cond", "night", "--dataset", "folder", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
            "--min-agreement", "0.9"]
     gdt.main(run + ["--max-tries", "2"])
     records = data.read_manifests(out)
@@ -540,3 +540,62 @@ def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_nea
     assert flat == pytest.approx(dict(abs_rel=79 / 81, delta1=0.0)) and aligned.tolist() == [[0.5, 0.5]]
     swapped, _ = gdt.geometry_agreement(np.array([[7.0, 2.0]]), control)  # scale -1 would fit
     assert swapped == pytest.approx(flat)
+
+
+def test_tiny_models_never_replace_a_model_folder_they_did_not_write(tmp_path, capsys):
+    import tiny_models
+    real = tmp_path / "stable-diffusion-v1-5" / "unet"
+    real.mkdir(parents=True)
+    (real / "weights.safetensors").write_bytes(b"downloaded")
+    with pytest.raises(SystemExit) as exit_:
+        data.run_cli(lambda: tiny_models.main(["--out", str(tmp_path)]), "tiny_models.py")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "stable-diffusion-v1-5" in err and "another --out" in err
+    assert (real / "weights.safetensors").read_bytes() == b"downloaded" and sorted(os.listdir(tmp_path)) == [
+        "stable-diffusion-v1-5"]
+
+
+def test_tiny_models_mark_their_folder_and_keep_a_finished_one(tiny_gdt_models):
+    import tiny_models
+    assert (tiny_gdt_models / tiny_models.MARKER).exists()
+    before = {p: p.stat().st_mtime_ns for p in tiny_gdt_models.rglob("*") if p.is_file()}
+    tiny_models.write_models(str(tiny_gdt_models))  # a second run over its own finished folder
+    assert {p: p.stat().st_mtime_ns for p in tiny_gdt_models.rglob("*") if p.is_file()} == before
+
+
+def test_an_image_that_does_not_read_back_whole_is_never_given_its_name(tmp_path, monkeypatch):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    real_save = gdt.save_image
+
+    def cut_short(image, file, suffix):  # what a full disk leaves: the first bytes only
+        real_save(image, file, suffix)
+        Path(file).write_bytes(Path(file).read_bytes()[:300])
+    monkeypatch.setattr(gdt, "save_image", cut_short)
+    with pytest.raises(ValueError, match="cannot read image"):
+        gdt.save_atomic(image, tmp_path / "night" / "a.jpg")
+    assert list((tmp_path / "night").iterdir()) == []  # no output, no temp file
+    monkeypatch.setattr(gdt, "save_image", real_save)
+    gdt.save_atomic(image, tmp_path / "night" / "a.jpg")
+    assert Image.open(tmp_path / "night" / "a.jpg").size == (60, 40)
+
+
+def test_a_record_after_a_torn_last_line_starts_on_a_line_of_its_own(tmp_path, capsys):
+    folder = tmp_path / "night"
+    gdt.append_record(folder, dict(output="a.png", status="ok"))
+    with open(folder / "manifest.rank0.jsonl", "a") as f:
+        f.write('{"output": "b.png", "sta')  # a run killed while writing b's record
+    assert set(data.read_manifests(folder)) == {"a.png"}  # b is redone
+    assert "manifest.rank0.jsonl: skipping its incomplete last line" in capsys.readouterr().err
+    gdt.append_record(folder, dict(output="b.png", status="ok"))  # the rerun's record of b
+    lines = (folder / "manifest.rank0.jsonl").read_text().splitlines()
+    assert [json.loads(line)["output"] for line in lines] == ["a.png", "b.png"]
+    assert set(data.read_manifests(folder)) == {"a.png", "b.png"}
+    (folder / "manifest.rank0.jsonl").write_text(lines[0] + '\n{"output": "c.pn\n' + lines[1] + "\n")
+    with pytest.raises(ValueError, match=r"line 2 is not JSON: delete that line"):  # a broken line inside is named
+        data.read_manifests(folder)
+
+
+def test_a_dataset_root_is_never_translated_as_a_folder_of_images_and_nuscenes_is_the_default(tiny_world, tmp_path):
+    with pytest.raises(ValueError, match="is a nuScenes root, not a folder of images: pass --dataset nuscenes"):
+        gdt.translation_frames("folder", tiny_world, None, "train", str(tmp_path / "out"), ["night"])
+    assert gdt.parse_args(["--data-root", tiny_world, "--out", "o"]).dataset == "nuscenes"

@@ -60,7 +60,7 @@ def images(tmp_path_factory):
 
 def test_gdt_runs_from_a_folder_holding_only_gdt_data_and_model(images, tiny_gdt_models, tmp_path):
     done = run_copied(["gdt.py", "data.py", "model.py"], tmp_path / "copy", "--tiny", "--models-dir",
-                      str(tiny_gdt_models), "--data-root", str(images), "--out", str(tmp_path / "out"),
+                      str(tiny_gdt_models), "--dataset", "folder", "--data-root", str(images), "--out", str(tmp_path / "out"),
                       "--cond", "night", "--no-ip-adapter", "--captioner", "none", "--gen-size", "64x64")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "night").glob("*.png")) == ["a.png", "b.png"]

@@ -4,7 +4,7 @@ paper's Table 3 and the stand-in for GDT where no diffusion weights are at hand 
 tools/learning_check.py, the tests); the method's translation is gdt.py (docs/method.md §1).
 
     python tools/classic_weather.py --dataset nuscenes --data-root world --out gdt_classic --cond night rain
-    python tools/classic_weather.py --data-root my_images --out gdt_classic --cond fog snow
+    python tools/classic_weather.py --dataset folder --data-root my_images --out gdt_classic --cond fog snow
 
 Writes `<out>/<cond>/<path relative to --data-root>` (the source's format, size and mode; atomically,
 so a rerun skips finished outputs and resumes) and a record per image to

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
+import data  # noqa: E402
 import gdt  # noqa: E402
 
 TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "car", "street", "road",
@@ -133,19 +134,30 @@ def save_tiny_blip(folder):
                   tokenizer=tokenizer).save_pretrained(folder)
 
 
+MARKER = "TINY_MODELS"  # in a folder this script writes: only such folders are ever replaced
+
+
 def write_models(root):
     """Write every tiny model under `root` in the folders `gdt.py --models-dir root` reads
     (gdt.gdt_model_paths: root/stable-diffusion-v1-5, root/control_v11f1p_sd15_depth, ...), seeded, so
-    the same files every time; a finished folder is kept. Returns gdt.gdt_model_paths(root)."""
+    the same files every time; a finished folder is kept. A model folder this script did not write (real
+    downloaded models) is never replaced: ValueError. Returns gdt.gdt_model_paths(root)."""
     root = os.path.abspath(root)
     paths = gdt.gdt_model_paths(root)
     blip2 = gdt.gdt_model_paths(root, captioner="blip2")["caption_model"]
     blip = gdt.gdt_model_paths(root, captioner="blip")["caption_model"]
     folders = [paths[k] for k in gdt.GDT_MODELS] + [blip, blip2]
+    present = [f for f in folders if os.path.exists(f)]
+    if present and not Path(root, MARKER).exists():
+        raise ValueError(f"{root} already holds {', '.join(map(os.path.basename, present))}, not written by "
+                         f"tools/tiny_models.py (no {MARKER} file there): real models are never replaced; pass "
+                         f"another --out for the tiny ones")
     if Path(root, "complete").exists() and all(map(os.path.isdir, folders)):
         return paths
+    Path(root).mkdir(parents=True, exist_ok=True)
+    Path(root, MARKER).write_text("random tiny stand-ins of GDT's models, written by tools/tiny_models.py\n")
     Path(root, "complete").unlink(missing_ok=True)
-    for folder in folders:  # an interrupted or older write: start again
+    for folder in folders:  # an interrupted or older write of ours: start again
         shutil.rmtree(folder, ignore_errors=True)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -157,8 +169,12 @@ def write_models(root):
     return paths
 
 
-if __name__ == "__main__":
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to fill (DIR for gdt.py --models-dir DIR)")
-    for name, path in write_models(parser.parse_args().out).items():
+    for name, path in write_models(parser.parse_args(argv).out).items():
         print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    data.run_cli(main, "tiny_models.py")
