@@ -25,6 +25,7 @@ The trainers' validation calls the same functions (training.py). It needs model.
 """
 import argparse
 import json
+import math
 import os
 import pickle
 
@@ -329,6 +330,10 @@ def parse_args(argv):
         p.error("pass exactly one of --ckpt (a depth net) or --pred-dir (precomputed depth maps)")
     if args.pred_dir and args.flip_pp:
         p.error("--flip-pp needs --ckpt: precomputed depth maps cannot be re-predicted on mirrored images")
+    if args.size and min(args.size) < 14:
+        p.error(f"--size {args.size[0]}x{args.size[1]}: each side must be at least 14 pixels (one DINOv2 patch)")
+    if not 0 < args.min_depth < (args.max_depth or math.inf):
+        p.error(f"--min-depth {args.min_depth} / --max-depth {args.max_depth}: need 0 < min < max (metres)")
     if inside(args.out, args.data_root):
         p.error(f"--out {args.out} is inside --data-root {args.data_root}: the outputs would be written into "
                 f"the dataset (and a folder dataset would read its own PNGs back); choose a folder outside it")

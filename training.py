@@ -57,14 +57,14 @@ def add_common_args(p):
                    help="jitter with one affine colour map (data.affine_jitter: ~13 ms less per frame, within about "
                         "2/255 on average) instead of torchvision's PIL ops as md4all does")
     p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--val-every", type=int, default=None, help="steps between validations (default: each epoch)")
+    p.add_argument("--val-every", type=data.at_least(1), default=None, help="steps between validations (default: each epoch)")
     p.add_argument("--no-val", action="store_true", help="skip validation (and best.pt)")
-    p.add_argument("--ckpt-every", type=int, default=1000)
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--ckpt-every", type=data.at_least(1), default=1000)
+    p.add_argument("--log-every", type=data.at_least(1), default=10)
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/ckpt.pt; --lr-* flags given with it replace the checkpoint's rates")
-    p.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted (then --resume)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--stop-at", type=data.at_least(1), default=None, help="stop after this step as if interrupted (then --resume)")
+    p.add_argument("--workers", type=data.at_least(0), default=None,
                    help="DataLoader workers per process (default: the CPUs per process on this machine, less one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU")
@@ -108,10 +108,36 @@ def check_run_folder(args):
                          f"--overwrite to replace it, or another --out")
 
 
+def check_settings(parser, args):
+    """Refuse at start, as a usage error naming the flag, settings that cannot work (instead of a failure or a
+    silently wrong run hours later): rates and weights must be finite and >= 0, --p-day a probability, the
+    depth range ordered, the sizes at least one 14-pixel patch, --net-size in whole patches."""
+    for name, value in sorted(vars(args).items()):
+        if name.startswith(("lr_", "w_")) or name == "weight_decay":
+            if not (math.isfinite(value) and value >= 0):
+                parser.error(f"--{name.replace('_', '-')} {value}: give a finite value >= 0")
+    if not 0 <= getattr(args, "p_day", 0) <= 1:
+        parser.error(f"--p-day {args.p_day}: a probability, in [0, 1]")
+    if not 0 < args.min_depth < args.max_depth:
+        parser.error(f"--min-depth {args.min_depth} / --max-depth {args.max_depth}: need 0 < min < max (metres)")
+    for flag, size in (("--size", args.size), ("--net-size", args.net_size)):
+        if size and min(size) < 14:
+            parser.error(f"{flag} {size[0]}x{size[1]}: each side must be at least 14 pixels (one DINOv2 patch)")
+    if args.net_size and any(v % 14 for v in args.net_size):
+        parser.error(f"--net-size {args.net_size[0]}x{args.net_size[1]}: give multiples of 14 (DINOv2's patch), "
+                     f"e.g. 518x784")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if args.tiny and "net_size" in args.given:
+        parser.error("--tiny builds a net that sees the loss-size frames (--size): drop --net-size")
+
+
 def parse_args(parser, argv):
-    """Parse, fill dataset defaults, record which flags were written (see `resume`), check --out."""
+    """Parse, fill dataset defaults, record which flags were written (see `resume`), refuse settings that
+    cannot work, check --out."""
     args = resolve_args(parser.parse_args(argv))
     args.given = sorted(given_flags(parser, argv))
+    check_settings(parser, args)
     check_run_folder(args)
     return args
 

@@ -154,6 +154,11 @@ def test_bad_flags_are_one_line_errors(tiny_world, tmp_path, capsys):
     assert "exactly one of" in run_expecting_error(base, capsys)
     line = run_expecting_error(["--pred-dir", str(tmp_path), "--flip-pp", "--out", str(tmp_path / "e")] + base, capsys)
     assert "--flip-pp needs --ckpt" in line
+    out = ["--out", str(tmp_path / "e")]
+    assert "--size 7x7: each side must be at least 14" in run_expecting_error(
+        ["--ckpt", ckpt, "--size", "7x7"] + base + out, capsys)
+    assert "need 0 < min < max" in run_expecting_error(
+        ["--ckpt", ckpt, "--min-depth", "10", "--max-depth", "1"] + base + out, capsys)
 
 
 def vis_inputs(pred_depth=10.0):

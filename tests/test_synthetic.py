@@ -327,3 +327,11 @@ def test_rendered_translations_are_deterministic_resume_and_refuse_other_worlds(
         synthetic.render_translations(world, str(tmp_path / 'c'), conds=('snow',))
     with pytest.raises(FileNotFoundError, match='not a world'):
         synthetic.render_translations(str(tmp_path / 'b'), str(tmp_path / 'c'))
+
+
+@pytest.mark.parametrize('counts', [['--train-day', '0', '--train-night', '0', '--train-rain', '0', '--val-day', '0',
+                                     '--val-night', '0', '--val-rain', '0'], ['--train-night', '-1']])
+def test_a_world_without_scenes_is_refused_before_rendering(tmp_path, capsys, counts):
+    with pytest.raises(SystemExit) as e:
+        synthetic.main(['--out', str(tmp_path / 'w'), *counts])
+    assert e.value.code == 2 and 'scene counts' in capsys.readouterr().err and not (tmp_path / 'w').exists()

@@ -170,3 +170,13 @@ def test_the_reliability_mask_feeds_the_teacher_pose_net_in_its_own_order(tiny_w
     nets = [DepthNet("tiny", init="none", net_size=None) for _ in range(2)]
     StudentLoss(*nets, PoseNet("tiny", init=None), None, "reliable", 0.0, pose_order=order)(batch)
     assert calls == [order]
+
+
+@pytest.mark.parametrize("flags,named", [(["--p-day", "1.5"], "--p-day 1.5: a probability"),
+                                         (["--w-sem", "-1"], "--w-sem -1")])
+def test_student_settings_that_cannot_work_are_refused_at_start(tiny_world, teacher_ckpt, tmp_path, capsys, flags,
+                                                                named):
+    with pytest.raises(SystemExit) as e:
+        train_student.main(["--tiny", "--data-root", tiny_world, "--size", "28x48", "--teacher", teacher_ckpt,
+                            "--out", str(tmp_path / "s"), *flags])
+    assert e.value.code == 2 and named in capsys.readouterr().err

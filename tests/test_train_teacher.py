@@ -236,11 +236,32 @@ def test_user_errors_are_one_line_without_a_traceback(tiny_world, tmp_path, caps
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--steps", "-1"), ("--size", "0x160")])
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--steps", "-1"), ("--size", "0x160"),
+                                        ("--ckpt-every", "0"), ("--log-every", "0"), ("--val-every", "0"),
+                                        ("--workers", "-1")])
 def test_non_positive_sizes_are_argparse_errors(tiny_world, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as e:
         run(tiny_world, tmp_path, flag, value)
     assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,named", [(["--lr-encoder", "-1"], "--lr-encoder -1"),
+                                         (["--lr-pose", "nan"], "--lr-pose nan"),
+                                         (["--w-smooth", "-0.1"], "--w-smooth"),
+                                         (["--min-depth", "10", "--max-depth", "1"], "0 < min < max"),
+                                         (["--min-depth", "0"], "0 < min < max"),
+                                         (["--size", "4x4"], "--size 4x4: each side must be at least 14"),
+                                         (["--resume", "--overwrite"], "give one of them"),
+                                         (["--net-size", "100x100"], "--tiny builds a net"),
+                                         (["--encoder", "tiny", "--init", "none", "--net-size", "100x100"],
+                                          "multiples of 14")])
+def test_settings_that_cannot_work_are_refused_before_anything_is_read(tiny_world, tmp_path, capsys, flags, named):
+    argv = ["--data-root", tiny_world, "--size", "56x96", "--out", str(tmp_path / "run"), *flags]
+    with pytest.raises(SystemExit) as e:
+        train_teacher.main((["--tiny"] if "--encoder" not in flags else []) + argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and named in err, err
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
 @pytest.mark.parametrize("flags", [["--pose-order", "md4all"], ["--pose-order", "temporal", "--supervision", "lidar"]])

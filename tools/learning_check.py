@@ -285,7 +285,8 @@ def translation_sheet(world, gdt_rendered, gdt_classic, path, height=90):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/check")
-    p.add_argument("--size", default="90x160", help="loss / network resolution HxW")
+    p.add_argument("--size", default="90x160", type=lambda text: data.parse_size(text) and text,
+                   help="loss / network resolution HxW (checked here, before the world is rendered)")
     p.add_argument("--teacher-steps", type=int, default=900)
     p.add_argument("--student-steps", type=int, default=300)
     p.add_argument("--seeds", type=int, default=2, help="seeds of each teacher and its main student")

@@ -560,6 +560,12 @@ def main(argv=None):
     p.add_argument('--cond', nargs='+', default=['night', 'rain'], choices=['night', 'rain'],
                    help='conditions for --translate')
     args = vars(p.parse_args(argv))
+    translating = args['translate'] is not None
+    counts = {k: v for k, v in args.items() if k.startswith(('train_', 'val_'))}
+    if not translating and (min(counts.values()) < 0 or sum(counts.values()) < 1):
+        p.error('scene counts: give at least one scene (--train-day, --val-night, ...) and no negative count')
+    if args['workers'] < 1:
+        p.error('--workers must be at least 1')
     world, conds = args.pop('translate'), args.pop('cond')
     if world:
         print(f"wrote {render_translations(world, args['out_root'], conds, args['workers'], progress=True)}: "
@@ -569,4 +575,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    data.run_cli(main, 'synthetic.py')
