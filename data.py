@@ -76,12 +76,16 @@ def at_least(minimum):
     return parse
 
 
-def run_cli(main, prog):
+def run_cli(main, prog, on_interrupt="rerun the same command to continue: finished outputs are kept"):
     """Run a script's `main()`, turning the errors a user can cause (missing or unreadable files, bad flags,
     data or checkpoints, models that cannot be loaded: OSError and ValueError) into one line
-    `<prog>: error: ...` and exit status 1 (argparse's usage errors exit with 2); bugs keep their traceback."""
+    `<prog>: error: ...` and exit status 1 (argparse's usage errors exit with 2); bugs keep their traceback.
+    Ctrl-C: one line, the interruption's own message (the trainers say the step) or `on_interrupt`, exit 130."""
     try:
         return main()
+    except KeyboardInterrupt as e:
+        print(f"{prog}: {e if e.args else 'interrupted; ' + on_interrupt}", file=sys.stderr)
+        raise SystemExit(130) from None
     except (OSError, ValueError) as e:
         message = str(e).strip() or type(e).__name__
         if "Original Traceback" in message:  # raised in a DataLoader worker: its traceback's last line says it

@@ -19,6 +19,8 @@ import gc
 import json
 import math
 import os
+import signal
+import threading
 import time
 
 import torch
@@ -318,7 +320,16 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     bar = tqdm(total=total, initial=step, disable=not master, desc=os.path.basename(args.out.rstrip("/")),
                dynamic_ncols=True)
     sums, count, finite, tick = None, 0, torch.ones((), dtype=torch.bool, device=device), time.time()
-    while step < total and step != args.stop_at:
+    # Ctrl-C (one process): finish the step, save it, stop; a second Ctrl-C stops at once. Under torchrun the
+    # ranks would stop at different steps, so there the last periodic checkpoint is what a resume takes.
+    stop = threading.Event()
+
+    def stop_after_this_step(signum, frame):
+        stop.set()
+        signal.signal(signal.SIGINT, previous_handler)
+    catch = world == 1 and threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, stop_after_this_step) if catch else None
+    while step < total and step != args.stop_at and not stop.is_set():
         epoch, skip = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
         pairs.set_epoch(epoch, SkipSampler(sampler, skip * args.batch_size))  # a resume skips the finished part
@@ -339,7 +350,7 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
             sums = values if sums is None else sums + values
             finite &= torch.isfinite(values).all()
             count += 1
-            last = step == total or step == args.stop_at
+            last = step == total or step == args.stop_at or stop.is_set()
             due_log, due_save = last or step % args.log_every == 0, last or step % args.ckpt_every == 0
             if (due_log or due_save) and all_reduce_sums([float(not finite)], device)[0] > 0:
                 raise SystemExit(f"loss became NaN/inf before step {step}; stopped without saving. The last "
@@ -370,6 +381,11 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
             if last:
                 break
     bar.close()
+    if catch:
+        signal.signal(signal.SIGINT, previous_handler)
+    if stop.is_set():
+        raise KeyboardInterrupt(f"interrupted at step {step}; {ckpt_path} holds step {step}: run the same command "
+                                f"with --resume to continue")
 
     # Tear down: the DDP reducer's destructor waits on gloo/NCCL work that needs the process group and the
     # GIL; destroyed after the group (or while it tears down) it can deadlock, so release it first

@@ -1,10 +1,13 @@
 """training.py: the loop's contract holds for any loss module, not only the trainers' own."""
 import argparse
 import json
+import os
+import signal
 
 import pytest
 import torch
 
+import data
 import training
 
 
@@ -78,3 +81,35 @@ def test_a_checkpoint_whose_groups_have_no_names_still_resumes(tmp_path):
     step, _ = run(loop_args(tmp_path, resume=True, lr_line=0.01, given=["lr_line"]))
     group = torch.load(tmp_path / "ckpt.pt", weights_only=False)["optimizer"]["param_groups"][0]
     assert step == 48 and group["name"] == "lr_line" and group["initial_lr"] == pytest.approx(0.01)
+
+
+class CtrlCAt(LineFit):
+    """LineFit whose `at`-th forward pass is interrupted by Ctrl-C (SIGINT to this process)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.calls, self.at = 0, at
+
+    def forward(self, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(batch)
+
+
+def test_ctrl_c_finishes_the_step_saves_it_says_how_to_resume_and_the_resume_is_exact(tmp_path, capsys):
+    _, straight = run(loop_args(tmp_path / "straight"))
+    capsys.readouterr()
+    args = loop_args(tmp_path / "cut")
+    torch.manual_seed(0)
+    fit = CtrlCAt(at=17)
+    groups = [dict(name="lr_line", params=list(fit.parameters()), lr=args.lr_line)]
+    with pytest.raises(SystemExit) as e:
+        data.run_cli(lambda: training.train(args, fit, groups, {"model": fit.line}, {"config": {}}, Points()),
+                     "train_teacher.py")
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert e.value.code == 130 and last.startswith("train_teacher.py: interrupted at step 17;") and "--resume" in last
+    assert torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=False)["step"] == 17  # saved on the way out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    step, resumed = run(loop_args(tmp_path / "cut", resume=True))
+    assert step == 48 and torch.equal(resumed.line.weight, straight.line.weight)
