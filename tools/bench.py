@@ -111,7 +111,7 @@ def parse_args(argv=None):
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version of --data-root")
     p.add_argument("--data-workers", nargs="+", type=int, help="DataLoader worker counts (1, 2, 4 .. CPUs)")
     p.add_argument("--data-samples", type=int, help="items timed per figure (32)")
-    p.add_argument("--gpu-tflops", type=float, help=f"training FLOP rate of one GPU, TFLOP/s (default: {MFU:.0%} "
+    p.add_argument("--gpu-tflops", type=float, help=f"training FLOP rate of one GPU, TFLOP/s (default: {MFU:.0%}% "
                    f"of the measured bf16 matmul rate on a GPU, else of an H100's {H100_BF16_TFLOPS})")
     args = p.parse_args(argv)
     for key, value in (TINY if args.tiny else FULL).items():
