@@ -599,3 +599,15 @@ def test_a_dataset_root_is_never_translated_as_a_folder_of_images_and_nuscenes_i
     with pytest.raises(ValueError, match="is a nuScenes root, not a folder of images: pass --dataset nuscenes"):
         gdt.translation_frames("folder", tiny_world, None, "train", str(tmp_path / "out"), ["night"])
     assert gdt.parse_args(["--data-root", tiny_world, "--out", "o"]).dataset == "nuscenes"
+
+
+def test_report_labels_keep_their_spaces_and_long_names_fit_their_panel_by_their_tail():
+    from PIL import ImageDraw, ImageFont
+    pen, font = ImageDraw.Draw(Image.new("RGB", (10, 10))), ImageFont.load_default(size=12)
+    name = "samples/CAM_FRONT/n008-2018-08-01-15-16-36-0400__CAM_FRONT__1533151603512404.jpg"
+    short = gdt_report.fit(pen, name, font, 200)
+    assert pen.textlength(short, font=font) <= 200 < pen.textlength(name, font=font)
+    assert short.startswith("...") and name.endswith(short[3:]) and len(short) > 10
+    assert gdt_report.fit(pen, "a.png", font, 200) == "a.png"
+    # a TrueType font draws the space: "control depth" is wider than "controldepth" (the bitmap default is not)
+    assert pen.textlength("control depth", font=font) > pen.textlength("controldepth", font=font)

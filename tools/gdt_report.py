@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is not a package
 import data  # noqa: E402
@@ -36,39 +36,52 @@ def agreement_histogram(delta1, threshold, title, path):
     width, height, (x0, x1, y0, y1) = 480, 260, (40, 465, 28, 225)
     counts = np.histogram(delta1, bins=20, range=(0, 1))[0]
     image = Image.new("RGB", (width, height), "white")
-    pen = ImageDraw.Draw(image)
+    pen, font = ImageDraw.Draw(image), ImageFont.load_default(size=12)  # TrueType: the bitmap default drops spaces
     for b, count in enumerate(counts):
         left = x0 + (x1 - x0) * b / 20
         pen.rectangle([left + 1, y1 - (y1 - y0) * count / max(counts.max(), 1), left + (x1 - x0) / 20 - 1, y1],
                       fill=(70, 110, 180))
     pen.line([x0, y0, x0, y1, x1, y1], fill="black")
     for v in (0, 0.25, 0.5, 0.75, 1):
-        pen.text((x0 + (x1 - x0) * v - 8, y1 + 4), f"{v:g}", fill="black")
-    pen.text((4, y0 - 4), str(counts.max()), fill="black")
-    pen.text((4, y1 - 10), "0", fill="black")
+        pen.text((x0 + (x1 - x0) * v - 8, y1 + 4), f"{v:g}", fill="black", font=font)
+    pen.text((4, y0 - 4), str(counts.max()), fill="black", font=font)
+    pen.text((4, y1 - 10), "0", fill="black", font=font)
     if threshold:
         pen.line([x0 + (x1 - x0) * threshold, y0, x0 + (x1 - x0) * threshold, y1], fill=(220, 30, 30), width=2)
-    pen.text((x0, 6), title, fill="black")
-    pen.text((x0 + 90, y1 + 18), "delta1: share of pixels within 1.25x of the control depth", fill="black")
+    pen.text((x0, 6), title, fill="black", font=font)
+    pen.text((x0 + 90, y1 + 18), "delta1: share of pixels within 1.25x of the control depth", fill="black", font=font)
     gdt.save_atomic(image, Path(path))
 
 
+def fit(pen, text, font, width):
+    """`text`, shortened from the left with an ellipsis until it fits `width` pixels (a path's tail names it)."""
+    if pen.textlength(text, font=font) <= width:
+        return text
+    while text and pen.textlength("..." + text, font=font) > width:
+        text = text[1:]
+    return "..." + text
+
+
 def contact_sheet(rows, path, height=96):
-    """One PNG of rows (label, [day, control depth, translation, depth of the translation]), each
-    panel `height` pixels high, in titled columns."""
+    """One PNG of rows ((name, scores), [day, control depth, translation, depth of the translation]), each
+    panel `height` pixels high, in titled columns; the name and the scores under each row, both kept inside
+    the sheet."""
     titles = ("day", "control depth", "translation", "its depth, aligned")
     rows = [(label, [im.resize((round(im.width * height / im.height), height)) for im in panels])
             for label, panels in rows]
     lefts = np.cumsum([0] + [max(panels[c].width for _, panels in rows) + 4 for c in range(len(titles))])
-    sheet = Image.new("RGB", (int(lefts[-1]), 16 + len(rows) * (height + 16)), "white")
+    font = ImageFont.load_default(size=12)  # a TrueType font: the bitmap default drops spaces
+    sheet = Image.new("RGB", (int(lefts[-1]), 18 + len(rows) * (height + 18)), "white")
     pen = ImageDraw.Draw(sheet)
-    for left, title in zip(lefts, titles):
-        pen.text((int(left) + 2, 2), title, fill="black")
-    for r, (label, panels) in enumerate(rows):
-        top = 16 + r * (height + 16)
+    for left, right, title in zip(lefts, lefts[1:], titles):
+        pen.text((int(left) + 2, 2), fit(pen, title, font, right - left - 4), fill="black", font=font)
+    for r, ((name, scores), panels) in enumerate(rows):
+        top = 18 + r * (height + 18)
         for left, im in zip(lefts, panels):
             sheet.paste(im.convert("RGB"), (int(left), top))
-        pen.text((2, top + height + 2), label, fill="black")
+        scores_width = pen.textlength(scores, font=font)
+        pen.text((2, top + height + 2), fit(pen, name, font, sheet.width - scores_width - 16), fill="black", font=font)
+        pen.text((sheet.width - 2, top + height + 2), scores, fill="black", font=font, anchor="ra")
     gdt.save_atomic(sheet, Path(path))
 
 
@@ -107,7 +120,7 @@ def worst_frames_sheet(args, cond, records, path, loaded):
         control = gdt.load_control_map(control_dir, r["key"]) if control_dir else gdt.control_depth(predict, day, tiles)
         translation = gdt.as_rgb8(data.load_image(image_path(r)))
         metrics, aligned = gdt.geometry_agreement(gdt.control_depth(predict, translation, tiles), control)
-        rows.append((f"{r['output']}  delta1 {metrics['delta1']:.3f}  abs_rel {metrics['abs_rel']:.3f}  {r['status']}",
+        rows.append(((r["output"], f"delta1 {metrics['delta1']:.3f}   abs_rel {metrics['abs_rel']:.3f}   {r['status']}"),
                      [day, grey(control), translation, grey(aligned)]))
         worst.append(dict(output=r["output"], status=r["status"], **metrics))
     contact_sheet(rows, path)
