@@ -50,8 +50,8 @@ def world(tmp_path_factory, tiny_gdt_models):
 
 
 def cli(world, out, *extra):
-    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--gen-size", "64x64", "--data-root",
-            str(world / "data"), "--out", str(out), "--style-dir", str(world / "styles"), "--cond", "night", "rain",
+    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--gen-size", "64x64", "--dataset", "folder",
+            "--data-root", str(world / "data"), "--out", str(out), "--style-dir", str(world / "styles"), "--cond", "night", "rain",
             *extra]
 
 
@@ -423,7 +423,7 @@ def test_report_summarises_counts_rejections_percentiles_and_the_worst_frames(wo
     assert [w["output"] for w in worst] == sorted(records, key=lambda k: records[k]["agreement"]["delta1"])
     for w in worst:  # the sheet's depth maps are the audit's own
         assert w["delta1"] == pytest.approx(records[w["output"]]["agreement"]["delta1"], abs=1e-9)
-    assert Image.open(tmp_path / "night_worst.png").height == 16 + 3 * (96 + 16)
+    assert Image.open(tmp_path / "night_worst.png").height == 18 + 3 * (96 + 18)
 
 
 def test_report_needs_a_gdt_folder(tmp_path, capsys):
