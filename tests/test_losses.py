@@ -205,6 +205,59 @@ def test_automask_ties_go_to_identity_deterministically():
     assert torch.equal(loss, photometric_error(source, target))
 
 
+def test_reprojection_takes_the_minimum_over_sources_so_one_good_source_wins():
+    """Occlusion handling (monodepth2): a pixel seen well in either neighbour costs nothing, whichever one it is."""
+    h, w = 6, 8
+    g = torch.Generator().manual_seed(14)
+    target = torch.rand(1, 3, h, w, generator=g, dtype=torch.float64)
+    unrelated = torch.rand(1, 3, h, w, generator=g, dtype=torch.float64)
+    still, K = translation(0.0), intrinsics(5.0, h, w)
+    depth = torch.full((1, 1, h, w), 3.0, dtype=torch.float64)
+    for sources in ([target, unrelated], [unrelated, target]):  # the good source first, then second
+        loss, mask, _ = reprojection_loss(target, sources, depth, [still, still], K, automask=False)
+        assert bool(mask.all())
+        assert float(loss.max()) < 1e-9  # a mean over the sources: half the unrelated frame's error
+    assert photometric_error(unrelated, target).mean() > 0.2  # so the unrelated frame alone is far from 0
+
+
+def test_automask_compares_with_the_best_unwarped_source_not_their_mean():
+    """A pixel that either raw neighbour already matches is static: masked, even when the other differs."""
+    g = torch.Generator().manual_seed(15)
+    target = 0.2 + 0.6 * torch.rand(1, 3, 5, 7, generator=g, dtype=torch.float64)
+    close = target + 0.02  # a warped source with a small, uniform error
+    warped_error = photometric_error(close, target)
+    far_error = photometric_error(1 - target, target)
+    # the warped error lies between the identity errors' minimum (0) and their mean
+    assert (warped_error > 0).all() and (warped_error < far_error / 2).all()
+    loss, mask = min_reprojection(target, [close, close], [1 - target, target])
+    assert int(mask.sum()) == 0 and float(loss.max()) < 1e-9
+    loss, mask = min_reprojection(target, [close, 1 - target], [1 - target, 1 - target])
+    assert mask.all() and torch.allclose(loss, warped_error, atol=1e-12)
+
+
+def smoothness_by_hand(disp, image):
+    """Edge-aware smoothness written out pixel by pixel: disparity over its mean, each neighbour difference
+    weighted by exp(-mean over channels of the image difference), x and y terms each averaged."""
+    d = disp / disp.mean()
+    h, w = d.shape
+    x_terms = [abs(d[i, j] - d[i, j + 1]) * math.exp(-np.mean(np.abs(image[:, i, j] - image[:, i, j + 1])))
+               for i in range(h) for j in range(w - 1)]
+    y_terms = [abs(d[i, j] - d[i + 1, j]) * math.exp(-np.mean(np.abs(image[:, i, j] - image[:, i + 1, j])))
+               for i in range(h - 1) for j in range(w)]
+    return np.mean(x_terms) + np.mean(y_terms)
+
+
+def test_smoothness_weights_disparity_gradients_down_at_image_edges_by_hand_value():
+    disp = np.array([[1.0, 2.0, 4.0, 3.0], [2.0, 5.0, 1.0, 1.5], [3.0, 1.0, 2.0, 6.0]])
+    image = np.stack([np.array([[0.0, 0.9, 0.1, 0.8], [0.7, 0.2, 1.0, 0.0], [0.3, 0.6, 0.4, 0.9]]) * (1 - 0.2 * c)
+                      for c in range(3)])  # strong texture, different in each channel
+    expected = smoothness_by_hand(disp, image)
+    got = smoothness_loss(torch.tensor(disp)[None, None], torch.tensor(image)[None]).item()
+    assert got == pytest.approx(expected, rel=1e-6)  # the loss adds 1e-7 to the mean
+    # the texture matters: the same disparity on a flat image costs clearly more
+    assert smoothness_by_hand(disp, np.zeros_like(image)) > 1.3 * expected
+
+
 def test_smoothness_is_zero_for_constant_disparity_and_hand_value_for_a_step():
     image = torch.rand(1, 3, 4, 5, generator=torch.Generator().manual_seed(8))
     assert smoothness_loss(torch.full((1, 1, 4, 5), 0.3), image).item() == pytest.approx(0.0, abs=1e-7)
