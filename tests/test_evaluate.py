@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import evaluate
-from losses import average_metrics, compute_depth_metrics, condition_group
+from losses import average_metrics, compute_depth_metrics, condition_group, upsample_depth
+from model import predict_depths
 
 
 def test_precomputed_maps_get_the_same_single_aligned_corner_upsampling(tmp_path):
@@ -189,3 +190,50 @@ def test_save_visualisation_writes_the_png_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["v.png"]
     with Image.open(tmp_path / "v.png") as im:
         assert im.size == (3 * 64, 16 + 48 + 40)
+
+
+# The protocol's rules, by hand values (their functions move into evaluate.py: only the imports above change).
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ground_truth_exactly_at_the_cap_or_at_the_minimum_is_not_scored(dtype):
+    """md4all scores min < gt < max: strict at both ends (nuScenes 80 m, RobotCar 50 m)."""
+    gt = np.array([10.0, 80.0, 0.1, 20.0], dtype)
+    pred = np.array([12.0, 40.0, 5.0, 20.0], dtype)
+    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
+    # only 10 and 20 m count: abs_rel (0.2 + 0) / 2; with 80 m it would be 0.7 / 3, with 0.1 m about 16
+    assert m["abs_rel"] == pytest.approx(0.1, rel=1e-6) and m["rmse"] == pytest.approx(np.sqrt(2.0), rel=1e-6)
+    robotcar = compute_depth_metrics(np.array([10.0, 50.0, 20.0], dtype), np.array([12.0, 25.0, 20.0], dtype),
+                                     0.1, 50.0)
+    assert robotcar["abs_rel"] == pytest.approx(0.1, rel=1e-6) and robotcar["a1"] == 1.0
+
+
+def test_depth_is_upsampled_bilinearly_with_aligned_corners_by_hand_values():
+    # [1, 3] to width 4: aligned corners put the samples at 0, 1/3, 2/3, 1 of the way: 1, 5/3, 7/3, 3
+    # (half-pixel centres would give 1, 1.5, 2.5, 3)
+    row = torch.tensor([[[[1.0, 3.0]]]])
+    assert torch.allclose(upsample_depth(row, (1, 4))[0, 0, 0], torch.tensor([1.0, 5 / 3, 7 / 3, 3.0]))
+    square = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])
+    expected = torch.tensor([[1.0, 5 / 3, 7 / 3, 3.0], [3.0, 11 / 3, 13 / 3, 5.0], [5.0, 17 / 3, 19 / 3, 7.0]])
+    assert torch.allclose(upsample_depth(square, (3, 4))[0, 0], expected)
+    assert upsample_depth(square, (2, 2)) is square  # already at the ground-truth size: untouched
+
+
+class DisparityStandIn(torch.nn.Module):
+    """A depth net that returns a fixed scaled disparity at its 'network resolution'."""
+
+    def __init__(self, scaled_disp):
+        super().__init__()
+        self.scaled_disp = scaled_disp
+
+    def forward(self, images, out_size="input"):
+        return {"scaled_disp": self.scaled_disp.expand(len(images), -1, -1, -1)}
+
+
+def test_the_net_and_a_prediction_folder_are_both_upsampled_with_aligned_corners(tmp_path):
+    net = DisparityStandIn(torch.tensor([[[[1.0, 1 / 3]]]]))  # depth 1 m and 3 m
+    depths = predict_depths(net, torch.rand(1, 3, 14, 28), (1, 4))
+    aligned = torch.tensor([1.0, 5 / 3, 7 / 3, 3.0])
+    assert torch.allclose(depths["plain"][0, 0, 0], aligned)
+    (tmp_path / "cam").mkdir()
+    np.save(tmp_path / "cam" / "a.npy", np.array([[1.0, 3.0]], np.float32))
+    assert torch.allclose(evaluate.load_prediction(str(tmp_path), "cam/a.jpg", (1, 4))[0], aligned)
