@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import data
-from worlds import DAY, NIGHT, RC_K, make_nuscenes, make_robotcar, save_image
+from worlds import DAY, NIGHT, RC_K, make_nuscenes, make_robotcar, save_bonnet_frame, save_image
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'nuscenes_sample')
 CAM_TOKEN = 'e3d495d4ac534d54b321f50006683844'
@@ -484,6 +484,19 @@ def test_robotcar_gt_lands_on_hand_computed_pixels_nearest_wins_crop_and_cap(rob
     assert gt[round(cy - f / 60), 40] == 0  # 60 m is beyond the 50 m cap
     assert (gt > 0).sum() == 2  # (5, 0, 2) falls below the crop, (-5, 0, 0) is behind
     assert torch.allclose(item['K'], torch.tensor([[f / 2, 0, cx / 2], [0, f / 2, cy / 2], [0, 0, 1]]))
+
+
+@pytest.mark.parametrize('fast_decode', [True, False])
+def test_robotcar_images_keep_the_top_768_of_960_rows_and_never_the_bonnet(robotcar, fast_decode):
+    rows = save_bonnet_frame(os.path.join(robotcar, DAY, 'stereo', 'left', '200.png'))
+    item = data.RobotCarDepth(robotcar, split='test', size=(48, 80), net_size=(24, 40), fast_decode=fast_decode)[0]
+    assert item['key'] == f'{DAY}/200'
+    # at the crop's own size nothing is resampled: row r of the item is row r of the frame (greys 10, 14, .., 198)
+    assert (item['color'][1, :, 0] * 255).round().int().tolist() == rows[:48, 0, 1].tolist()
+    assert torch.equal(item['color'], torch.from_numpy(rows[:48]).permute(2, 0, 1).float() / 255)
+    top = Image.fromarray(rows[:48])
+    assert torch.equal(item['input'], data.to_tensor(top.resize((40, 24), Image.LANCZOS)))
+    assert item['input'][1].max() < 200 / 255  # the white bonnet rows reach no resized pixel either
 
 
 def test_robotcar_lidar_at_network_size_lands_on_scaled_pixels(robotcar):
