@@ -53,6 +53,20 @@ def test_student_trains_with_each_ablation(tiny_world, teacher_ckpt, gdt_root, t
     assert ckpt["step"] == 2 and ckpt["pose"] is None
 
 
+def test_student_flags_reach_their_parameter_groups_and_the_day_share(tiny_world, teacher_ckpt, gdt_root, tmp_path,
+                                                                      monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train_student, "train", lambda args, loss, groups, modules, extra, dataset, *rest, **kw:
+                        seen.update(groups=groups, modules=modules, dataset=dataset))
+    train_student.main(student_args(tiny_world, teacher_ckpt, gdt_root, tmp_path, "--lr-encoder", "1e-5",
+                                    "--lr-decoder", "2e-5", "--p-day", "0.25", "--w-sem", "0"))
+    assert [(g["name"], g["lr"]) for g in seen["groups"]] == [("lr_encoder", 1e-5), ("lr_decoder", 2e-5)]
+    encoder_ids = {id(p) for p in seen["modules"]["model"].model.backbone.parameters()}
+    assert {id(p) for p in seen["groups"][0]["params"]} == encoder_ids
+    dataset = seen["dataset"]  # the student sees the day frame with probability --p-day
+    assert dataset.p_day == 0.25 and dataset.gdt_conds == ("night", "rain") and dataset.day_input
+
+
 def test_student_gradients_reach_neither_teacher_nor_dinov2(tiny_world):
     torch.manual_seed(0)
     student, teacher = DepthNet("tiny", init="none", net_size=None), DepthNet("tiny", init="none", net_size=None)

@@ -48,6 +48,23 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_world, tmp_path, super
     assert (torch.load(ckpt, weights_only=False)["pose"] is None) == (not self_supervised)
 
 
+@pytest.mark.parametrize("supervision", ["self", "lidar"])
+def test_each_learning_rate_flag_reaches_its_own_parameter_group(tiny_world, tmp_path, monkeypatch, supervision):
+    seen = {}
+    monkeypatch.setattr(train_teacher, "train", lambda args, loss, groups, modules, *rest, **kw: seen.update(
+        groups=groups, modules=modules))
+    run(tiny_world, tmp_path, "--supervision", supervision, "--lr-encoder", "1e-5", "--lr-decoder", "2e-5",
+        "--lr-pose", "3e-5")
+    rates = [(g["name"], g["lr"]) for g in seen["groups"]]
+    if supervision == "lidar":  # no pose net to train
+        assert rates == [("lr_encoder", 1e-5), ("lr_decoder", 2e-5)] and "pose" not in seen["modules"]
+        return
+    assert rates == [("lr_encoder", 1e-5), ("lr_decoder", 2e-5), ("lr_pose", 3e-5)]
+    pose_ids = {id(p) for p in seen["modules"]["pose"].parameters()}
+    assert {id(p) for p in seen["groups"][2]["params"]} == pose_ids
+    assert not pose_ids & {id(p) for g in seen["groups"][:2] for p in g["params"]}
+
+
 def test_interrupted_and_resumed_run_gives_identical_weights(tiny_world, tmp_path):
     run(tiny_world, tmp_path / "straight", "--steps", "4")
     run(tiny_world, tmp_path / "split", "--steps", "4", "--stop-at", "2")

@@ -78,3 +78,19 @@ def test_a_checkpoint_whose_groups_have_no_names_still_resumes(tmp_path):
     step, _ = run(loop_args(tmp_path, resume=True, lr_line=0.01, given=["lr_line"]))
     group = torch.load(tmp_path / "ckpt.pt", weights_only=False)["optimizer"]["param_groups"][0]
     assert step == 48 and group["name"] == "lr_line" and group["initial_lr"] == pytest.approx(0.01)
+
+
+def test_depth_param_groups_give_the_encoder_its_rate_and_the_dpt_decoder_its_own():
+    from model import DepthNet
+    net = DepthNet("tiny", init="none", net_size=None)
+    encoder, decoder = training.depth_param_groups(net, lr_encoder=5e-6, lr_decoder=5e-5)
+    assert (encoder["name"], encoder["lr"]) == ("lr_encoder", 5e-6)  # the pretrained DINOv2 moves 10x slower
+    assert (decoder["name"], decoder["lr"]) == ("lr_decoder", 5e-5)
+    name_of = {id(p): n for n, p in net.named_parameters()}
+    names = lambda group: [name_of[id(p)] for p in group["params"]]  # noqa: E731
+    part = lambda n: n.split(".")[1]  # noqa: E731  model.<backbone|neck|head>.…
+    assert {part(n) for n in names(encoder)} == {"backbone"}
+    assert {part(n) for n in names(decoder)} == {"neck", "head"}
+    grouped = names(encoder) + names(decoder)
+    assert len(grouped) == len(set(grouped))  # AdamW refuses a parameter in two groups
+    assert {n for n, p in net.named_parameters() if p.requires_grad} <= set(grouped)  # none left untrained
