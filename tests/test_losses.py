@@ -45,6 +45,34 @@ def test_photometric_error_of_constant_images_matches_hand_value():
                           atol=1e-9)
 
 
+def ssim_by_hand(x, y):
+    """SSIM of two (H, W) arrays written out: 3x3 windows over a reflection-padded border (the edge
+    pixel not repeated), population variances, C1 = 0.01^2 and C2 = 0.03^2 (images in [0, 1])."""
+    px, py = np.pad(x, 1, mode="reflect"), np.pad(y, 1, mode="reflect")
+    out = np.zeros_like(x)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            a, b = px[i:i + 3, j:j + 3], py[i:i + 3, j:j + 3]
+            mu_a, mu_b = a.mean(), b.mean()
+            var_a, var_b, cov = a.var(), b.var(), ((a - mu_a) * (b - mu_b)).mean()
+            out[i, j] = ((2 * mu_a * mu_b + 1e-4) * (2 * cov + 9e-4)
+                         / ((mu_a ** 2 + mu_b ** 2 + 1e-4) * (var_a + var_b + 9e-4)))
+    return out
+
+
+def test_ssim_and_photometric_error_of_textured_dark_images_match_a_hand_computation():
+    # Night-dark images: their means are small enough that C1 shows, and texture makes C2 and the border count.
+    rng = np.random.default_rng(16)
+    x = 0.12 * rng.random((3, 4, 5))
+    y = np.clip(x + 0.04 * rng.standard_normal((3, 4, 5)), 0, 1)
+    expected_ssim = np.stack([ssim_by_hand(x[c], y[c]) for c in range(3)])
+    got = ssim(torch.tensor(x)[None], torch.tensor(y)[None])[0].numpy()
+    np.testing.assert_allclose(got, expected_ssim, rtol=1e-9, atol=1e-12)
+    expected_pe = (0.85 * (1 - expected_ssim) / 2 + 0.15 * np.abs(x - y)).mean(0)
+    pe = photometric_error(torch.tensor(x)[None], torch.tensor(y)[None])[0, 0].numpy()
+    np.testing.assert_allclose(pe, expected_pe, rtol=1e-9, atol=1e-12)
+
+
 def test_photometric_error_rejects_images_of_different_size():
     with pytest.raises(ValueError, match="shapes differ"):
         photometric_error(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
@@ -258,6 +286,16 @@ def test_smoothness_weights_disparity_gradients_down_at_image_edges_by_hand_valu
     assert smoothness_by_hand(disp, np.zeros_like(image)) > 1.3 * expected
 
 
+def test_smoothness_normalises_each_images_disparity_by_its_own_mean():
+    """Scale-invariant per image (monodepth2's mean-normalised disparity): a far scene costs what a near one does."""
+    g = torch.Generator().manual_seed(17)
+    disp, image = 0.1 + torch.rand(2, 1, 5, 6, generator=g), torch.rand(2, 3, 5, 6, generator=g)
+    alone = [smoothness_loss(disp[i:i + 1], image[i:i + 1]).item() for i in range(2)]
+    assert smoothness_loss(disp, image).item() == pytest.approx(np.mean(alone), rel=1e-5)
+    scaled = disp * torch.tensor([1.0, 10.0]).view(2, 1, 1, 1)
+    assert smoothness_loss(scaled, image).item() == pytest.approx(np.mean(alone), rel=1e-5)
+
+
 def test_smoothness_is_zero_for_constant_disparity_and_hand_value_for_a_step():
     image = torch.rand(1, 3, 4, 5, generator=torch.Generator().manual_seed(8))
     assert smoothness_loss(torch.full((1, 1, 4, 5), 0.3), image).item() == pytest.approx(0.0, abs=1e-7)
@@ -295,6 +333,17 @@ def test_silog_matches_hand_value_on_valid_pixels_only():
     assert silog_loss(pred, gt).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_silog_leaves_out_lidar_exactly_at_the_minimum_and_at_the_cap():
+    gt = torch.tensor([[[[2.0, 0.1], [80.0, 4.0]]]])
+    pred = torch.tensor([[[[2.0, 7.0], [7.0, 8.0]]]])
+    # valid: 2 m (d = 0) and 4 m (d = log 2) only
+    l2 = math.log(2)
+    expected = 10 * math.sqrt(l2 ** 2 / 2 - 0.85 * (l2 / 2) ** 2)
+    assert silog_loss(pred, gt, min_depth=0.1, max_depth=80.0).item() == pytest.approx(expected, rel=1e-5)
+    gt64 = torch.tensor([[[[2.0, 0.1], [80.0, 4.0]]]], dtype=torch.float64)  # 0.1 exactly as the flag says it
+    assert silog_loss(pred.double(), gt64, min_depth=0.1, max_depth=80.0).item() == pytest.approx(expected)
+
+
 def test_silog_without_any_valid_pixel_is_zero_not_nan():
     pred = torch.rand(2, 1, 3, 3).add(0.5).requires_grad_()
     gt = torch.zeros(2, 1, 3, 3)
@@ -325,6 +374,15 @@ def test_teacher_loss_keeps_the_distillation_only_where_the_teacher_is_better():
     assert teacher_loss(distill, pe_s + 1, pe_s).item() == 0.0
 
 
+def test_teacher_loss_distils_neither_mask_where_teacher_and_student_reproject_equally():
+    """M = [pe_T < pe_S] is strict: a tie (e.g. both depths sending a pixel off the image) is not evidence."""
+    distill = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2)
+    pe_t = torch.tensor([0.5, 0.1, 0.5, 0.9]).reshape(1, 1, 2, 2)
+    pe_s = torch.full((1, 1, 2, 2), 0.5)
+    assert teacher_loss(distill, pe_t, pe_s).item() == pytest.approx(2 / 4)
+    assert teacher_loss(distill, pe_t, pe_s, mask="printed").item() == pytest.approx(4 / 4)
+
+
 def test_teacher_loss_rejects_an_unknown_mask_naming_the_flag():
     with pytest.raises(ValueError, match="--teacher-mask"):
         teacher_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), "both")
@@ -336,6 +394,14 @@ def test_semantic_loss_is_zero_for_identical_and_two_for_opposite_features():
     assert semantic_loss(f, -f).item() == pytest.approx(2.0, abs=1e-6)
     with pytest.raises(ValueError, match="same size"):
         semantic_loss(f, f[:, :5])
+
+
+def test_semantic_loss_averages_the_cosine_of_each_token_pair_by_hand_value():
+    student = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [3.0, 3.0]]])  # (B, tokens, channels); lengths do not count
+    dino = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    # per token: cos 1, 1/sqrt 2, 1/sqrt 2 (a cosine over tokens per channel would give 1 - 0.643)
+    expected = 1 - (1 + 2 / math.sqrt(2)) / 3
+    assert semantic_loss(student, dino).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("mask", TEACHER_MASKS)
