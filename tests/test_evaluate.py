@@ -237,3 +237,14 @@ def test_the_net_and_a_prediction_folder_are_both_upsampled_with_aligned_corners
     (tmp_path / "cam").mkdir()
     np.save(tmp_path / "cam" / "a.npy", np.array([[1.0, 3.0]], np.float32))
     assert torch.allclose(evaluate.load_prediction(str(tmp_path), "cam/a.jpg", (1, 4))[0], aligned)
+
+
+def test_delta_thresholds_are_powers_of_1_25():
+    gt = np.full(6, 10.0)
+    # ratios max(gt/pred, pred/gt): 1.2, 1.3, 1.6, 1.9, 2.0 and 1/0.52 = 1.923 (from below)
+    pred = np.array([12.0, 13.0, 16.0, 19.0, 20.0, 5.2])
+    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
+    # 1.25 = 1.25, 1.25^2 = 1.5625, 1.25^3 = 1.953 (1.25 * 2 = 2.5 or * 3 = 3.75 would count every ratio)
+    assert (m["a1"], m["a2"], m["a3"]) == pytest.approx((1 / 6, 2 / 6, 5 / 6))
+    exactly = compute_depth_metrics(np.full(2, 10.0), np.array([15.625, 10.0]), 0.1, 80.0)
+    assert exactly["a2"] == 0.5  # a ratio of exactly 1.25^2 is not below it
