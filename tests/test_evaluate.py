@@ -248,3 +248,27 @@ def test_delta_thresholds_are_powers_of_1_25():
     assert (m["a1"], m["a2"], m["a3"]) == pytest.approx((1 / 6, 2 / 6, 5 / 6))
     exactly = compute_depth_metrics(np.full(2, 10.0), np.array([15.625, 10.0]), 0.1, 80.0)
     assert exactly["a2"] == 0.5  # a ratio of exactly 1.25^2 is not below it
+
+
+def test_robotcar_is_scored_on_its_test_split_up_to_50_m_and_median_scaled_on_request(tmp_path):
+    import json
+    from worlds import DAY, NIGHT, make_robotcar
+    root = make_robotcar(tmp_path / "robotcar")
+    (tmp_path / "robotcar" / "splits" / f"{DAY}_val_stride_1.txt").write_text("200 300 400\n")  # val != test
+    for sequence, stamps in ((DAY, (100, 200, 300, 400)), (NIGHT, (900, 1000, 1100))):
+        for t in stamps:
+            path = tmp_path / "pred" / sequence / "stereo" / "left" / f"{t}.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, np.full((4, 4), 70.0, np.float32))
+    base = ["--pred-dir", str(tmp_path / "pred"), "--dataset", "robotcar", "--data-root", root, "--workers", "0",
+            "--size", "24x40"]
+    assert evaluate.parse_args(base)[1].min_depth == 0.1
+    summary = evaluate.main(base + ["--out", str(tmp_path / "eval")])
+    # each frame's ground truth holds 10 m and 5 m; 70 m is scored as the 50 m cap: (40/10 + 45/5) / 2
+    assert summary["all"]["count"] == 2 and summary["all"]["abs_rel"] == pytest.approx(6.5)
+    with open(tmp_path / "eval" / "metrics.json") as f:
+        paths = [row["path"] for row in json.load(f)["per_image"]]
+    assert paths == [f"{DAY}/stereo/left/200.png", f"{NIGHT}/stereo/left/1000.png"]  # md4all's test lines
+    scaled = evaluate.main(base + ["--out", str(tmp_path / "scaled"), "--median-scaling"])
+    # 70 m scaled to the lower median of {5, 10} m: 5 m everywhere, (5/10 + 0/5) / 2
+    assert scaled["all"]["abs_rel"] == pytest.approx(0.25)
