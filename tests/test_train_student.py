@@ -68,8 +68,8 @@ def test_student_flags_reach_their_parameter_groups_and_the_day_share(tiny_world
     assert dataset.p_day == 0.25 and dataset.gdt_conds == ("night", "rain") and dataset.day_input
 
 
-def test_student_defaults_are_the_reliable_mask_unit_semantic_weight_and_two_thirds_day(tiny_world, teacher_ckpt,
-                                                                                        gdt_root, tmp_path, monkeypatch):
+def test_student_defaults_are_the_reliable_mask_unit_semantic_weight_and_two_thirds_day(
+        tiny_world, teacher_ckpt, gdt_root, tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(train_student, "train", lambda args, loss, groups, modules, extra, dataset, *rest, **kw:
                         seen.update(loss=loss, dataset=dataset))

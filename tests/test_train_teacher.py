@@ -11,7 +11,7 @@ import torch
 import data
 import train_teacher
 import training
-from losses import reprojection_loss, silog_loss, smoothness_loss
+from losses import reprojection_loss, smoothness_loss
 from model import DepthNet, PoseNet, load_depth_net, load_pose_net, pose_to_matrix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
