@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 import data
 import gdt
-from worlds import DAY, NIGHT, RC_K, make_nuscenes, make_robotcar, save_image
+from worlds import DAY, NIGHT, RC_K, make_nuscenes, make_robotcar, save_bonnet_frame, save_image
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'nuscenes_sample')
 CAM_TOKEN = 'e3d495d4ac534d54b321f50006683844'
@@ -101,6 +101,28 @@ def test_lidar_map_at_network_size_uses_scaled_intrinsics():
     K[1] *= 320 / 900
     assert small.shape == (320, 576)
     assert np.allclose(small, hand_projection(K, (320, 576)), atol=1e-4)
+
+
+def test_nuscenes_lidar_keeps_points_deeper_than_1_m_strictly_inside_a_1_pixel_border_at_floor_u():
+    K, hw = np.eye(3), (6, 8)  # u = x / z, v = y / z; the open border is 1 < u < 7, 1 < v < 5
+    uvz = [(1.0, 3.0, 2.0), (7.0, 3.0, 2.0), (4.0, 1.0, 2.0), (4.0, 5.0, 2.0),  # on the border: dropped
+           (5.0, 2.0, 1.0),                                                    # exactly 1 m deep: dropped
+           (2.7, 3.2, 2.0), (5.5, 4.9, 1.5)]                                   # kept at (floor v, floor u)
+    points = np.array([(u * z, v * z, z) for u, v, z in uvz]).T
+    depth = data.project_to_depth_map(points, K, hw)
+    assert {(int(v), int(u)): float(depth[v, u]) for v, u in zip(*np.nonzero(depth))} == {(3, 2): 2.0, (4, 5): 1.5}
+
+
+def test_robotcar_gt_keeps_u_from_half_a_pixel_to_w_minus_1_at_the_rounded_pixel():
+    K, G, hw = np.eye(3), np.eye(4), (6, 8)  # G = identity: the points are already in the image frame
+    uvz = [(0.5, 2.0, 2.0), (7.0, 3.0, 3.0), (3.0, 5.0, 4.0), (4.0, 0.5, 5.0),  # on the SDK's bounds: kept
+           (0.3, 4.0, 2.0), (7.2, 1.0, 2.0), (2.0, 5.3, 2.0), (5.0, 0.4, 2.0),  # just outside: dropped
+           (2.6, 2.4, 6.0)]                                                    # rounds to (2, 3)
+    points = np.array([(u * z, v * z, z) for u, v, z in uvz]).T
+    depth = data.robotcar_depth_map(points, K, G, hw, max_depth=50.0)
+    # numpy rounds halves to even: u = 0.5 lands on column 0, v = 0.5 on row 0
+    assert {(int(v), int(u)): float(depth[v, u]) for v, u in zip(*np.nonzero(depth))} == {
+        (2, 0): 2.0, (3, 7): 3.0, (5, 3): 4.0, (0, 4): 5.0, (2, 3): 6.0}
 
 
 def depth_colour(z):
@@ -200,6 +222,23 @@ def test_train_split_drops_night_static_and_frames_without_neighbours(nusc):
                                                   'samples/CAM_FRONT/scene-0001-cam3.png']
 
 
+def test_static_frame_filter_keeps_a_mean_speed_of_exactly_half_a_metre_per_second(nusc):
+    """md4all drops a training frame whose mean ego speed to its two neighbours is below 0.5 m/s."""
+    path = os.path.join(nusc, 'v1.0-trainval', 'ego_pose.json')
+    poses = json.load(open(path))
+    step = 100_000 * 1e-6  # the frame interval in seconds: moving exactly this far takes 1 m/s
+    # scene-0001 key frames cam1, cam3, cam5 (cam7 has no next frame): speeds to prev and next
+    # cam1: 0 and 1 m/s, mean 0.5: kept; cam3: 0 and 0.98 m/s, mean 0.49: dropped; cam5: 0 and 0: dropped
+    xs = [0.0, 0.0, step, step, 1.98 * step, 1.98 * step, 1.98 * step, 1.0]
+    for pose in poses:
+        if pose['token'].startswith('scene-0001-cam'):
+            pose['translation'][0] = xs[int(pose['token'].split('cam')[1].split('-')[0])]
+    json.dump(poses, open(path, 'w'))
+    data.load_index.cache_clear()
+    index = data.load_index(nusc)
+    assert [t for t, _ in index.split('train')] == ['scene-0001-cam1']
+
+
 def test_training_item_carries_neighbours_scaled_intrinsics_and_distances(nusc):
     item = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), with_lidar=True)[1]
     assert item['key'] == 'scene-0001-cam3' and item['cond'] == 'day-clear'
@@ -239,6 +278,21 @@ def test_flip_mirrors_images_maps_and_principal_point_together(nusc):
     assert 0 < len(flipped) < 8
 
 
+def test_velocity_distances_are_between_camera_centres_not_ego_origins(nusc):
+    """The camera sits 1.5 m ahead of the ego origin: when the ego turns, the two travel different distances."""
+    path = os.path.join(nusc, 'v1.0-trainval', 'ego_pose.json')
+    poses = json.load(open(path))
+    turned = next(p for p in poses if p['token'] == 'scene-0001-cam4-pose')  # the frame after cam3
+    turned['rotation'] = [math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4)]  # 90 degrees left
+    json.dump(poses, open(path, 'w'))
+    data.load_index.cache_clear()
+    item = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1))[1]
+    assert item['key'] == 'scene-0001-cam3'
+    # camera centres: cam3 at ego x 3 + (1.5, 0, 1.5); cam4 at ego x 4, its offset turned to (0, 1.5, 1.5)
+    assert item['dist_next'].item() == pytest.approx(math.hypot(4 - 4.5, 1.5))  # the ego moved 1 m
+    assert item['dist_prev'].item() == pytest.approx(1.0)
+
+
 def test_items_are_reproducible_from_seed_epoch_and_index(nusc):
     kwargs = dict(size=(24, 40), color_jitter=True, flip=True, seed=3)
     a, b = data.NuScenesDepth(nusc, **kwargs), data.NuScenesDepth(nusc, **kwargs)
@@ -247,6 +301,41 @@ def test_items_are_reproducible_from_seed_epoch_and_index(nusc):
     assert torch.equal(a[1]['input'], b[1]['input'])
     b.set_epoch(6)
     assert not torch.equal(a[1]['input'], b[1]['input'])
+
+
+def test_flip_mirrors_an_off_centre_principal_point_ground_truth_and_day_input(robotcar):
+    kwargs = dict(split='test', size=(24, 40), net_size=(28, 42), day_input=True, color_jitter=True)
+    plain, flipping = data.RobotCarDepth(robotcar, **kwargs), data.RobotCarDepth(robotcar, flip=True, **kwargs)
+    flips = 0
+    for epoch in range(6):
+        plain.set_epoch(epoch)
+        flipping.set_epoch(epoch)
+        item, ref = flipping[0], plain[0]
+        if not flipping._draws(0)[1].flip:
+            continue
+        flips += 1
+        # RobotCar's cx is 20.11 of 40 px: a flip moves it to 40 - 20.11 = 19.89 (pixel corners)
+        assert item['K'][0, 2].item() == pytest.approx(40 - RC_K[2] / 2, abs=1e-5)
+        assert ref['K'][0, 2].item() == pytest.approx(RC_K[2] / 2, abs=1e-5)
+        for key in ('gt', 'day_input', 'input', 'color'):
+            assert torch.equal(item[key], ref[key].flip(-1)), key
+        assert not torch.equal(item['gt'], ref['gt'])  # the ground truth is not symmetric
+    assert flips > 0
+
+
+def test_a_translated_condition_is_drawn_uniformly_from_three(nusc, tmp_path):
+    conds = ('night', 'rain', 'snow')
+    for cond in conds:
+        for token in ('scene-0001-cam1', 'scene-0001-cam3'):
+            save_image(str(tmp_path / 'gdt' / cond / f'samples/CAM_FRONT/{token}.png'), (0, 0, 0))
+    ds = data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=conds, p_day=0.0)
+    drawn = []
+    for epoch in range(30):
+        ds.set_epoch(epoch)
+        u = data.ItemDraws.draw(0, epoch, 0).condition
+        drawn.append(ds._draws(0)[1].cond)
+        assert drawn[-1] == conds[int(u * 3)], (u, drawn[-1])  # thirds of [0, 1)
+    assert set(drawn) == set(conds)
 
 
 def test_items_draw_seven_named_numbers_in_a_fixed_order(nusc, tmp_path):
@@ -331,6 +420,18 @@ def test_color_jitter_is_torchvisions_pil_jitter_in_md4alls_fixed_order():
     assert shifted[0, 1, 1] > 60 + 20 and shifted[0, 2].tolist() == [90, 90, 90]  # red turns orange
     back = np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, -0.05))[0, 1]
     assert back[2] > back[1]  # past pure red towards magenta the other way
+
+
+def test_hue_jitter_shifts_whole_8_bit_steps_truncated_towards_zero():
+    image = Image.fromarray(np.array([[[100, 50, 200], [200, 60, 20], [30, 180, 90]]], np.uint8))
+    h, s, v = image.convert('HSV').split()
+
+    def shifted(steps):
+        hue = Image.fromarray((np.asarray(h).astype(int) + steps).astype(np.uint8))  # wraps like uint8
+        return np.asarray(Image.merge('HSV', (hue, s, v)).convert('RGB'))
+    # 0.05 * 255 = 12.75 -> 12 steps (rounding would take 13); -12.75 -> -12
+    assert np.array_equal(np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, 0.05)), shifted(12))
+    assert np.array_equal(np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, -0.05)), shifted(-12))
 
 
 def test_affine_jitter_composes_the_four_steps_and_rotates_hue_about_the_grey_axis():
@@ -487,6 +588,19 @@ def test_robotcar_gt_lands_on_hand_computed_pixels_nearest_wins_crop_and_cap(rob
     assert torch.allclose(item['K'], torch.tensor([[f / 2, 0, cx / 2], [0, f / 2, cy / 2], [0, 0, 1]]))
 
 
+@pytest.mark.parametrize('fast_decode', [True, False])
+def test_robotcar_images_keep_the_top_768_of_960_rows_and_never_the_bonnet(robotcar, fast_decode):
+    rows = save_bonnet_frame(os.path.join(robotcar, DAY, 'stereo', 'left', '200.png'))
+    item = data.RobotCarDepth(robotcar, split='test', size=(48, 80), net_size=(24, 40), fast_decode=fast_decode)[0]
+    assert item['key'] == f'{DAY}/200'
+    # at the crop's own size nothing is resampled: row r of the item is row r of the frame (greys 10, 14, .., 198)
+    assert (item['color'][1, :, 0] * 255).round().int().tolist() == rows[:48, 0, 1].tolist()
+    assert torch.equal(item['color'], torch.from_numpy(rows[:48]).permute(2, 0, 1).float() / 255)
+    top = Image.fromarray(rows[:48])
+    assert torch.equal(item['input'], data.to_tensor(top.resize((40, 24), Image.LANCZOS)))
+    assert item['input'][1].max() < 200 / 255  # the white bonnet rows reach no resized pixel either
+
+
 def test_robotcar_lidar_at_network_size_lands_on_scaled_pixels(robotcar):
     item = data.RobotCarDepth(robotcar, size=(24, 40), with_lidar=True)[0]
     f, cx, cy = RC_K[0] / 2, RC_K[2] / 2, RC_K[3] / 2  # 48x80 crop -> 24x40
@@ -526,6 +640,18 @@ def test_robotcar_splits_read_md4alls_files_only(robotcar, tmp_path):
         data.RobotCarDepth(robotcar)
     with pytest.raises(ValueError, match="split must be one of"):
         data.RobotCarDepth(robotcar, split='training')
+
+
+def test_robotcar_euler_angles_compose_as_yaw_pitch_roll():
+    def axis(k, a):
+        c, s = math.cos(a), math.sin(a)
+        i, j = [(1, 2), (2, 0), (0, 1)][k]  # the plane each axis turns
+        R = np.eye(3)
+        R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+        return R
+    roll, pitch, yaw = 0.3, -0.4, 1.1
+    expected = axis(2, yaw) @ axis(1, pitch) @ axis(0, roll)
+    assert np.allclose(data.euler_to_rotation(roll, pitch, yaw), expected, atol=1e-12)
 
 
 def test_robotcar_vo_chains_relative_poses(robotcar):

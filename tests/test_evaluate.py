@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import evaluate
-from evaluate import (compute_depth_metrics, condition_group, flip_post_process, metric_totals, score_loader,
-                      summarize)
+from evaluate import (compute_depth_metrics, condition_group, flip_post_process, metric_totals, predict_depths,
+                      score_loader, summarize, upsample_depth)
 
 
 def test_precomputed_maps_get_the_same_single_aligned_corner_upsampling(tmp_path):
@@ -352,3 +352,85 @@ def test_score_loader_scores_each_mode_and_groups_night_rain_as_night():
     assert totals["plain"]["all"]["count"] == 2 and rows[1]["flip_pp"]["abs_rel"] == pytest.approx(1.0)
     legacy, rows = score_loader([batch], lambda b: plain)  # what the trainers' validation reads
     assert legacy["night"]["abs_rel"] == pytest.approx(0.0) and rows[0]["abs_rel"] == pytest.approx(0.1)
+
+
+# The protocol's rules, by hand values.
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ground_truth_exactly_at_the_cap_or_at_the_minimum_is_not_scored(dtype):
+    """md4all scores min < gt < max: strict at both ends (nuScenes 80 m, RobotCar 50 m)."""
+    gt = np.array([10.0, 80.0, 0.1, 20.0], dtype)
+    pred = np.array([12.0, 40.0, 5.0, 20.0], dtype)
+    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
+    # only 10 and 20 m count: abs_rel (0.2 + 0) / 2; with 80 m it would be 0.7 / 3, with 0.1 m about 16
+    assert m["abs_rel"] == pytest.approx(0.1, rel=1e-6) and m["rmse"] == pytest.approx(np.sqrt(2.0), rel=1e-6)
+    robotcar = compute_depth_metrics(np.array([10.0, 50.0, 20.0], dtype), np.array([12.0, 25.0, 20.0], dtype),
+                                     0.1, 50.0)
+    assert robotcar["abs_rel"] == pytest.approx(0.1, rel=1e-6) and robotcar["a1"] == 1.0
+
+
+def test_depth_is_upsampled_bilinearly_with_aligned_corners_by_hand_values():
+    # [1, 3] to width 4: aligned corners put the samples at 0, 1/3, 2/3, 1 of the way: 1, 5/3, 7/3, 3
+    # (half-pixel centres would give 1, 1.5, 2.5, 3)
+    row = torch.tensor([[[[1.0, 3.0]]]])
+    assert torch.allclose(upsample_depth(row, (1, 4))[0, 0, 0], torch.tensor([1.0, 5 / 3, 7 / 3, 3.0]))
+    square = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])
+    expected = torch.tensor([[1.0, 5 / 3, 7 / 3, 3.0], [3.0, 11 / 3, 13 / 3, 5.0], [5.0, 17 / 3, 19 / 3, 7.0]])
+    assert torch.allclose(upsample_depth(square, (3, 4))[0, 0], expected)
+    assert upsample_depth(square, (2, 2)) is square  # already at the ground-truth size: untouched
+
+
+class DisparityStandIn(torch.nn.Module):
+    """A depth net that returns a fixed scaled disparity at its 'network resolution'."""
+
+    def __init__(self, scaled_disp):
+        super().__init__()
+        self.scaled_disp = scaled_disp
+
+    def forward(self, images, out_size="input"):
+        return {"scaled_disp": self.scaled_disp.expand(len(images), -1, -1, -1)}
+
+
+def test_the_net_and_a_prediction_folder_are_both_upsampled_with_aligned_corners(tmp_path):
+    net = DisparityStandIn(torch.tensor([[[[1.0, 1 / 3]]]]))  # depth 1 m and 3 m
+    depths = predict_depths(net, torch.rand(1, 3, 14, 28), (1, 4))
+    aligned = torch.tensor([1.0, 5 / 3, 7 / 3, 3.0])
+    assert torch.allclose(depths["plain"][0, 0, 0], aligned)
+    (tmp_path / "cam").mkdir()
+    np.save(tmp_path / "cam" / "a.npy", np.array([[1.0, 3.0]], np.float32))
+    assert torch.allclose(evaluate.load_prediction(str(tmp_path), "cam/a.jpg", (1, 4))[0], aligned)
+
+
+def test_delta_thresholds_are_powers_of_1_25():
+    gt = np.full(6, 10.0)
+    # ratios max(gt/pred, pred/gt): 1.2, 1.3, 1.6, 1.9, 2.0 and 1/0.52 = 1.923 (from below)
+    pred = np.array([12.0, 13.0, 16.0, 19.0, 20.0, 5.2])
+    m = compute_depth_metrics(gt, pred, 0.1, 80.0)
+    # 1.25 = 1.25, 1.25^2 = 1.5625, 1.25^3 = 1.953 (1.25 * 2 = 2.5 or * 3 = 3.75 would count every ratio)
+    assert (m["a1"], m["a2"], m["a3"]) == pytest.approx((1 / 6, 2 / 6, 5 / 6))
+    exactly = compute_depth_metrics(np.full(2, 10.0), np.array([15.625, 10.0]), 0.1, 80.0)
+    assert exactly["a2"] == 0.5  # a ratio of exactly 1.25^2 is not below it
+
+
+def test_robotcar_is_scored_on_its_test_split_up_to_50_m_and_median_scaled_on_request(tmp_path):
+    import json
+    from worlds import DAY, NIGHT, make_robotcar
+    root = make_robotcar(tmp_path / "robotcar")
+    (tmp_path / "robotcar" / "splits" / f"{DAY}_val_stride_1.txt").write_text("200 300 400\n")  # val != test
+    for sequence, stamps in ((DAY, (100, 200, 300, 400)), (NIGHT, (900, 1000, 1100))):
+        for t in stamps:
+            path = tmp_path / "pred" / sequence / "stereo" / "left" / f"{t}.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, np.full((4, 4), 70.0, np.float32))
+    base = ["--pred-dir", str(tmp_path / "pred"), "--dataset", "robotcar", "--data-root", root, "--workers", "0",
+            "--size", "24x40"]
+    assert evaluate.parse_args(base)[1].min_depth == 0.1
+    summary = evaluate.main(base + ["--out", str(tmp_path / "eval")])
+    # each frame's ground truth holds 10 m and 5 m; 70 m is scored as the 50 m cap: (40/10 + 45/5) / 2
+    assert summary["all"]["count"] == 2 and summary["all"]["abs_rel"] == pytest.approx(6.5)
+    with open(tmp_path / "eval" / "metrics.json") as f:
+        paths = [row["path"] for row in json.load(f)["per_image"]]
+    assert paths == [f"{DAY}/stereo/left/200.png", f"{NIGHT}/stereo/left/1000.png"]  # md4all's test lines
+    scaled = evaluate.main(base + ["--out", str(tmp_path / "scaled"), "--median-scaling"])
+    # 70 m scaled to the lower median of {5, 10} m: 5 m everywhere, (5/10 + 0/5) / 2
+    assert scaled["all"]["abs_rel"] == pytest.approx(0.25)

@@ -1,6 +1,7 @@
-"""losses.py against hand-computed values on tiny tensors (docs/method.md §3; the evaluation metrics §5)."""
+"""losses.py against hand-computed values on tiny tensors (docs/method.md §3)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,34 @@ def test_photometric_error_of_constant_images_matches_hand_value():
     assert torch.allclose(ssim(x, y), torch.full_like(x, s), atol=1e-9)
     assert torch.allclose(photometric_error(x, y), torch.full((1, 1, 4, 5), expected, dtype=torch.float64),
                           atol=1e-9)
+
+
+def ssim_by_hand(x, y):
+    """SSIM of two (H, W) arrays written out: 3x3 windows over a reflection-padded border (the edge
+    pixel not repeated), population variances, C1 = 0.01^2 and C2 = 0.03^2 (images in [0, 1])."""
+    px, py = np.pad(x, 1, mode="reflect"), np.pad(y, 1, mode="reflect")
+    out = np.zeros_like(x)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            a, b = px[i:i + 3, j:j + 3], py[i:i + 3, j:j + 3]
+            mu_a, mu_b = a.mean(), b.mean()
+            var_a, var_b, cov = a.var(), b.var(), ((a - mu_a) * (b - mu_b)).mean()
+            out[i, j] = ((2 * mu_a * mu_b + 1e-4) * (2 * cov + 9e-4)
+                         / ((mu_a ** 2 + mu_b ** 2 + 1e-4) * (var_a + var_b + 9e-4)))
+    return out
+
+
+def test_ssim_and_photometric_error_of_textured_dark_images_match_a_hand_computation():
+    # Night-dark images: their means are small enough that C1 shows, and texture makes C2 and the border count.
+    rng = np.random.default_rng(16)
+    x = 0.12 * rng.random((3, 4, 5))
+    y = np.clip(x + 0.04 * rng.standard_normal((3, 4, 5)), 0, 1)
+    expected_ssim = np.stack([ssim_by_hand(x[c], y[c]) for c in range(3)])
+    got = ssim(torch.tensor(x)[None], torch.tensor(y)[None])[0].numpy()
+    np.testing.assert_allclose(got, expected_ssim, rtol=1e-9, atol=1e-12)
+    expected_pe = (0.85 * (1 - expected_ssim) / 2 + 0.15 * np.abs(x - y)).mean(0)
+    pe = photometric_error(torch.tensor(x)[None], torch.tensor(y)[None])[0, 0].numpy()
+    np.testing.assert_allclose(pe, expected_pe, rtol=1e-9, atol=1e-12)
 
 
 def test_photometric_error_rejects_images_of_different_size():
@@ -203,6 +232,69 @@ def test_automask_ties_go_to_identity_deterministically():
     assert torch.equal(loss, photometric_error(source, target))
 
 
+def test_reprojection_takes_the_minimum_over_sources_so_one_good_source_wins():
+    """Occlusion handling (monodepth2): a pixel seen well in either neighbour costs nothing, whichever one it is."""
+    h, w = 6, 8
+    g = torch.Generator().manual_seed(14)
+    target = torch.rand(1, 3, h, w, generator=g, dtype=torch.float64)
+    unrelated = torch.rand(1, 3, h, w, generator=g, dtype=torch.float64)
+    still, K = translation(0.0), intrinsics(5.0, h, w)
+    depth = torch.full((1, 1, h, w), 3.0, dtype=torch.float64)
+    for sources in ([target, unrelated], [unrelated, target]):  # the good source first, then second
+        loss, mask, _ = reprojection_loss(target, sources, depth, [still, still], K, automask=False)
+        assert bool(mask.all())
+        assert float(loss.max()) < 1e-9  # a mean over the sources: half the unrelated frame's error
+    assert photometric_error(unrelated, target).mean() > 0.2  # so the unrelated frame alone is far from 0
+
+
+def test_automask_compares_with_the_best_unwarped_source_not_their_mean():
+    """A pixel that either raw neighbour already matches is static: masked, even when the other differs."""
+    g = torch.Generator().manual_seed(15)
+    target = 0.2 + 0.6 * torch.rand(1, 3, 5, 7, generator=g, dtype=torch.float64)
+    close = target + 0.02  # a warped source with a small, uniform error
+    warped_error = photometric_error(close, target)
+    far_error = photometric_error(1 - target, target)
+    # the warped error lies between the identity errors' minimum (0) and their mean
+    assert (warped_error > 0).all() and (warped_error < far_error / 2).all()
+    loss, mask = min_reprojection(target, [close, close], [1 - target, target])
+    assert int(mask.sum()) == 0 and float(loss.max()) < 1e-9
+    loss, mask = min_reprojection(target, [close, 1 - target], [1 - target, 1 - target])
+    assert mask.all() and torch.allclose(loss, warped_error, atol=1e-12)
+
+
+def smoothness_by_hand(disp, image):
+    """Edge-aware smoothness written out pixel by pixel: disparity over its mean, each neighbour difference
+    weighted by exp(-mean over channels of the image difference), x and y terms each averaged."""
+    d = disp / disp.mean()
+    h, w = d.shape
+    x_terms = [abs(d[i, j] - d[i, j + 1]) * math.exp(-np.mean(np.abs(image[:, i, j] - image[:, i, j + 1])))
+               for i in range(h) for j in range(w - 1)]
+    y_terms = [abs(d[i, j] - d[i + 1, j]) * math.exp(-np.mean(np.abs(image[:, i, j] - image[:, i + 1, j])))
+               for i in range(h - 1) for j in range(w)]
+    return np.mean(x_terms) + np.mean(y_terms)
+
+
+def test_smoothness_weights_disparity_gradients_down_at_image_edges_by_hand_value():
+    disp = np.array([[1.0, 2.0, 4.0, 3.0], [2.0, 5.0, 1.0, 1.5], [3.0, 1.0, 2.0, 6.0]])
+    image = np.stack([np.array([[0.0, 0.9, 0.1, 0.8], [0.7, 0.2, 1.0, 0.0], [0.3, 0.6, 0.4, 0.9]]) * (1 - 0.2 * c)
+                      for c in range(3)])  # strong texture, different in each channel
+    expected = smoothness_by_hand(disp, image)
+    got = smoothness_loss(torch.tensor(disp)[None, None], torch.tensor(image)[None]).item()
+    assert got == pytest.approx(expected, rel=1e-6)  # the loss adds 1e-7 to the mean
+    # the texture matters: the same disparity on a flat image costs clearly more
+    assert smoothness_by_hand(disp, np.zeros_like(image)) > 1.3 * expected
+
+
+def test_smoothness_normalises_each_images_disparity_by_its_own_mean():
+    """Scale-invariant per image (monodepth2's mean-normalised disparity): a far scene costs what a near one does."""
+    g = torch.Generator().manual_seed(17)
+    disp, image = 0.1 + torch.rand(2, 1, 5, 6, generator=g), torch.rand(2, 3, 5, 6, generator=g)
+    alone = [smoothness_loss(disp[i:i + 1], image[i:i + 1]).item() for i in range(2)]
+    assert smoothness_loss(disp, image).item() == pytest.approx(np.mean(alone), rel=1e-5)
+    scaled = disp * torch.tensor([1.0, 10.0]).view(2, 1, 1, 1)
+    assert smoothness_loss(scaled, image).item() == pytest.approx(np.mean(alone), rel=1e-5)
+
+
 def test_smoothness_is_zero_for_constant_disparity_and_hand_value_for_a_step():
     image = torch.rand(1, 3, 4, 5, generator=torch.Generator().manual_seed(8))
     assert smoothness_loss(torch.full((1, 1, 4, 5), 0.3), image).item() == pytest.approx(0.0, abs=1e-7)
@@ -240,6 +332,17 @@ def test_silog_matches_hand_value_on_valid_pixels_only():
     assert silog_loss(pred, gt).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_silog_leaves_out_lidar_exactly_at_the_minimum_and_at_the_cap():
+    gt = torch.tensor([[[[2.0, 0.1], [80.0, 4.0]]]])
+    pred = torch.tensor([[[[2.0, 7.0], [7.0, 8.0]]]])
+    # valid: 2 m (d = 0) and 4 m (d = log 2) only
+    l2 = math.log(2)
+    expected = 10 * math.sqrt(l2 ** 2 / 2 - 0.85 * (l2 / 2) ** 2)
+    assert silog_loss(pred, gt, min_depth=0.1, max_depth=80.0).item() == pytest.approx(expected, rel=1e-5)
+    gt64 = torch.tensor([[[[2.0, 0.1], [80.0, 4.0]]]], dtype=torch.float64)  # 0.1 exactly as the flag says it
+    assert silog_loss(pred.double(), gt64, min_depth=0.1, max_depth=80.0).item() == pytest.approx(expected)
+
+
 def test_silog_without_any_valid_pixel_is_zero_not_nan():
     pred = torch.rand(2, 1, 3, 3).add(0.5).requires_grad_()
     gt = torch.zeros(2, 1, 3, 3)
@@ -270,6 +373,15 @@ def test_teacher_loss_keeps_the_distillation_only_where_the_teacher_is_better():
     assert teacher_loss(distill, pe_s + 1, pe_s).item() == 0.0
 
 
+def test_teacher_loss_distils_neither_mask_where_teacher_and_student_reproject_equally():
+    """M = [pe_T < pe_S] is strict: a tie (e.g. both depths sending a pixel off the image) is not evidence."""
+    distill = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2)
+    pe_t = torch.tensor([0.5, 0.1, 0.5, 0.9]).reshape(1, 1, 2, 2)
+    pe_s = torch.full((1, 1, 2, 2), 0.5)
+    assert teacher_loss(distill, pe_t, pe_s).item() == pytest.approx(2 / 4)
+    assert teacher_loss(distill, pe_t, pe_s, mask="printed").item() == pytest.approx(4 / 4)
+
+
 def test_teacher_loss_rejects_an_unknown_mask_naming_the_flag():
     with pytest.raises(ValueError, match="--teacher-mask"):
         teacher_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), "both")
@@ -281,6 +393,14 @@ def test_semantic_loss_is_zero_for_identical_and_two_for_opposite_features():
     assert semantic_loss(f, -f).item() == pytest.approx(2.0, abs=1e-6)
     with pytest.raises(ValueError, match="same size"):
         semantic_loss(f, f[:, :5])
+
+
+def test_semantic_loss_averages_the_cosine_of_each_token_pair_by_hand_value():
+    student = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [3.0, 3.0]]])  # (B, tokens, channels); lengths do not count
+    dino = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    # per token: cos 1, 1/sqrt 2, 1/sqrt 2 (a cosine over tokens per channel would give 1 - 0.643)
+    expected = 1 - (1 + 2 / math.sqrt(2)) / 3
+    assert semantic_loss(student, dino).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("mask", TEACHER_MASKS)

@@ -42,6 +42,14 @@ def test_disp_to_depth_follows_the_md4all_mapping():
     assert scaled[2].item() == pytest.approx(1 / 80 + 0.5 * (10 - 1 / 80))
 
 
+def test_network_input_is_normalised_with_the_imagenet_mean_and_std_per_channel():
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])  # what DINOv2 learnt on
+    at_mean = mean.view(1, 3, 1, 1).expand(1, 3, 14, 14)
+    assert torch.allclose(model.to_network_input(at_mean), torch.zeros(1, 3, 14, 14), atol=1e-6)
+    one_std_up = (mean + std).view(1, 3, 1, 1).expand(1, 3, 14, 14)
+    assert torch.allclose(model.to_network_input(one_std_up), torch.ones(1, 3, 14, 14), atol=1e-6)
+
+
 def test_gradients_reach_encoder_and_head():
     net = DepthNet("tiny", init="none", net_size=None)
     out = net(torch.rand(1, 3, 56, 84))
@@ -154,6 +162,33 @@ def test_pose_from_axis_angle_matches_a_hand_rotation():
     T = pose_to_matrix(torch.tensor([[0.0, 0.0, np.pi / 2]]), torch.tensor([[1.0, 2.0, 3.0]]))
     expected = torch.tensor([[0.0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]])
     assert torch.allclose(T[0], expected, atol=1e-6)
+
+
+def test_pose_from_axis_angle_turns_about_x_and_y_the_right_way():
+    quarter = np.pi / 2
+    Tx = pose_to_matrix(torch.tensor([[quarter, 0.0, 0.0]]), torch.zeros(1, 3))[0, :3, :3]
+    Ty = pose_to_matrix(torch.tensor([[0.0, quarter, 0.0]]), torch.zeros(1, 3))[0, :3, :3]
+    assert torch.allclose(Tx @ torch.tensor([0.0, 1, 0]), torch.tensor([0.0, 0, 1]), atol=1e-6)  # y -> z
+    assert torch.allclose(Ty @ torch.tensor([0.0, 0, 1]), torch.tensor([1.0, 0, 0]), atol=1e-6)  # z -> x
+    # a general axis: Rodrigues' rotation keeps the axis and turns a perpendicular vector by the angle
+    axis = torch.tensor([1.0, 2.0, 2.0]) / 3
+    R = pose_to_matrix((0.7 * axis)[None], torch.zeros(1, 3))[0, :3, :3]
+    assert torch.allclose(R @ axis, axis, atol=1e-6)
+    perpendicular = torch.tensor([2.0, -2.0, 1.0]) / 3
+    turned = R @ perpendicular
+    assert turned @ perpendicular == pytest.approx(np.cos(0.7), abs=1e-6)
+    assert turned @ torch.linalg.cross(axis, perpendicular) == pytest.approx(np.sin(0.7), abs=1e-6)
+
+
+def test_pose_net_sees_the_target_in_its_first_three_channels():
+    """The order the teacher's pose net was trained with; the student's reliability mask reuses it."""
+    pose = PoseNet("tiny", init=None)
+    seen = []
+    pose.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    target, source = torch.rand(1, 3, 32, 48), torch.rand(1, 3, 32, 48)
+    pose(target, source)
+    assert torch.allclose(seen[0][:, :3], model.to_network_input(target, (32, 48)))
+    assert torch.allclose(seen[0][:, 3:], model.to_network_input(source, (32, 48)))
 
 
 def test_pose_net_imagenet_init_duplicates_and_halves_the_first_filters(tmp_path):

@@ -1,5 +1,6 @@
 """train_student.py: the student objective, the frozen parts, the day / translated swap."""
 import json
+import math
 import os
 
 import numpy as np
@@ -51,6 +52,83 @@ def test_student_trains_with_each_ablation(tiny_world, teacher_ckpt, gdt_root, t
     assert ("semantic" in records[0]) == ("--w-sem" not in extra)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert ckpt["step"] == 2 and ckpt["pose"] is None
+
+
+def test_student_flags_reach_their_parameter_groups_and_the_day_share(tiny_world, teacher_ckpt, gdt_root, tmp_path,
+                                                                      monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train_student, "train", lambda args, loss, groups, modules, extra, dataset, *rest, **kw:
+                        seen.update(groups=groups, modules=modules, dataset=dataset))
+    train_student.main(student_args(tiny_world, teacher_ckpt, gdt_root, tmp_path, "--lr-encoder", "1e-5",
+                                    "--lr-decoder", "2e-5", "--p-day", "0.25", "--w-sem", "0"))
+    assert [(g["name"], g["lr"]) for g in seen["groups"]] == [("lr_encoder", 1e-5), ("lr_decoder", 2e-5)]
+    encoder_ids = {id(p) for p in seen["modules"]["model"].model.backbone.parameters()}
+    assert {id(p) for p in seen["groups"][0]["params"]} == encoder_ids
+    dataset = seen["dataset"]  # the student sees the day frame with probability --p-day
+    assert dataset.p_day == 0.25 and dataset.gdt_conds == ("night", "rain") and dataset.day_input
+
+
+def test_student_defaults_are_the_reliable_mask_unit_semantic_weight_and_two_thirds_day(
+        tiny_world, teacher_ckpt, gdt_root, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train_student, "train", lambda args, loss, groups, modules, extra, dataset, *rest, **kw:
+                        seen.update(loss=loss, dataset=dataset))
+    train_student.main(student_args(tiny_world, teacher_ckpt, gdt_root, tmp_path))
+    assert (seen["loss"].mask, seen["loss"].w_sem) == ("reliable", 1.0)
+    assert seen["dataset"].p_day == pytest.approx(2 / 3)  # docs/method.md §4: |C| / (|C| + 1) with night, rain
+
+
+class FlatDepth(torch.nn.Module):
+    """A depth net stand-in: the same depth everywhere at the size asked for, and given patch tokens."""
+
+    def __init__(self, depth, tokens=None):
+        super().__init__()
+        self.depth, self.tokens = depth, tokens
+
+    def forward(self, images, out_size="input"):
+        depth = torch.full((len(images), 1, *out_size), self.depth)
+        return {"depth": depth, "scaled_disp": 1 / depth, "tokens": self.tokens}
+
+
+class Fixed(torch.nn.Module):
+    """A pose net (or DINOv2) stand-in returning one fixed tensor, recording the frames it was given."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value, self.seen = value, []
+
+    def forward(self, *frames):
+        self.seen.append(frames)
+        return self.value
+
+
+def test_teacher_loss_distils_where_the_teachers_depth_reprojects_better_plus_weighted_semantic_loss():
+    from losses import reprojection_loss
+    h, w = 6, 12
+    color = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    source = torch.cat([color[..., -2:], color[..., :-2]], -1)  # the scene 2 px to the right
+    T = torch.eye(4)[None].clone()
+    T[0, 0, 3] = 0.4  # with fx 10: a shift of 4 / depth pixels, so depth 2 m explains the source exactly
+    K = torch.tensor([[[10.0, 0, (w - 1) / 2], [0, 10.0, (h - 1) / 2], [0, 0, 1]]])
+    day = color.flip(-1)  # stands for the clean day frame at network size
+    batch = {"color": color, "input": color, "day_input": day, "prev": source, "next": source, "K": K}
+    student_tokens = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [3.0, 3.0]]])
+    dino_tokens = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    semantic = 1 - (1 + 2 / math.sqrt(2)) / 3
+    teacher, student = FlatDepth(2.0), FlatDepth(4.0, student_tokens)
+    pe_teacher, pe_student = (reprojection_loss(color, [source, source], torch.full((1, 1, h, w), d), [T, T], K,
+                                                automask=False)[0] for d in (2.0, 4.0))
+    better, worse = (pe_teacher < pe_student).float().mean().item(), (pe_teacher > pe_student).float().mean().item()
+    assert better > 0.5 > worse  # the teacher's depth is right on most pixels
+    for mask, share in (("reliable", better), ("printed", worse)):
+        dino = Fixed(dino_tokens)
+        loss, terms = StudentLoss(student, teacher, Fixed(T), dino, mask, w_sem=0.5)(batch)
+        saw_day = [frames[0] is day for frames in dino.seen] == [True]
+        assert saw_day, "DINOv2 anchors the student to the day frame, not to its (translated) input"
+        # the distillation |1/4 - 1/2| / (1/4) is 1 everywhere: the teacher loss is the masked share
+        assert terms["teacher"].item() == pytest.approx(share), mask
+        assert terms["semantic"].item() == pytest.approx(semantic, rel=1e-6)
+        assert loss.item() == pytest.approx(share + 0.5 * semantic, rel=1e-6)
 
 
 def test_student_gradients_reach_neither_teacher_nor_dinov2(tiny_world):

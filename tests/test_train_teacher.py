@@ -1,5 +1,6 @@
 """train_teacher.py: both supervision modes learn, checkpoints resume exactly, DDP works, NaN stops."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import torch
 
 import data
 import train_teacher
+from losses import reprojection_loss, smoothness_loss
 from model import DepthNet, PoseNet, load_depth_net, load_pose_net, pose_to_matrix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +47,23 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_world, tmp_path, super
     assert after < 0.999 * before, (before, after)
     assert len(losses(tmp_path)) == 2
     assert (torch.load(ckpt, weights_only=False)["pose"] is None) == (not self_supervised)
+
+
+@pytest.mark.parametrize("supervision", ["self", "lidar"])
+def test_each_learning_rate_flag_reaches_its_own_parameter_group(tiny_world, tmp_path, monkeypatch, supervision):
+    seen = {}
+    monkeypatch.setattr(train_teacher, "train", lambda args, loss, groups, modules, *rest, **kw: seen.update(
+        groups=groups, modules=modules))
+    run(tiny_world, tmp_path, "--supervision", supervision, "--lr-encoder", "1e-5", "--lr-decoder", "2e-5",
+        "--lr-pose", "3e-5")
+    rates = [(g["name"], g["lr"]) for g in seen["groups"]]
+    if supervision == "lidar":  # no pose net to train
+        assert rates == [("lr_encoder", 1e-5), ("lr_decoder", 2e-5)] and "pose" not in seen["modules"]
+        return
+    assert rates == [("lr_encoder", 1e-5), ("lr_decoder", 2e-5), ("lr_pose", 3e-5)]
+    pose_ids = {id(p) for p in seen["modules"]["pose"].parameters()}
+    assert {id(p) for p in seen["groups"][2]["params"]} == pose_ids
+    assert not pose_ids & {id(p) for g in seen["groups"][:2] for p in g["params"]}
 
 
 def test_interrupted_and_resumed_run_gives_identical_weights(tiny_world, tmp_path):
@@ -169,6 +188,71 @@ def test_pose_pairs_follow_the_pose_order_and_use_the_jittered_frames(order):
         assert torch.allclose(poses[0] @ pose.T, torch.eye(4)[None], atol=1e-6)
     assert all(a is x and b is y for (a, b), (x, y) in zip(pose.calls, expected_calls))
     assert torch.equal(poses[1], pose.T)
+
+
+class DepthMap(torch.nn.Module):
+    """A depth net stand-in: one fixed depth map, at the size the loss asks for."""
+
+    def __init__(self, depth, min_depth=0.1, max_depth=80.0):
+        super().__init__()
+        self.depth, self.min_depth, self.max_depth = depth, min_depth, max_depth
+
+    def forward(self, images, out_size="input"):
+        assert tuple(out_size) == tuple(self.depth.shape[-2:])
+        return {"depth": self.depth, "scaled_disp": 1 / self.depth}
+
+
+class ForwardBySource(torch.nn.Module):
+    """A pose net stand-in: straight-ahead motion of twice the source frame's mean brightness, in metres."""
+
+    def forward(self, target, source):
+        return forward_motion(2 * source.mean((1, 2, 3)))
+
+
+def forward_motion(metres):
+    T = torch.eye(4).repeat(len(metres), 1, 1)
+    T[:, 2, 3] = metres
+    return T
+
+
+def test_self_supervised_loss_weights_its_terms_and_holds_each_motion_to_its_own_distance():
+    g = torch.Generator().manual_seed(0)
+    color = torch.rand(1, 3, 6, 8, generator=g)
+    prev = color.clone()
+    prev[..., :4] = torch.rand(1, 3, 6, 4, generator=g)  # the right half static: auto-masking zeroes it
+    batch = dict(color=color, color_aug=color, input=color.flip(-1),  # the depth net's input is not the loss frame
+                 prev=prev, next=torch.rand(1, 3, 6, 8, generator=g),
+                 prev_aug=torch.full((1, 3, 6, 8), 0.5), next_aug=torch.full((1, 3, 6, 8), 0.8),
+                 K=torch.tensor([[[5.0, 0, 3.5], [0, 5.0, 2.5], [0, 0, 1]]]),
+                 dist_prev=torch.tensor([1.5]), dist_next=torch.tensor([4.0]))
+    depth = 2 + torch.rand(1, 1, 6, 8, generator=g)
+    loss, terms = train_teacher.SelfSupervisedLoss(DepthMap(depth), ForwardBySource())(batch)
+    # predicted motions 1.0 m (prev) and 1.6 m (next) against 1.5 m and 4 m travelled
+    assert terms["velocity"].item() == pytest.approx((0.5 + 2.4) / 2)
+    poses = [forward_motion(torch.tensor([1.0])), forward_motion(torch.tensor([1.6]))]
+    reprojection = reprojection_loss(color, [prev, batch["next"]], depth, poses, batch["K"])[0].mean().item()
+    smooth = smoothness_loss(1 / depth, color).item()
+    assert 0 < reprojection and terms["reprojection"].item() == pytest.approx(reprojection, rel=1e-5)
+    assert terms["smoothness"].item() == pytest.approx(smooth, rel=1e-5)
+    assert loss.item() == pytest.approx(reprojection + 1e-3 * smooth + 0.02 * 1.45, rel=1e-5)
+
+
+def test_lidar_loss_scores_only_lidar_inside_the_nets_depth_range():
+    depth = torch.full((1, 1, 2, 2), 10.0)
+    lidar = torch.tensor([[[[20.0, 60.0], [10.0, 0.0]]]])  # 60 m lies beyond this net's 40 m
+    loss, terms = train_teacher.LidarLoss(DepthMap(depth, max_depth=40.0))({"input": torch.rand(1, 3, 2, 2),
+                                                                          "lidar": lidar})
+    l2 = math.log(2)  # d = log(10 / 20) and 0
+    assert loss.item() == pytest.approx(10 * math.sqrt(l2 ** 2 / 2 - 0.85 * (l2 / 2) ** 2), rel=1e-5)
+
+
+def test_teacher_defaults_are_md4alls_loss_weights_and_the_papers_rates(tiny_world, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train_teacher, "train", lambda args, loss, groups, *rest, **kw: seen.update(
+        loss=loss, groups=groups))
+    train_teacher.main(["--tiny", "--data-root", tiny_world, "--out", str(tmp_path), "--no-val", "--workers", "0"])
+    assert (seen["loss"].w_smooth, seen["loss"].w_velocity, seen["loss"].pose_order) == (1e-3, 0.02, "md4all")
+    assert [g["lr"] for g in seen["groups"]] == [5e-6, 5e-5, 1e-4]
 
 
 def test_smoothness_gets_the_scaled_disparity(tiny_world, monkeypatch):

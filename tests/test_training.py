@@ -113,3 +113,62 @@ def test_ctrl_c_finishes_the_step_saves_it_says_how_to_resume_and_the_resume_is_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     step, resumed = run(loop_args(tmp_path / "cut", resume=True))
     assert step == 48 and torch.equal(resumed.line.weight, straight.line.weight)
+
+
+def test_depth_param_groups_give_the_encoder_its_rate_and_the_dpt_decoder_its_own():
+    from model import DepthNet
+    net = DepthNet("tiny", init="none", net_size=None)
+    encoder, decoder = training.depth_param_groups(net, lr_encoder=5e-6, lr_decoder=5e-5)
+    assert (encoder["name"], encoder["lr"]) == ("lr_encoder", 5e-6)  # the pretrained DINOv2 moves 10x slower
+    assert (decoder["name"], decoder["lr"]) == ("lr_decoder", 5e-5)
+    name_of = {id(p): n for n, p in net.named_parameters()}
+    names = lambda group: [name_of[id(p)] for p in group["params"]]  # noqa: E731
+    part = lambda n: n.split(".")[1]  # noqa: E731  model.<backbone|neck|head>.…
+    assert {part(n) for n in names(encoder)} == {"backbone"}
+    assert {part(n) for n in names(decoder)} == {"neck", "head"}
+    grouped = names(encoder) + names(decoder)
+    assert len(grouped) == len(set(grouped))  # AdamW refuses a parameter in two groups
+    assert {n for n, p in net.named_parameters() if p.requires_grad} <= set(grouped)  # none left untrained
+
+
+def test_learning_rates_decay_linearly_to_zero_over_the_run(tmp_path):
+    run(loop_args(tmp_path))  # 48 steps from lr 0.2, a record every 12
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    # the rate after step s is 0.2 (1 - s / 48)
+    assert [(r["step"], r["lr"]) for r in records] == [(12, pytest.approx(0.15)), (24, pytest.approx(0.1)),
+                                                     (36, pytest.approx(0.05)), (48, pytest.approx(0.0, abs=1e-12))]
+
+
+def test_command_line_defaults_are_the_papers_settings():
+    """docs/method.md §2, §4: AdamW for 20 epochs at batch 4, encoder 5e-6, decoder 5e-5, 518x784 net input."""
+    parser = training.add_common_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--data-root", "data", "--out", "run"])
+    assert (args.epochs, args.batch_size, args.lr_encoder, args.lr_decoder) == (20, 4, 5e-6, 5e-5)
+    assert args.net_size == (518, 784) and args.min_depth == 0.1
+    args.workers = 0  # resolve_args would ask the machine
+    nuscenes = training.resolve_args(args)
+    assert (nuscenes.size, nuscenes.max_depth) == ((320, 576), 80.0)
+    robotcar = training.resolve_args(parser.parse_args(["--dataset", "robotcar", "--data-root", "d", "--out", "r",
+                                                        "--workers", "0"]))
+    assert (robotcar.size, robotcar.max_depth) == ((320, 544), 50.0)
+
+
+class ConstantDepth(torch.nn.Module):
+    """A depth net predicting the same depth everywhere, at the head's 'network resolution'."""
+
+    def __init__(self, depth):
+        super().__init__()
+        self.depth = depth
+
+    def forward(self, images, out_size="input"):
+        return {"scaled_disp": torch.full((len(images), 1, 14, 14), 1 / self.depth)}
+
+
+def test_validation_clamps_predictions_at_the_runs_depth_cap(tmp_path):
+    import data
+    from worlds import make_robotcar
+    dataset = data.RobotCarDepth(make_robotcar(tmp_path / "robotcar"), split="val", size=(24, 40))
+    args = argparse.Namespace(batch_size=2, workers=0, min_depth=0.1, max_depth=50.0)
+    metrics = training.validate(ConstantDepth(70.0), dataset, args, 0, 1, torch.device("cpu"))
+    # each frame's ground truth holds 10 m and 5 m; 70 m is scored as the 50 m cap: (40/10 + 45/5) / 2
+    assert metrics["all"]["count"] == 2 and metrics["night"]["abs_rel"] == pytest.approx(6.5)

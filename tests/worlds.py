@@ -2,6 +2,7 @@
 
     root = make_nuscenes(tmp_path / 'nusc')      # 4 scenes of 80x48 frames (SCENES), v1.0-trainval tables
     root = make_robotcar(tmp_path / 'robotcar')  # md4all's layout: DAY and NIGHT sequences of 60x80 frames
+    rows = save_bonnet_frame(path)               # a 60x80 frame: every row its own grey, the bottom fifth white
 
 The constants below are what the tests assert against (intrinsics, point positions, scene layout).
 """
@@ -122,3 +123,14 @@ def make_robotcar(root):
         writer.writerow([400, 300, 2, 0, 0, 0, 0, 0])
     return str(root)
 
+
+
+def save_bonnet_frame(path, size=(80, 60), keep=48):
+    """A RobotCar-like frame whose rows tell where they came from: row r of the top `keep` rows is grey
+    10 + 4 r (red and blue offset so channels differ), the rows below (the bonnet of the real 960-row
+    frames, 768 + 192 / 16) are white. Returns the (H, W, 3) uint8 pixels."""
+    image = np.full((size[1], size[0], 3), 255, np.uint8)
+    grey = 10 + 4 * np.arange(keep)
+    image[:keep] = np.stack([grey + 20, grey, grey // 2], -1)[:, None, :]
+    Image.fromarray(image).save(path)
+    return image
