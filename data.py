@@ -736,8 +736,9 @@ def read_robotcar_points(path, split='test'):
                                 f"md4all's data/robotcar/precompute_depth_gt.py (mode {split})")
     size = os.path.getsize(path)
     if size % 12:
-        raise ValueError(f"RobotCar ground-truth file {path} has {size} bytes, not 3 rows of N float32 values (a "
-                         "multiple of 12 bytes): it is truncated; produce it again with md4all's precompute_depth_gt.py")
+        raise ValueError(f"RobotCar ground-truth file {path} has {size} bytes, not 3 rows of N float32 values "
+                         "(a multiple of 12 bytes): it is truncated; produce it again with md4all's "
+                         "precompute_depth_gt.py")
     return np.fromfile(path, dtype=np.float32).reshape(3, -1).astype(np.float64)
 
 
@@ -1020,23 +1021,20 @@ def check_files(paths, workers=None, progress=False):
     return problems
 
 
-def require_intact(paths, workers=None, progress=False, verbose=True):
-    """check_files before a long run: a ValueError with the count, the first few broken files and the fix, or
-    the line 'checked N files in T s' (printed when verbose). Returns that line."""
+def require_intact(paths, workers=None, progress=False):
+    """check_files before a long run: a ValueError with the count, the first few broken files and the fix; else
+    returns the line 'checked N files in T s' for the caller to print."""
     paths, start = sorted({str(p) for p in paths}), time.perf_counter()
     broken = check_files(paths, workers, progress)
     if broken:
         shown = '; '.join(problem for _, problem in broken[:3]) + ('; ...' if len(broken) > 3 else '')
         raise ValueError(f"{len(broken):,} of {len(paths):,} data files are broken: {shown}. {DATA_CHECK_FIX}")
-    line = f"checked {len(paths):,} files in {time.perf_counter() - start:.1f} s (--no-check-data skips this)"
-    if verbose:
-        print(line)
-    return line
+    return f"checked {len(paths):,} files in {time.perf_counter() - start:.1f} s"
 
 
-def check_dataset(dataset, workers=None, progress=False, verbose=True):
+def check_dataset(dataset, workers=None, progress=False):
     """require_intact on every file an epoch of `dataset` can read (its files())."""
-    return require_intact(dataset.files(), workers, progress, verbose)
+    return require_intact(dataset.files(), workers, progress)
 
 
 # GDT translation files, the reading side (docs/method.md §1): gdt.py writes each translation to

@@ -1,5 +1,6 @@
 """The training loop of both trainers, and the command line they share (docs/method.md §4).
 
+    check_data(args, train_set, val_set)  # every file they can read, once, before step 1 (--no-check-data skips)
     groups = depth_param_groups(net, args.lr_encoder, args.lr_decoder) + [dict(name="lr_pose", params=..., lr=...)]
     train(args, loss_module, groups, modules={"model": net, "pose": pose}, extra={"config": net.config_dict()},
           dataset=train_set, val_dataset=val_set, kind="teacher")
@@ -75,6 +76,9 @@ def add_common_args(p):
                    help="start a fresh head at this depth (m) instead of md4all's 0.2 m (helps from-scratch nets)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the encoder: less memory, ~30%% slower")
     p.add_argument("--tiny", action="store_true", help="tiny random nets, no downloads (tests, smoke runs)")
+    p.add_argument("--no-check-data", action="store_true",
+                   help="skip reading every training and validation file once before step 1 (data.check_files), "
+                        "which finds broken files before training instead of at the step that reads them")
     return p
 
 
@@ -150,6 +154,20 @@ def make_dataset(args, split, **kwargs):
     if args.dataset == "robotcar":  # validation on md4all's val split, never on the test split
         return data.RobotCarDepth(args.data_root, split=split, **kwargs)
     return data.NuScenesDepth(args.data_root, args.version, split, **kwargs)
+
+
+def check_data(args, *datasets):
+    """Read every file the run's datasets can read before training starts (data.check_files): a broken one fails
+    now, in one line naming it, not at the step that draws it. Under torchrun each rank reads a strided share
+    (RANK / WORLD_SIZE, as setup_distributed); a failing rank stops the others. --no-check-data skips it."""
+    if args.no_check_data:
+        return
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    paths = sorted({path for dataset in datasets if dataset is not None for path in dataset.files()})
+    line = data.require_intact(paths[rank::world], progress=rank == 0)
+    if rank == 0:
+        share = f" (rank 0's share of {len(paths):,}: each of {world} ranks reads its own)" if world > 1 else ""
+        print(f"{line}{share}; --no-check-data skips this")
 
 
 def build_depth_net(args):

@@ -113,3 +113,29 @@ def test_ctrl_c_finishes_the_step_saves_it_says_how_to_resume_and_the_resume_is_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     step, resumed = run(loop_args(tmp_path / "cut", resume=True))
     assert step == 48 and torch.equal(resumed.line.weight, straight.line.weight)
+
+
+class Files:
+    """A dataset as the data check sees it: only its files()."""
+
+    def __init__(self, *paths):
+        self.paths = list(paths)
+
+    def files(self):
+        return self.paths
+
+
+def test_each_torchrun_rank_checks_a_strided_share_of_the_train_and_val_files_once(monkeypatch, capsys):
+    checked = {}
+    monkeypatch.setattr(data, "require_intact", lambda paths, **kw: checked.setdefault(rank, paths) and "checked")
+    train, val = Files("a", "c", "e", "b"), Files("d", "c")  # c is read by both: checked once
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        training.check_data(argparse.Namespace(no_check_data=False), train, None, val)
+    assert checked == {0: ["a", "c", "e"], 1: ["b", "d"]}
+    out = capsys.readouterr().out
+    assert out.count("checked") == 1 and "rank 0's share of 5" in out  # only rank 0 prints
+    checked.clear()
+    training.check_data(argparse.Namespace(no_check_data=True), train, val)
+    assert checked == {}
