@@ -599,3 +599,27 @@ def test_a_dataset_root_is_never_translated_as_a_folder_of_images_and_nuscenes_i
     with pytest.raises(ValueError, match="is a nuScenes root, not a folder of images: pass --dataset nuscenes"):
         gdt.translation_frames("folder", tiny_world, None, "train", str(tmp_path / "out"), ["night"])
     assert gdt.parse_args(["--data-root", tiny_world, "--out", "o"]).dataset == "nuscenes"
+
+
+def test_a_broken_source_frame_fails_before_any_model_loads_and_a_finished_one_is_not_read(world, tmp_path,
+                                                                                          monkeypatch, capsys):
+    shutil.copytree(world / "data", tmp_path / "data")
+    broken = tmp_path / "data" / "sub" / "c.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])  # a cut download: the header reads, the pixels do not
+    argv = cli(world, tmp_path / "out", "--dataset", "folder")
+    argv[argv.index("--data-root") + 1] = str(tmp_path / "data")
+
+    def no_model(*args, **kwargs):
+        raise RuntimeError("a model was loaded")
+    monkeypatch.setattr(gdt, "build_translator", no_model)
+    broken_line = rf"^1 of 3 data files are broken: image unreadable: {re.escape(str(broken))} "
+    with pytest.raises(ValueError, match=broken_line):
+        gdt.main(argv)
+    for cond in ("night", "rain"):  # its translations are done: the run never reads it again
+        (tmp_path / "out" / cond / "sub").mkdir(parents=True)
+        shutil.copy(world / "data" / "sub" / "c.jpg", tmp_path / "out" / cond / "sub" / "c.jpg")
+    with pytest.raises(RuntimeError, match="a model was loaded"):
+        gdt.main(argv)
+    assert "rank 0: checked 2 files in" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="a model was loaded"):  # --no-check-data: not read ahead
+        gdt.main([*argv, "--no-check-data"])
