@@ -352,3 +352,29 @@ def test_score_loader_scores_each_mode_and_groups_night_rain_as_night():
     assert totals["plain"]["all"]["count"] == 2 and rows[1]["flip_pp"]["abs_rel"] == pytest.approx(1.0)
     legacy, rows = score_loader([batch], lambda b: plain)  # what the trainers' validation reads
     assert legacy["night"]["abs_rel"] == pytest.approx(0.0) and rows[0]["abs_rel"] == pytest.approx(0.1)
+
+
+def test_check_data_finds_a_cut_lidar_scan_before_inference_and_is_off_by_default(tiny_world, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import os
+    import re
+    import shutil
+
+    import data
+    shutil.copytree(tiny_world, tmp_path / "world")
+    data.load_index.cache_clear()
+    val = data.NuScenesDepth(str(tmp_path / "world"), split="val")
+    broken = os.path.join(val.root, val.index.lidar_record(val.items[-1][0])["filename"])  # the last one scored
+    with open(broken, "r+b") as f:
+        f.truncate(os.path.getsize(broken) - 7)
+    argv = ["--ckpt", tiny_checkpoint(tmp_path / "ckpt.pt"), "--data-root", val.root, "--size", "56x96",
+            "--workers", "0", "--out", str(tmp_path / "eval")]
+    predictions = []
+    predict_depths = evaluate.predict_depths
+    monkeypatch.setattr(evaluate, "predict_depths", lambda *a, **k: predictions.append(1) or predict_depths(*a, **k))
+    line = run_expecting_error(argv + ["--check-data"], capsys)
+    assert re.search(rf"1 of \d+ data files are broken: LiDAR file {re.escape(broken)} has \d+ bytes", line)
+    assert predictions == []  # failed before the first image was predicted
+    monkeypatch.setattr(data, "check_files", lambda *a, **k: pytest.fail("checked without --check-data"))
+    line = run_expecting_error(argv, capsys)  # as before the check existed: after the images before it
+    assert broken in line and "data files are broken" not in line and len(predictions) > 0
