@@ -50,9 +50,9 @@ def world(tmp_path_factory, tiny_gdt_models):
 
 
 def cli(world, out, *extra):
-    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--gen-size", "64x64", "--data-root",
-            str(world / "data"), "--out", str(out), "--style-dir", str(world / "styles"), "--cond", "night", "rain",
-            *extra]
+    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--gen-size", "64x64", "--dataset",
+            "folder", "--data-root", str(world / "data"), "--out", str(out), "--style-dir", str(world / "styles"),
+            "--cond", "night", "rain", *extra]
 
 
 def library_translator(world, **settings):
@@ -606,7 +606,7 @@ def test_a_broken_source_frame_fails_before_any_model_loads_and_a_finished_one_i
     shutil.copytree(world / "data", tmp_path / "data")
     broken = tmp_path / "data" / "sub" / "c.jpg"
     broken.write_bytes(broken.read_bytes()[:300])  # a cut download: the header reads, the pixels do not
-    argv = cli(world, tmp_path / "out", "--dataset", "folder")
+    argv = cli(world, tmp_path / "out")
     argv[argv.index("--data-root") + 1] = str(tmp_path / "data")
 
     def no_model(*args, **kwargs):
