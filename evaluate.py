@@ -329,8 +329,8 @@ def parse_args(argv):
     p.add_argument("--check-data", action="store_true",
                    help="read every image and ground-truth file once before inference (data.check_files), so that a "
                         "broken one fails before the evaluation, not when its batch comes. Off by default: the "
-                        "evaluation itself reads each file only once, and the check added about 8%% to its time on "
-                        "the synthetic world (docs/results.md)")
+                        "evaluation itself reads each file only once, and the check added 6-9%% to its time on the "
+                        "synthetic world (docs/results.md)")
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.pred_dir):
         p.error("pass exactly one of --ckpt (a depth net) or --pred-dir (precomputed depth maps)")
