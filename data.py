@@ -973,7 +973,7 @@ def list_images(dataset, data_root, version=None, split='train'):
 # file fails in seconds with its name instead of at step N of training, mid-GDT or after evaluation's inference.
 
 DATA_CHECK_FIX = ("replace them from the dataset download (a broken GDT translation: delete it and run gdt.py "
-                  "again, which redoes missing ones), or pass --no-check-data to skip this check")
+                  "again, which redoes missing ones), or {skip} to skip this check")
 
 
 def read_data_file(path):
@@ -1021,20 +1021,21 @@ def check_files(paths, workers=None, progress=False):
     return problems
 
 
-def require_intact(paths, workers=None, progress=False):
-    """check_files before a long run: a ValueError with the count, the first few broken files and the fix; else
-    returns the line 'checked N files in T s' for the caller to print."""
+def require_intact(paths, workers=None, progress=False, skip="pass --no-check-data"):
+    """check_files before a long run: a ValueError with the count, the first few broken files and the fix (`skip`:
+    how the command skips the check); else returns the line 'checked N files in T s' for the caller to print."""
     paths, start = sorted({str(p) for p in paths}), time.perf_counter()
     broken = check_files(paths, workers, progress)
     if broken:
         shown = '; '.join(problem for _, problem in broken[:3]) + ('; ...' if len(broken) > 3 else '')
-        raise ValueError(f"{len(broken):,} of {len(paths):,} data files are broken: {shown}. {DATA_CHECK_FIX}")
+        raise ValueError(f"{len(broken):,} of {len(paths):,} data files are broken: {shown}. "
+                         + DATA_CHECK_FIX.format(skip=skip))
     return f"checked {len(paths):,} files in {time.perf_counter() - start:.1f} s"
 
 
-def check_dataset(dataset, workers=None, progress=False):
+def check_dataset(dataset, workers=None, progress=False, skip="pass --no-check-data"):
     """require_intact on every file an epoch of `dataset` can read (its files())."""
-    return require_intact(dataset.files(), workers, progress)
+    return require_intact(dataset.files(), workers, progress, skip)
 
 
 # GDT translation files, the reading side (docs/method.md §1): gdt.py writes each translation to

@@ -358,7 +358,7 @@ def evaluate(args):
     args = argparse.Namespace(**{**vars(args), "size": size, "max_depth": args.max_depth or defaults["max_depth"]})
     dataset = make_eval_dataset(args, net.net_size if net is not None else None)
     if args.check_data:  # before inference: a broken file would otherwise fail after all the images before it
-        print(data.check_dataset(dataset, progress=True))
+        print(data.check_dataset(dataset, progress=True, skip="drop --check-data"))
     batch_size = 1 if args.dataset == "folder" else args.batch_size  # a folder's ground truths differ in size
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)
     if net is not None:

@@ -374,6 +374,7 @@ def test_check_data_finds_a_cut_lidar_scan_before_inference_and_is_off_by_defaul
     monkeypatch.setattr(evaluate, "predict_depths", lambda *a, **k: predictions.append(1) or predict_depths(*a, **k))
     line = run_expecting_error(argv + ["--check-data"], capsys)
     assert re.search(rf"1 of \d+ data files are broken: LiDAR file {re.escape(broken)} has \d+ bytes", line)
+    assert line.endswith("or drop --check-data to skip this check")
     assert predictions == []  # failed before the first image was predicted
     monkeypatch.setattr(data, "check_files", lambda *a, **k: pytest.fail("checked without --check-data"))
     line = run_expecting_error(argv, capsys)  # as before the check existed: after the images before it
