@@ -972,7 +972,7 @@ def list_images(dataset, data_root, version=None, split='train'):
 # The data check (docs/method.md §4, §5): every file a run will read, read once before it starts, so that a broken
 # file fails in seconds with its name instead of at step N of training, mid-GDT or after evaluation's inference.
 
-DATA_CHECK_FIX = ("replace them from the dataset download (a broken GDT translation: delete it and run gdt.py "
+DATA_CHECK_FIX = ("Replace them from the dataset download (a broken GDT translation: delete it and run gdt.py "
                   "again, which redoes missing ones), or {skip} to skip this check")
 
 
