@@ -3,6 +3,7 @@
     val = NuScenesDepth('/data/nuscenes', split='val')  # CAM_FRONT key frames of the 150 val scenes
     train = NuScenesDepth('/data/nuscenes', frames=(-1, 0, 1), net_size=(518, 784), color_jitter=True, flip=True,
                           gdt_root='/data/gdt', gdt_conds=('night', 'rain'))
+    check_dataset(train)  # read every file an epoch can read, now: a broken one is a ValueError naming it
     train.set_epoch(epoch)  # before each epoch's DataLoader iterator (or EpochSampler, persistent workers)
     loader = DataLoader(train, batch_size=4, num_workers=default_workers())
 
@@ -15,7 +16,8 @@ nuScenes LiDAR point at u lands on floor(u) (as the devkit's int cast); the warp
 does, half a pixel from this (losses.py says how). RobotCar's ground truth rounds u instead: md4all's
 protocol, kept for parity.
 nuScenes is read from its JSON tables (the devkit pins numpy < 2). The GDT translation files (what
-gdt.py writes and the GDT input swap reads: images in the source's format and mode, manifests) end the file.
+gdt.py writes and the GDT input swap reads: images in the source's format and mode, manifests) end the file,
+after the data check (files(), check_files) that reads every input of a run before it starts.
 """
 import argparse
 import contextlib
@@ -24,7 +26,9 @@ import json
 import math
 import os
 import sys
+import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageStat
+from tqdm import tqdm
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 LUMA = np.array([0.299, 0.587, 0.114])  # PIL's 'L' weights (ITU-R 601), what Contrast and Color blend to
@@ -148,6 +153,43 @@ def png_complete(path):
         return f.read() == b'\x00\x00\x00\x00IEND\xaeB`\x82'
 
 
+def open_image(path):
+    """The PIL image at `path`, header read (pixels decode later); a missing or unreadable file names itself."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image missing: {path}; check that the data root holds the dataset "
+                                "files (nuScenes: samples/ and sweeps/ blobs)")
+    try:
+        return Image.open(path)
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"image unreadable: {path} ({e}); replace the file from the dataset download") from e
+
+
+def load_pixels(im, path):
+    """Decode every pixel of an opened image; a truncated or corrupt file names itself and the fix. A PNG
+    must also end with its IEND chunk: PIL accepts a file cut after the last pixel row."""
+    try:
+        im.load()
+        if im.format == 'PNG' and not png_complete(path):
+            raise OSError("no IEND chunk at the end")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"image unreadable: {path} ({e}); the file is truncated or corrupt: "
+                         "replace it from the dataset download") from e
+    return im
+
+
+def read_depth_map(path):
+    """(H, W) float32 depth map of a .npy file (a folder's ground truth); an unreadable or non-2-D one names itself."""
+    try:
+        depth = np.load(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"depth map missing: {path}") from None
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or cut file
+        raise ValueError(f"depth map unreadable: {path} ({e}); write it again with numpy.save") from e
+    if depth.ndim != 2:
+        raise ValueError(f"depth map {path} has shape {depth.shape}, not (H, W): write one 2-D map per image")
+    return depth.astype(np.float32)
+
+
 def color_jitter(image, brightness, contrast, saturation, hue):
     """torchvision's ColorJitter with given factors on a PIL RGB image, in md4all's fixed order.
 
@@ -261,6 +303,16 @@ class AugmentedDataset(torch.utils.data.Dataset):
         workers copy the dataset when it starts (persistent workers need EpochSampler instead)."""
         self.epoch = epoch
 
+    def _epoch_files(self, targets, others=()):
+        """Sorted absolute paths of the target frames and the other files (relative to the root) and of the GDT
+        translations the items may draw: those gdt.py recorded as rejected are never read (the day frame stands
+        in), and with p_day >= 1 no translation is (the swap needs a draw >= p_day, and draws are < 1)."""
+        paths = {os.path.join(self.root, p) for p in (*targets, *others)}
+        if self.gdt_root and self.p_day < 1:
+            paths |= {os.path.join(self.gdt_root, cond, p) for cond in self.gdt_conds for p in targets
+                      if p not in self.gdt_rejected.get(cond, ())}
+        return sorted(paths)
+
     def _check_gdt(self, paths):
         """Every translation the items may draw exists or is recorded as rejected (then the day image
         stands in, counted in gdt_fallbacks); anything else fails now, not hours into training."""
@@ -281,16 +333,6 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 f"{'' if self.version in (None, 'v1.0-trainval') else f'--version {self.version} '}"
                 f"--out {self.gdt_root} --cond {' '.join(self.gdt_conds)} (it skips finished images)")
 
-    def _open(self, path):
-        """The PIL image at `path`, header read; a missing or unreadable file names itself."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image missing: {path}; check that the data root holds the dataset "
-                                    "files (nuScenes: samples/ and sweeps/ blobs)")
-        try:
-            return Image.open(path)
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"image unreadable: {path} ({e}); replace the file from the dataset download") from e
-
     def _decode(self, path, sizes):
         """PIL RGB images of `path` top-cropped and Lanczos-resized to each (H, W) in sizes (None: no
         resize), and the frame's full (H, W). The fast path decodes a JPEG once per DCT scale its
@@ -301,7 +343,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         for size in sizes:
             if self.fast_decode and size in resized:
                 continue
-            with self._open(path) as im:  # reading the header is cheap: the pixels decode in _load_rgb
+            with open_image(path) as im:  # reading the header is cheap: the pixels decode in _load_rgb
                 full = (im.height, im.width)
                 if self.fast_decode and size is not None:  # PIL takes the smallest scale covering size
                     im.draft('RGB', (size[1], math.ceil(size[0] / self.crop)))
@@ -314,13 +356,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def _load_rgb(self, im, path):
         """The decoded, top-cropped RGB frame; a truncated or corrupt file names itself."""
-        try:
-            frame = im.convert('RGB') if im.mode != 'RGB' else im.copy()
-            if im.format == 'PNG' and not png_complete(path):  # PIL accepts a cut after the last pixel row
-                raise OSError("no IEND chunk at the end")
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"image unreadable: {path} ({e}); the file is truncated or corrupt: "
-                             "replace it from the dataset download") from e
+        load_pixels(im, path)
+        frame = im.convert('RGB') if im.mode != 'RGB' else im.copy()
         keep = round(frame.height * self.crop)
         return frame if keep == frame.height else frame.crop((0, 0, frame.width, keep))
 
@@ -457,6 +494,9 @@ def read_nuscenes_points(path):
     A file cut inside a point fails here; one cut at a point boundary reads as a shorter, valid scan
     (the format has no point count), which only the dataset's published file sizes can reveal.
     """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"LiDAR file missing: {path}; download the nuScenes LIDAR_TOP sample blobs "
+                                "into the dataroot")
     size = os.path.getsize(path)
     if size % 20:
         raise ValueError(f"LiDAR file {path} has {size} bytes, not a whole number of 20-byte points "
@@ -574,15 +614,14 @@ class NuScenesIndex:
                              f"frame; val scenes are listed in {SPLITS_DIR})")
         return frames
 
+    def lidar_record(self, cam_token):
+        """The LIDAR_TOP sample_data record of a camera key frame's sample (its ground truth)."""
+        return self.sample_data[self.key_frames[self.sample_data[cam_token]['sample_token']]['LIDAR_TOP']]
+
     def lidar_points_in_camera(self, cam_token):
         """(3, N) key-frame LIDAR_TOP points in the camera frame: lidar -> ego -> global -> ego -> camera."""
-        cam = self.sample_data[cam_token]
-        lidar = self.sample_data[self.key_frames[cam['sample_token']]['LIDAR_TOP']]
-        path = os.path.join(self.dataroot, lidar['filename'])
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"LiDAR file missing: {path}; download the nuScenes LIDAR_TOP "
-                                    f"sample blobs into {self.dataroot}")
-        points = read_nuscenes_points(path)
+        cam, lidar = self.sample_data[cam_token], self.lidar_record(cam_token)
+        points = read_nuscenes_points(os.path.join(self.dataroot, lidar['filename']))
         pose = lambda sd: rigid_transform(self.ego_pose[sd['ego_pose_token']])
         calib = lambda sd: rigid_transform(self.calibrated_sensor[sd['calibrated_sensor_token']])
         # read right to left: lidar -> ego(t_lidar) -> global -> ego(t_cam) -> camera
@@ -628,6 +667,18 @@ class NuScenesDepth(AugmentedDataset):
         self.index = load_index(data_root, version)
         self.items = self.index.split(split, scenes)
         self._check_gdt([self.index.sample_data[token]['filename'] for token, _ in self.items])
+
+    def files(self):
+        """Every file an epoch can read (check_files reads them before a run): the CAM_FRONT key frames, the
+        neighbours `frames` asks for, the key frame's LIDAR_TOP scan when items carry `lidar` or `gt`, and the
+        GDT translations."""
+        targets, others = [], []
+        for token, _ in self.items:
+            targets.append(self.index.sample_data[token]['filename'])
+            others += [self.index.neighbour(token, step)['filename'] for step in (-1, 1) if step in self.frames]
+            if self.with_lidar or self.split == 'val':
+                others.append(self.index.lidar_record(token)['filename'])
+        return self._epoch_files(targets, others)
 
     def __getitem__(self, i):
         i, draws = self._draws(i)
@@ -683,11 +734,12 @@ def read_robotcar_points(path, split='test'):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"RobotCar ground-truth points missing: {path}; produce them with "
                                 f"md4all's data/robotcar/precompute_depth_gt.py (mode {split})")
-    points = np.fromfile(path, dtype=np.float32)
-    if points.size % 3:
-        raise ValueError(f"RobotCar ground-truth file {path} holds {points.size} float32 values, not 3 rows of "
-                         "N points: it is truncated; produce it again with md4all's precompute_depth_gt.py")
-    return points.reshape(3, -1).astype(np.float64)
+    size = os.path.getsize(path)
+    if size % 12:
+        raise ValueError(f"RobotCar ground-truth file {path} has {size} bytes, not 3 rows of N float32 values "
+                         "(a multiple of 12 bytes): it is truncated; produce it again with md4all's "
+                         "precompute_depth_gt.py")
+    return np.fromfile(path, dtype=np.float32).reshape(3, -1).astype(np.float64)
 
 
 def robotcar_depth_map(points, K, G_camera_image, hw, max_depth=DATASET_DEFAULTS['robotcar']['max_depth']):
@@ -732,6 +784,11 @@ def read_vo_positions(path):
 def robotcar_image_path(sequence, timestamp):
     """Path of a RobotCar frame relative to the data root."""
     return f'{sequence}/stereo/left/{timestamp}.png'
+
+
+def robotcar_gt_path(sequence, timestamp):
+    """Path of a RobotCar frame's md4all ground-truth points relative to the data root."""
+    return f'{sequence}/{ROBOTCAR_GT_DIR}/{timestamp}.pcd.bin'
 
 
 def read_robotcar_split(data_root, split, sequences=None):
@@ -797,6 +854,19 @@ class RobotCarDepth(AugmentedDataset):
         self.K, self.G = read_robotcar_intrinsics(os.path.join(data_root, 'models', 'stereo_wide_left.txt'))
         self._check_gdt([robotcar_image_path(f['sequence'], f['target']) for f in self.items])
 
+    def files(self):
+        """Every file an epoch can read (check_files reads them before a run): the target frames, the
+        neighbours `frames` asks for, md4all's ground-truth points when items carry `lidar` or `gt`, and the
+        GDT translations."""
+        targets, others = [], []
+        for f in self.items:
+            targets.append(robotcar_image_path(f['sequence'], f['target']))
+            others += [robotcar_image_path(f['sequence'], f[name]) for step, name in ((-1, 'prev'), (1, 'next'))
+                       if step in self.frames]
+            if self.with_lidar or self.split in ('val', 'test'):
+                others.append(robotcar_gt_path(f['sequence'], f['target']))
+        return self._epoch_files(targets, others)
+
     def _distance(self, sequence, a, b):
         """Distance (m) the camera moved between two timestamps, from the sequence's VO."""
         if sequence not in self.vo:
@@ -819,8 +889,8 @@ class RobotCarDepth(AugmentedDataset):
                 item[name], item[name + '_aug'] = self._source(source, draws)
                 item['dist_' + name] = self._distance(sequence, frame['target'], frame[name])
         if self.with_lidar or self.split in ('val', 'test'):
-            gt_path = os.path.join(self.root, sequence, ROBOTCAR_GT_DIR, f"{frame['target']}.pcd.bin")
-            points = read_robotcar_points(gt_path, self.split)
+            points = read_robotcar_points(os.path.join(self.root, robotcar_gt_path(sequence, frame['target'])),
+                                          self.split)
         if self.with_lidar:  # at the loss size: its K already describes the crop
             lidar = robotcar_depth_map(points, item['K'].double().numpy(), self.G, hw, self.max_depth)
             item['lidar'] = torch.from_numpy(lidar)[None]
@@ -843,6 +913,13 @@ class FolderDepth(AugmentedDataset):
         self.items = list_images('folder', root)
         self._check_gdt(self.items)
 
+    def files(self):
+        """Every file an epoch can read (check_files reads them before a run): the images, the .npy depth
+        maps beside them (where there is one) and the GDT translations."""
+        depth_maps = [p for p in (os.path.splitext(p)[0] + '.npy' for p in self.items)
+                      if os.path.isfile(os.path.join(self.root, p))]
+        return self._epoch_files(self.items, depth_maps)
+
     def __getitem__(self, i):
         i, draws = self._draws(i)
         path = self.items[i]
@@ -850,7 +927,7 @@ class FolderDepth(AugmentedDataset):
         item.update(key=path, path=path)
         depth_path = os.path.splitext(os.path.join(self.root, path))[0] + '.npy'
         if os.path.isfile(depth_path):
-            item['gt'] = torch.from_numpy(np.load(depth_path).astype(np.float32))[None]
+            item['gt'] = torch.from_numpy(read_depth_map(depth_path))[None]
         return self._flip(item, draws)
 
 
@@ -890,6 +967,75 @@ def list_images(dataset, data_root, version=None, split='train'):
             raise ValueError(f"no .jpg/.jpeg/.png images under {data_root}")
         return paths
     raise ValueError(f"unknown dataset {dataset!r}; use 'nuscenes', 'robotcar' or 'folder'")
+
+
+# The data check (docs/method.md §4, §5): every file a run will read, read once before it starts, so that a broken
+# file fails in seconds with its name instead of at step N of training, mid-GDT or after evaluation's inference.
+
+DATA_CHECK_FIX = ("Replace them from the dataset download (a broken GDT translation: delete it and run gdt.py "
+                  "again, which redoes missing ones), or {skip} to skip this check")
+
+
+def read_data_file(path):
+    """Read one file whole with the reader a run uses for its kind, failing as that reader does: an image is
+    decoded (a PNG must end with IEND), a .pcd.bin under LIDAR_TOP/ is a nuScenes scan (whole 20-byte points),
+    any other .pcd.bin md4all's RobotCar points (whole 12-byte points), a .npy a 2-D depth map; other files
+    are read as bytes."""
+    name = str(path).lower()
+    if name.endswith(IMAGE_EXTENSIONS):
+        with open_image(path) as im:
+            load_pixels(im, path)
+    elif name.endswith('.pcd.bin'):
+        (read_nuscenes_points if 'LIDAR_TOP' in Path(path).parts else read_robotcar_points)(path)
+    elif name.endswith('.npy'):
+        read_depth_map(path)
+    else:
+        with open(path, 'rb') as f:
+            while f.read(1 << 20):
+                pass
+
+
+def file_problem(path):
+    """None when `path` reads whole (read_data_file), else what is wrong with it, naming the file and its fix."""
+    try:
+        read_data_file(path)
+    except (OSError, ValueError) as e:
+        return str(e)
+    except Exception as e:  # a corrupt file can break a decoder in other ways (struct.error, IndexError...)
+        return f"{path}: {type(e).__name__}: {e}"
+    return None
+
+
+def check_files(paths, workers=None, progress=False):
+    """Sorted (path, problem) of the files among `paths` that are missing or broken, each read whole in a thread
+    pool of `workers` (None: ThreadPoolExecutor's default): Pillow and file reads release the GIL, so threads
+    overlap both the disk and the decoding. progress=True shows a tqdm bar."""
+    paths = sorted({str(p) for p in paths})
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc='checking data', unit='file',
+                                                    disable=not progress, dynamic_ncols=True) as bar:
+        problems = []
+        for path, problem in zip(paths, pool.map(file_problem, paths)):
+            bar.update(1)
+            if problem:
+                problems.append((path, problem))
+    return problems
+
+
+def require_intact(paths, workers=None, progress=False, skip="pass --no-check-data"):
+    """check_files before a long run: a ValueError with the count, the first few broken files and the fix (`skip`:
+    how the command skips the check); else returns the line 'checked N files in T s' for the caller to print."""
+    paths, start = sorted({str(p) for p in paths}), time.perf_counter()
+    broken = check_files(paths, workers, progress)
+    if broken:
+        shown = '; '.join(problem for _, problem in broken[:3]) + ('; ...' if len(broken) > 3 else '')
+        raise ValueError(f"{len(broken):,} of {len(paths):,} data files are broken: {shown}. "
+                         + DATA_CHECK_FIX.format(skip=skip))
+    return f"checked {len(paths):,} files in {time.perf_counter() - start:.1f} s"
+
+
+def check_dataset(dataset, workers=None, progress=False, skip="pass --no-check-data"):
+    """require_intact on every file an epoch of `dataset` can read (its files())."""
+    return require_intact(dataset.files(), workers, progress, skip)
 
 
 # GDT translation files, the reading side (docs/method.md §1): gdt.py writes each translation to

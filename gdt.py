@@ -685,6 +685,9 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="smoke-run defaults: 64x112, 2 steps (with --models-dir "
                    "from tools/tiny_models.py)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet (GPU, long runs)")
+    p.add_argument("--no-check-data", action="store_true",
+                   help="skip reading the frames still to translate (and their --control-dir maps) once before any "
+                        "model loads, which finds a broken one before the run instead of when its batch comes")
     args = p.parse_args(argv)
     try:
         args.cond = data.parse_conditions(args.cond or ["night", "rain"])
@@ -718,6 +721,10 @@ def main(argv=None):
     print(f"rank {rank}: {total} images to translate into {', '.join(args.cond)}")
     if not work:
         return
+    if not args.no_check_data:  # before any model loads: a broken frame fails in seconds, not when its batch comes
+        inputs = [os.path.join(args.data_root, k) for k, _ in work]
+        inputs += [Path(settings.control_dir, k).with_suffix(".png") for k, _ in work] if settings.control_dir else []
+        print(f"rank {rank}: {data.require_intact(inputs, progress=rank == 0)}; --no-check-data skips this")
     styles = None if args.no_ip_adapter else style_references(args.style_dir, args.cond, args.dataset, args.data_root,
                                                                  args.version)
     models = gdt_model_paths(args.models_dir, settings.captioner,

@@ -25,7 +25,8 @@ import torch.nn as nn
 import data
 from losses import TEACHER_MASKS, distillation, reprojection_loss, semantic_loss, teacher_loss
 from model import DinoFeatures, checkpoint_kind, load_depth_net, load_pose_net, predict_poses, read_checkpoint
-from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, train
+from training import (add_common_args, build_depth_net, check_data, depth_param_groups, make_dataset, parse_args,
+                      train)
 
 
 def parse_conds(words, gdt_root):
@@ -110,6 +111,7 @@ def main(argv=None):
             print(f"train_student.py: {count} {cond} translations were rejected by gdt.py's geometry audit: "
                   f"those frames use the day image")
     val_dataset = None if args.no_val else make_dataset(args, "val")
+    check_data(args, dataset, val_dataset)
     teacher = load_depth_net(teacher_ckpt)
     try:
         pose = None if args.teacher_mask == "none" else load_pose_net(teacher_ckpt)

@@ -21,7 +21,8 @@ import torch.nn as nn
 import data
 from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
 from model import POSE_ORDERS, PoseNet, predict_poses
-from training import add_common_args, build_depth_net, depth_param_groups, make_dataset, parse_args, train
+from training import (add_common_args, build_depth_net, check_data, depth_param_groups, make_dataset, parse_args,
+                      train)
 
 
 class SelfSupervisedLoss(nn.Module):
@@ -104,6 +105,7 @@ def main(argv=None):
     dataset = make_dataset(args, "train", frames=(-1, 0, 1) if self_supervised else (0,),
                            with_lidar=not self_supervised, **augment)
     val_dataset = None if args.no_val else make_dataset(args, "val")
+    check_data(args, dataset, val_dataset)
     net = build_depth_net(args)
     calibrate_pretrained_head(net, dataset, args)
     if self_supervised:

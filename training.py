@@ -1,5 +1,6 @@
 """The training loop of both trainers, and the command line they share (docs/method.md §4).
 
+    check_data(args, train_set, val_set)  # every file they can read, once, before step 1 (--no-check-data skips)
     groups = depth_param_groups(net, args.lr_encoder, args.lr_decoder) + [dict(name="lr_pose", params=..., lr=...)]
     train(args, loss_module, groups, modules={"model": net, "pose": pose}, extra={"config": net.config_dict()},
           dataset=train_set, val_dataset=val_set, kind="teacher")
@@ -75,6 +76,9 @@ def add_common_args(p):
                    help="start a fresh head at this depth (m) instead of md4all's 0.2 m (helps from-scratch nets)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the encoder: less memory, ~30%% slower")
     p.add_argument("--tiny", action="store_true", help="tiny random nets, no downloads (tests, smoke runs)")
+    p.add_argument("--no-check-data", action="store_true",
+                   help="skip reading every training and validation file once before step 1 (data.check_files), "
+                        "which finds broken files before training instead of at the step that reads them")
     return p
 
 
@@ -150,6 +154,20 @@ def make_dataset(args, split, **kwargs):
     if args.dataset == "robotcar":  # validation on md4all's val split, never on the test split
         return data.RobotCarDepth(args.data_root, split=split, **kwargs)
     return data.NuScenesDepth(args.data_root, args.version, split, **kwargs)
+
+
+def check_data(args, *datasets):
+    """Read every file the run's datasets can read before training starts (data.check_files): a broken one fails
+    now, in one line naming it, not at the step that draws it. Under torchrun each rank reads a strided share
+    (RANK / WORLD_SIZE, as setup_distributed); a failing rank stops the others. --no-check-data skips it."""
+    if args.no_check_data:
+        return
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    paths = sorted({path for dataset in datasets if dataset is not None for path in dataset.files()})
+    line = data.require_intact(paths[rank::world], progress=rank == 0)
+    if rank == 0:
+        share = f" (rank 0's share of {len(paths):,}: each of {world} ranks reads its own)" if world > 1 else ""
+        print(f"{line}{share}; --no-check-data skips this")
 
 
 def build_depth_net(args):
@@ -329,60 +347,62 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
         signal.signal(signal.SIGINT, previous_handler)
     catch = world == 1 and threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGINT, stop_after_this_step) if catch else None
-    while step < total and step != args.stop_at and not stop.is_set():
-        epoch, skip = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        pairs.set_epoch(epoch, SkipSampler(sampler, skip * args.batch_size))  # a resume skips the finished part
-        for batch in loader:
-            # One optimiser step
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, terms = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            bar.update(1)
+    try:
+        while step < total and step != args.stop_at and not stop.is_set():
+            epoch, skip = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch)
+            pairs.set_epoch(epoch, SkipSampler(sampler, skip * args.batch_size))  # a resume skips the finished part
+            for batch in loader:
+                # One optimiser step
+                batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss, terms = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                bar.update(1)
 
-            # Running sums stay on the device (no host sync per step); NaN is checked when we log or save
-            values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
-            sums = values if sums is None else sums + values
-            finite &= torch.isfinite(values).all()
-            count += 1
-            last = step == total or step == args.stop_at or stop.is_set()
-            due_log, due_save = last or step % args.log_every == 0, last or step % args.ckpt_every == 0
-            if (due_log or due_save) and all_reduce_sums([float(not finite)], device)[0] > 0:
-                raise SystemExit(f"loss became NaN/inf before step {step}; stopped without saving. The last "
-                                 f"good checkpoint is {ckpt_path} (if any): resume from it with lower "
-                                 f"learning rates (--resume --lr-encoder ... --lr-decoder ...: flags given "
-                                 f"with --resume replace the checkpoint's), or check the data of this epoch.")
+                # Running sums stay on the device (no host sync per step); NaN is checked when we log or save
+                values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
+                sums = values if sums is None else sums + values
+                finite &= torch.isfinite(values).all()
+                count += 1
+                last = step == total or step == args.stop_at or stop.is_set()
+                due_log, due_save = last or step % args.log_every == 0, last or step % args.ckpt_every == 0
+                if (due_log or due_save) and all_reduce_sums([float(not finite)], device)[0] > 0:
+                    raise SystemExit(f"loss became NaN/inf before step {step}; stopped without saving. The last "
+                                     f"good checkpoint is {ckpt_path} (if any): resume from it with lower "
+                                     f"learning rates (--resume --lr-encoder ... --lr-decoder ...: flags given "
+                                     f"with --resume replace the checkpoint's), or check the data of this epoch.")
 
-            # Log the mean of each term since the last record, over all ranks
-            if due_log:
-                reduced = all_reduce_sums(sums.tolist() + [count], device)
-                mean = [v / reduced[-1] for v in reduced[:-1]]
-                rate = count * args.batch_size * world / (time.time() - tick)
-                log(dict(step=step, epoch=epoch, loss=mean[0], **dict(zip(terms, mean[1:])),
-                         lr=scheduler.get_last_lr()[0], images_per_s=rate))
-                bar.set_postfix(loss=f"{mean[0]:.4f}", img_s=f"{rate:.1f}")
-                sums, count, tick = None, 0, time.time()
+                # Log the mean of each term since the last record, over all ranks
+                if due_log:
+                    reduced = all_reduce_sums(sums.tolist() + [count], device)
+                    mean = [v / reduced[-1] for v in reduced[:-1]]
+                    rate = count * args.batch_size * world / (time.time() - tick)
+                    log(dict(step=step, epoch=epoch, loss=mean[0], **dict(zip(terms, mean[1:])),
+                             lr=scheduler.get_last_lr()[0], images_per_s=rate))
+                    bar.set_postfix(loss=f"{mean[0]:.4f}", img_s=f"{rate:.1f}")
+                    sums, count, tick = None, 0, time.time()
 
-            # Validate (best.pt: the lowest night abs_rel, or overall without night frames) and checkpoint
-            if validating and (step % val_every == 0 or step == total):
-                metrics = validate(net, val_dataset, args, rank, world, device)
-                log(dict(step=step, val=metrics))
-                score = metrics.get("night", metrics.get("all"))["abs_rel"]
-                if score < best:
-                    best = score
-                    save(os.path.join(args.out, "best.pt"))
-            if due_save:
-                save(ckpt_path)
-            if last:
-                break
+                # Validate (best.pt: the lowest night abs_rel, or overall without night frames) and checkpoint
+                if validating and (step % val_every == 0 or step == total):
+                    metrics = validate(net, val_dataset, args, rank, world, device)
+                    log(dict(step=step, val=metrics))
+                    score = metrics.get("night", metrics.get("all"))["abs_rel"]
+                    if score < best:
+                        best = score
+                        save(os.path.join(args.out, "best.pt"))
+                if due_save:
+                    save(ckpt_path)
+                if last:
+                    break
+    finally:  # also when the loop stops on an error: the caller's Ctrl-C is its own again
+        if catch:
+            signal.signal(signal.SIGINT, previous_handler)
     bar.close()
-    if catch:
-        signal.signal(signal.SIGINT, previous_handler)
     if stop.is_set():
         raise KeyboardInterrupt(f"interrupted at step {step}; {ckpt_path} holds step {step}: run the same command "
                                 f"with --resume to continue")

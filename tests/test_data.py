@@ -4,6 +4,7 @@ import colorsys
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -735,7 +736,7 @@ def test_truncated_lidar_files_name_the_file_and_a_cut_at_a_point_boundary_canno
     gt = os.path.join(robotcar, NIGHT, data.ROBOTCAR_GT_DIR, '1000.pcd.bin')
     with open(gt, 'r+b') as f:
         f.truncate(4 * 17)  # 17 floats are not 3 rows of N
-    with pytest.raises(ValueError, match=r'1000\.pcd\.bin holds 17 float32 values.*precompute_depth_gt'):
+    with pytest.raises(ValueError, match=r'1000\.pcd\.bin has 68 bytes.*multiple of 12.*precompute_depth_gt'):
         data.RobotCarDepth(robotcar, split='test')[1]
 
 
@@ -811,3 +812,80 @@ def test_epoch_sampler_lets_persistent_workers_draw_each_epochs_augmentation(nus
         ds.set_epoch(epoch)
         assert torch.equal(batch, torch.stack([ds[i]['input'] for i in index]))
     assert not torch.equal(batches[0], batches[1])
+
+
+# The data check: every file a run reads, read once before it starts
+
+def test_check_files_lists_each_broken_file_by_path_and_no_good_one(tmp_path):
+    image = Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8))
+    for name in ('good.jpg', 'cut.jpg', 'good.png', 'no_iend.png'):
+        image.save(tmp_path / name)
+    raw = (tmp_path / 'cut.jpg').read_bytes()
+    (tmp_path / 'cut.jpg').write_bytes(raw[:len(raw) // 2])  # a download cut halfway through the scan data
+    (tmp_path / 'no_iend.png').write_bytes((tmp_path / 'no_iend.png').read_bytes()[:-12])  # every pixel, no IEND
+    (tmp_path / 'LIDAR_TOP').mkdir()
+    np.zeros((4, 5), np.float32).tofile(tmp_path / 'LIDAR_TOP' / 'good.pcd.bin')
+    np.zeros((4, 5), np.float32).tofile(tmp_path / 'LIDAR_TOP' / 'cut.pcd.bin')
+    with open(tmp_path / 'LIDAR_TOP' / 'cut.pcd.bin', 'r+b') as f:
+        f.truncate(50)  # two and a half points
+    np.zeros((3, 4), np.float32).tofile(tmp_path / 'good_robotcar.pcd.bin')  # 48 bytes: whole 12-byte points
+    (tmp_path / 'cut_robotcar.pcd.bin').write_bytes(bytes(40))  # 80 bytes would be whole 20-byte nuScenes points
+    np.save(tmp_path / 'good.npy', np.ones((4, 6)))
+    np.save(tmp_path / 'volume.npy', np.ones((2, 4, 6)))
+    broken = ['cut.jpg', 'no_iend.png', 'LIDAR_TOP/cut.pcd.bin', 'cut_robotcar.pcd.bin', 'volume.npy', 'missing.png']
+    good = ['good.jpg', 'good.png', 'LIDAR_TOP/good.pcd.bin', 'good_robotcar.pcd.bin', 'good.npy']
+    found = data.check_files([tmp_path / p for p in good + broken], workers=3)
+    assert [p for p, _ in found] == sorted(str(tmp_path / p) for p in broken)
+    for path, problem in found:
+        assert path in problem, problem  # each problem names its file
+    assert data.check_files([tmp_path / p for p in good]) == []
+
+
+def test_files_are_what_an_epoch_reads_and_the_translations_it_may_draw(nusc, robotcar, tmp_path, monkeypatch):
+    gdt_root = tmp_path / 'gdt'
+    for token in ('scene-0001-cam1', 'scene-0001-cam3'):
+        save_image(str(gdt_root / 'night' / f'samples/CAM_FRONT/{token}.png'), (0, 0, 0))
+    (tmp_path / 'folder').mkdir()
+    save_image(str(tmp_path / 'folder' / 'a.png'), (1, 2, 3))
+    save_image(str(tmp_path / 'folder' / 'b.png'), (1, 2, 3))
+    np.save(tmp_path / 'folder' / 'a.npy', np.ones((48, 80), np.float32))
+    read = set()
+    for reader in ('open_image', 'read_nuscenes_points', 'read_robotcar_points', 'read_depth_map'):
+        monkeypatch.setattr(data, reader, lambda path, *a, reader=getattr(data, reader): read.add(str(path))
+                            or reader(path, *a))
+    datasets = [data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), with_lidar=True, gdt_root=str(gdt_root),
+                                   gdt_conds=('night',), p_day=0.5),
+                data.NuScenesDepth(nusc, size=(24, 40), split='val'),
+                data.RobotCarDepth(robotcar, size=(24, 40), frames=(-1, 0, 1), with_lidar=True),
+                data.RobotCarDepth(robotcar, size=(24, 40), split='test'),
+                data.FolderDepth(str(tmp_path / 'folder'), size=(24, 40))]
+    for ds in datasets:
+        read.clear()
+        for epoch in range(4):  # p_day 0.5: some epochs draw the translation, some the day frame
+            ds.set_epoch(epoch)
+            for i in range(len(ds)):
+                ds[i]
+        assert read == set(ds.files()), type(ds).__name__
+    train = datasets[0]
+    assert len(train.files()) == 2 + 3 + 2 + 2  # targets, their sweeps, LiDAR scans, translations
+    train.p_day = 1.0  # the swap needs a draw >= p_day: no translation is ever read
+    assert not [p for p in train.files() if p.startswith(str(gdt_root))]
+
+
+def test_a_missing_prev_frame_or_a_translation_is_found_and_a_rejected_one_never_read(nusc, tmp_path):
+    night = tmp_path / 'gdt' / 'night'
+    save_image(str(night / 'samples/CAM_FRONT/scene-0001-cam3.png'), (0, 0, 0))
+    (night / 'manifest.rank0.jsonl').write_text(json.dumps(dict(output='samples/CAM_FRONT/scene-0001-cam1.png',
+                                                                 status='rejected')) + '\n')
+    ds = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), gdt_root=str(tmp_path / 'gdt'),
+                            gdt_conds=('night',), p_day=0.0)
+    assert str(night / 'samples/CAM_FRONT/scene-0001-cam1.png') not in ds.files()
+    assert re.fullmatch(r'checked 6 files in \d+\.\d s', data.check_dataset(ds))
+    os.remove(os.path.join(nusc, 'sweeps/CAM_FRONT/scene-0001-cam2.png'))  # prev of cam3, next of cam1
+    (night / 'samples/CAM_FRONT/scene-0001-cam3.png').write_bytes(b'')
+    [(translation, empty), (prev, missing)] = data.check_files(ds.files())  # sorted: gdt/ before nusc/
+    assert prev.endswith('sweeps/CAM_FRONT/scene-0001-cam2.png') and 'image missing' in missing
+    assert translation == str(night / 'samples/CAM_FRONT/scene-0001-cam3.png') and 'unreadable' in empty
+    with pytest.raises(ValueError, match=r'^2 of 6 data files are broken: .*scene-0001-cam3\.png.*'
+                                         r'scene-0001-cam2\.png.*dataset download.*--no-check-data'):
+        data.check_dataset(ds)

@@ -434,3 +434,30 @@ def test_robotcar_is_scored_on_its_test_split_up_to_50_m_and_median_scaled_on_re
     scaled = evaluate.main(base + ["--out", str(tmp_path / "scaled"), "--median-scaling"])
     # 70 m scaled to the lower median of {5, 10} m: 5 m everywhere, (5/10 + 0/5) / 2
     assert scaled["all"]["abs_rel"] == pytest.approx(0.25)
+
+
+def test_check_data_finds_a_cut_lidar_scan_before_inference_and_is_off_by_default(tiny_world, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import os
+    import re
+    import shutil
+
+    import data
+    shutil.copytree(tiny_world, tmp_path / "world")
+    data.load_index.cache_clear()
+    val = data.NuScenesDepth(str(tmp_path / "world"), split="val")
+    broken = os.path.join(val.root, val.index.lidar_record(val.items[-1][0])["filename"])  # the last one scored
+    with open(broken, "r+b") as f:
+        f.truncate(os.path.getsize(broken) - 7)
+    argv = ["--ckpt", tiny_checkpoint(tmp_path / "ckpt.pt"), "--data-root", val.root, "--size", "56x96",
+            "--workers", "0", "--out", str(tmp_path / "eval")]
+    predictions = []
+    predict_depths = evaluate.predict_depths
+    monkeypatch.setattr(evaluate, "predict_depths", lambda *a, **k: predictions.append(1) or predict_depths(*a, **k))
+    line = run_expecting_error(argv + ["--check-data"], capsys)
+    assert re.search(rf"1 of \d+ data files are broken: LiDAR file {re.escape(broken)} has \d+ bytes", line)
+    assert line.endswith("or drop --check-data to skip this check")
+    assert predictions == []  # failed before the first image was predicted
+    monkeypatch.setattr(data, "check_files", lambda *a, **k: pytest.fail("checked without --check-data"))
+    line = run_expecting_error(argv, capsys)  # as before the check existed: after the images before it
+    assert broken in line and "data files are broken" not in line and len(predictions) > 0

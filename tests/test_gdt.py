@@ -50,9 +50,9 @@ def world(tmp_path_factory, tiny_gdt_models):
 
 
 def cli(world, out, *extra):
-    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--gen-size", "64x64", "--dataset", "folder",
-            "--data-root", str(world / "data"), "--out", str(out), "--style-dir", str(world / "styles"), "--cond", "night", "rain",
-            *extra]
+    return ["--models-dir", str(world / "models"), "--tiny", "--steps", "2", "--gen-size", "64x64", "--dataset",
+            "folder", "--data-root", str(world / "data"), "--out", str(out), "--style-dir", str(world / "styles"),
+            "--cond", "night", "rain", *extra]
 
 
 def library_translator(world, **settings):
@@ -611,3 +611,27 @@ def test_report_labels_keep_their_spaces_and_long_names_fit_their_panel_by_their
     assert gdt_report.fit(pen, "a.png", font, 200) == "a.png"
     # a TrueType font draws the space: "control depth" is wider than "controldepth" (the bitmap default is not)
     assert pen.textlength("control depth", font=font) > pen.textlength("controldepth", font=font)
+
+
+def test_a_broken_source_frame_fails_before_any_model_loads_and_a_finished_one_is_not_read(world, tmp_path,
+                                                                                          monkeypatch, capsys):
+    shutil.copytree(world / "data", tmp_path / "data")
+    broken = tmp_path / "data" / "sub" / "c.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])  # a cut download: the header reads, the pixels do not
+    argv = cli(world, tmp_path / "out")
+    argv[argv.index("--data-root") + 1] = str(tmp_path / "data")
+
+    def no_model(*args, **kwargs):
+        raise RuntimeError("a model was loaded")
+    monkeypatch.setattr(gdt, "build_translator", no_model)
+    broken_line = rf"^1 of 3 data files are broken: image unreadable: {re.escape(str(broken))} "
+    with pytest.raises(ValueError, match=broken_line):
+        gdt.main(argv)
+    for cond in ("night", "rain"):  # its translations are done: the run never reads it again
+        (tmp_path / "out" / cond / "sub").mkdir(parents=True)
+        shutil.copy(world / "data" / "sub" / "c.jpg", tmp_path / "out" / cond / "sub" / "c.jpg")
+    with pytest.raises(RuntimeError, match="a model was loaded"):
+        gdt.main(argv)
+    assert "rank 0: checked 2 files in" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="a model was loaded"):  # --no-check-data: not read ahead
+        gdt.main([*argv, "--no-check-data"])

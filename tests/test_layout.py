@@ -38,13 +38,31 @@ def test_shared_files_import_nothing_of_the_project_and_stages_only_what_they_na
     assert project_imports(ROOT / "training.py") == {"data", "evaluate", "model"}
 
 
-def run_copied(files, folder, *argv):
-    """Copy `files` of the repository into an empty `folder` and run the first one there as a user would."""
-    folder.mkdir()
-    for name in files:
-        shutil.copy(ROOT / name, folder / name)
+# Each stage runs as `python <stage>.py ...` from its own folder, in one interpreter for both (torch and transformers
+# load once): the project's modules are forgotten between the two, and the repository is never on the path.
+DRIVER = """
+import json, os, runpy, sys
+for folder, argv in json.loads(sys.argv[1]):
+    for name in ("gdt", "evaluate", "model", "data", "losses", "training"):
+        sys.modules.pop(name, None)
+    os.chdir(folder)
+    sys.path[0], sys.argv = folder, argv
+    runpy.run_path(argv[0], run_name="__main__")
+"""
+
+
+def run_copied(tmp_path, stages):
+    """Copy each stage's files into an empty folder of its own and run the stage there as a user would."""
+    jobs = []
+    for i, (files, argv) in enumerate(stages):
+        folder = tmp_path / f"copy{i}"
+        folder.mkdir()
+        for name in files:
+            shutil.copy(ROOT / name, folder / name)
+        jobs.append((str(folder), [files[0], *argv]))
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH="")
-    return subprocess.run([sys.executable, files[0], *argv], cwd=folder, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", DRIVER, json.dumps(jobs)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +76,19 @@ def images(tmp_path_factory):
     return root
 
 
-def test_gdt_runs_from_a_folder_holding_only_gdt_data_and_model(images, tiny_gdt_models, tmp_path):
-    done = run_copied(["gdt.py", "data.py", "model.py"], tmp_path / "copy", "--tiny", "--models-dir",
-                      str(tiny_gdt_models), "--dataset", "folder", "--data-root", str(images), "--out", str(tmp_path / "out"),
-                      "--cond", "night", "--no-ip-adapter", "--captioner", "none", "--gen-size", "64x64")
-    assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "out" / "night").glob("*.png")) == ["a.png", "b.png"]
-
-
-def test_evaluate_runs_from_a_folder_holding_only_evaluate_model_and_data(images, tmp_path):
+def test_gdt_and_evaluate_each_run_from_a_folder_holding_only_their_stage_and_the_shared_files(
+        images, tiny_gdt_models, tmp_path):
     torch.manual_seed(0)
     net = DepthNet("tiny", init="none", net_size=None)
     save_checkpoint(str(tmp_path / "ckpt.pt"), model=net.state_dict(), config=net.config_dict())
-    done = run_copied(["evaluate.py", "model.py", "data.py"], tmp_path / "copy", "--ckpt", str(tmp_path / "ckpt.pt"),
-                      "--dataset", "folder", "--data-root", str(images), "--workers", "0", "--out", str(tmp_path / "eval"))
+    gdt = (["gdt.py", "data.py", "model.py"],
+           ["--tiny", "--models-dir", str(tiny_gdt_models), "--dataset", "folder", "--data-root", str(images),
+            "--out", str(tmp_path / "out"), "--cond", "night", "--no-ip-adapter", "--captioner", "none",
+            "--gen-size", "64x64"])
+    evaluate = (["evaluate.py", "model.py", "data.py"],
+                ["--ckpt", str(tmp_path / "ckpt.pt"), "--dataset", "folder", "--data-root", str(images),
+                 "--workers", "0", "--out", str(tmp_path / "eval")])
+    done = run_copied(tmp_path, [gdt, evaluate])
     assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "night").glob("*.png")) == ["a.png", "b.png"]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]["plain"]["all"]["count"] == 2

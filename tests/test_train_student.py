@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -258,3 +260,17 @@ def test_student_settings_that_cannot_work_are_refused_at_start(tiny_world, teac
         train_student.main(["--tiny", "--data-root", tiny_world, "--size", "28x48", "--teacher", teacher_ckpt,
                             "--out", str(tmp_path / "s"), *flags])
     assert e.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_a_broken_translation_stops_the_student_before_step_1_naming_it(tiny_world, teacher_ckpt, gdt_root, tmp_path,
+                                                                         monkeypatch):
+    shutil.copytree(gdt_root, tmp_path / "gdt")
+    broken = str(tmp_path / "gdt" / "rain" / data.list_images("nuscenes", tiny_world)[0])
+    with open(broken, "r+b") as f:
+        f.truncate(os.path.getsize(broken) // 2)
+    monkeypatch.setattr(train_student, "load_depth_net", lambda *a: pytest.fail("the teacher was loaded"))
+    with pytest.raises(ValueError, match=rf"^1 of \d+ data files are broken: image unreadable: {re.escape(broken)}.*"
+                                         r"delete it and run gdt\.py again"):
+        train_student.main(student_args(tiny_world, teacher_ckpt, str(tmp_path / "gdt"), tmp_path / "s",
+                                        "--steps", "2"))
+    assert not (tmp_path / "s").exists()

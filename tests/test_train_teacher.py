@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -375,3 +377,52 @@ def test_persistent_workers_give_the_same_weights_as_none_across_epochs(tiny_wor
     a = torch.load(tmp_path / "w0" / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "w2" / "ckpt.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def broken_copy(tiny_world, tmp_path, which):
+    """A copy of the world with one file cut in half: the previous frame of the item the first step draws (the
+    trainer's sampler, seed 0), or the LiDAR scan of a validation frame. Returns (world, the broken file)."""
+    world = str(tmp_path / "world")
+    shutil.copytree(tiny_world, world)
+    data.load_index.cache_clear()
+    if which == "prev frame":
+        train = data.NuScenesDepth(world, frames=(-1, 0, 1))
+        first = next(iter(torch.utils.data.DistributedSampler(train, num_replicas=1, rank=0, seed=0)))
+        path = os.path.join(world, train.index.neighbour(train.items[first][0], -1)["filename"])
+    else:
+        val = data.NuScenesDepth(world, split="val")
+        path = os.path.join(world, val.index.lidar_record(val.items[0][0])["filename"])
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(raw[:len(raw) // 2 + 1])  # + 1: also cut inside a 20-byte LiDAR point
+    return world, path
+
+
+@pytest.mark.parametrize("which", ["prev frame", "val LiDAR scan"])
+def test_a_broken_file_stops_the_run_before_step_1_in_one_line_naming_it(tiny_world, tmp_path, capsys, which):
+    world, broken = broken_copy(tiny_world, tmp_path, which)
+    out = tmp_path / "out"
+    argv = ["--tiny", "--data-root", world, "--size", "56x96", "--workers", "0", "--out", str(out), "--steps", "2"]
+    with pytest.raises(SystemExit) as e:
+        data.run_cli(lambda: train_teacher.main(argv), "train_teacher.py")
+    err = capsys.readouterr().err
+    error = err.strip().splitlines()[-1]  # after the check's progress bar
+    assert e.value.code == 1 and "Traceback" not in err, err
+    assert error.startswith("train_teacher.py: error: 1 of ") and broken in error and "--no-check-data" in error
+    assert not (out / "ckpt.pt").exists() and not (out / "log.jsonl").exists()
+
+
+def test_no_check_data_reads_nothing_ahead_and_the_broken_frame_fails_when_drawn(tiny_world, tmp_path, monkeypatch,
+                                                                                capsys):
+    world, broken = broken_copy(tiny_world, tmp_path, "prev frame")
+    monkeypatch.setattr(data, "check_files", lambda *a, **k: pytest.fail("--no-check-data still checked"))
+    with pytest.raises(ValueError, match=rf"image unreadable: {re.escape(broken)}"):  # at step 1, as before
+        run(world, tmp_path / "out", "--steps", "2", "--no-check-data")
+    assert "checked" not in capsys.readouterr().out
+
+
+def test_the_check_prints_what_it_read_and_how_long_it_took(tiny_world, tmp_path, capsys):
+    run(tiny_world, tmp_path, "--steps", "1")
+    files = len(data.NuScenesDepth(tiny_world, frames=(-1, 0, 1)).files())
+    assert re.search(rf"^checked {files} files in \d+\.\d s; --no-check-data skips this$", capsys.readouterr().out,
+                     re.M)

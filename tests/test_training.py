@@ -172,3 +172,29 @@ def test_validation_clamps_predictions_at_the_runs_depth_cap(tmp_path):
     metrics = training.validate(ConstantDepth(70.0), dataset, args, 0, 1, torch.device("cpu"))
     # each frame's ground truth holds 10 m and 5 m; 70 m is scored as the 50 m cap: (40/10 + 45/5) / 2
     assert metrics["all"]["count"] == 2 and metrics["night"]["abs_rel"] == pytest.approx(6.5)
+
+
+class Files:
+    """A dataset as the data check sees it: only its files()."""
+
+    def __init__(self, *paths):
+        self.paths = list(paths)
+
+    def files(self):
+        return self.paths
+
+
+def test_each_torchrun_rank_checks_a_strided_share_of_the_train_and_val_files_once(monkeypatch, capsys):
+    checked = {}
+    monkeypatch.setattr(data, "require_intact", lambda paths, **kw: checked.setdefault(rank, paths) and "checked")
+    train, val = Files("a", "c", "e", "b"), Files("d", "c")  # c is read by both: checked once
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        training.check_data(argparse.Namespace(no_check_data=False), train, None, val)
+    assert checked == {0: ["a", "c", "e"], 1: ["b", "d"]}
+    out = capsys.readouterr().out
+    assert out.count("checked") == 1 and "rank 0's share of 5" in out  # only rank 0 prints
+    checked.clear()
+    training.check_data(argparse.Namespace(no_check_data=True), train, val)
+    assert checked == {}
