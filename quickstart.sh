@@ -20,6 +20,8 @@ python tools/classic_weather.py --dataset nuscenes --data-root "$OUT/world" --ou
 python tools/tiny_models.py --out "$OUT/models"  # random tiny stand-ins of every GDT model, in hub-id folders
 python gdt.py --tiny --models-dir "$OUT/models" --dataset nuscenes --data-root "$OUT/world" --out "$OUT/gdt_tiny" \
     --cond night --style-dir data --captioner blip   # --tiny: 64x112, 2 steps
+echo "== GDT ran on random tiny models (its images in $OUT/gdt_tiny are noise); the student below trains on the"
+echo "   classic translations in $OUT/gdt_classic. The learning result is tools/learning_check.py (docs/results.md)."
 resume() { [ -f "$1/ckpt.pt" ] && echo --resume || true; }
 python train_teacher.py $TINY --data-root "$OUT/world" --out "$OUT/teacher" --steps 180 \
     --lr-encoder 1e-3 --lr-decoder 1e-3 --lr-pose 3e-3 --init-depth 6 --pose-order temporal $(resume "$OUT/teacher")

@@ -889,3 +889,15 @@ def test_a_missing_prev_frame_or_a_translation_is_found_and_a_rejected_one_never
     with pytest.raises(ValueError, match=r'^2 of 6 data files are broken: .*scene-0001-cam3\.png.*'
                                          r'scene-0001-cam2\.png.*dataset download.*--no-check-data'):
         data.check_dataset(ds)
+
+
+def test_atomic_writes_leave_files_readable_as_the_umask_says_and_no_temp_file(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        data.write_atomic(tmp_path / 'out' / 'metrics.json', lambda tmp: tmp.write_text('{}'))
+    finally:
+        os.umask(previous)
+    assert oct((tmp_path / 'out' / 'metrics.json').stat().st_mode & 0o777) == oct(0o644)  # mkstemp would give 0o600
+    with pytest.raises(ZeroDivisionError):  # a writer that fails leaves neither the output nor its temp file
+        data.write_atomic(tmp_path / 'out' / 'broken.json', lambda tmp: (tmp.write_text('{'), 1 / 0))
+    assert sorted(os.listdir(tmp_path / 'out')) == ['metrics.json']

@@ -337,3 +337,12 @@ def test_full_size_net_runs_on_the_meta_device_for_shape_checks():
         net = DepthNet("small", init="none", net_size=(518, 784))
         out = net(torch.rand(1, 3, 320, 576))
     assert out["depth"].shape == (1, 1, 320, 576) and out["tokens"].shape == (1, 37 * 56, 384)
+
+
+def test_checkpoints_are_readable_as_the_umask_says(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(str(tmp_path / "ckpt.pt"), step=1)
+    finally:
+        os.umask(previous)
+    assert oct((tmp_path / "ckpt.pt").stat().st_mode & 0o777) == oct(0o644) and os.listdir(tmp_path) == ["ckpt.pt"]

@@ -287,16 +287,14 @@ def main(argv=None):
     p.add_argument("--out", default="runs/check")
     p.add_argument("--size", default="90x160", type=lambda text: data.parse_size(text) and text,
                    help="loss / network resolution HxW (checked here, before the world is rendered)")
-    p.add_argument("--teacher-steps", type=int, default=900)
-    p.add_argument("--student-steps", type=int, default=300)
-    p.add_argument("--seeds", type=int, default=2, help="seeds of each teacher and its main student")
+    p.add_argument("--teacher-steps", type=data.at_least(1), default=900)
+    p.add_argument("--student-steps", type=data.at_least(1), default=300)
+    p.add_argument("--seeds", type=data.at_least(1), default=2, help="seeds of each teacher and its main student")
     p.add_argument("--lr-pose", default="3e-3", help="the self-supervised teacher's pose-net learning rate")
     p.add_argument("--init-motion", default="0.7", help="the self-supervised pose net's starting forward motion (m)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--jobs", type=int, default=2, help="training runs at once (one CPU core each)")
+    p.add_argument("--batch-size", type=data.at_least(1), default=4)
+    p.add_argument("--jobs", type=data.at_least(1), default=2, help="training runs at once (one CPU core each)")
     args = p.parse_args(argv)
-    if args.seeds < 1:
-        p.error("--seeds must be at least 1")
     start = time.time()
     world = os.path.join(args.out, "world")
     gdt_rendered, gdt_classic = os.path.join(args.out, "gdt_rendered"), os.path.join(args.out, "gdt_classic")
@@ -343,4 +341,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(0 if main() else 1)
+    raise SystemExit(0 if data.run_cli(main, "learning_check.py") else 1)
