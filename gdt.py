@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -286,8 +287,15 @@ def fuse_lcm_lora(pipe, path):
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
 
 
+def no_empty_fp32_notice(record):
+    """logging filter: drop diffusers' notice that a module has "modules that should be kept in float32: []" (an
+    empty list: loading IP-Adapter casts the UNet to its own dtype, and nothing is lost); other warnings pass."""
+    return "should be kept in float32: []" not in record.getMessage()
+
+
 def add_ip_adapter(pipe, path, weight, scale):
     """IP-Adapter (`weight` inside `path`, its image encoder beside it), fed one reference per sample."""
+    logging.getLogger("diffusers.models.modeling_utils").addFilter(no_empty_fp32_notice)
     subfolder, weight_name = os.path.split(weight)
     load_gdt_model(pipe.load_ip_adapter, path, "--no-ip-adapter or ", subfolder=subfolder, weight_name=weight_name)
     pipe.set_ip_adapter_scale(scale)

@@ -635,3 +635,12 @@ def test_a_broken_source_frame_fails_before_any_model_loads_and_a_finished_one_i
     assert "rank 0: checked 2 files in" in capsys.readouterr().out
     with pytest.raises(RuntimeError, match="a model was loaded"):  # --no-check-data: not read ahead
         gdt.main([*argv, "--no-check-data"])
+
+
+def test_loading_ip_adapter_silences_only_diffusers_empty_float32_notice(translator):
+    import logging
+    notices = logging.getLogger("diffusers.models.modeling_utils")
+    assert gdt.no_empty_fp32_notice in notices.filters  # installed by add_ip_adapter (the translator has styles)
+    record = lambda message: logging.LogRecord("diffusers", logging.WARNING, "", 0, message, None, None)  # noqa: E731
+    assert not notices.filter(record("There are modules in UNet2DConditionModel that should be kept in float32: []."))
+    assert notices.filter(record("There are modules in UNet2DConditionModel that should be kept in float32: ['norm']."))
