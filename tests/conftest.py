@@ -11,7 +11,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]  # the stage files, and the support scripts in tools/
 
+import shutil
+import tempfile
+
 import pytest
+
+# Every temporary file of the session, the subprocesses' included (multiprocessing's pymp-* socket folders, torchrun's
+# torchelastic_* logs, those of runs the tests kill on purpose), goes into one folder that is removed at the end.
+SESSION_TMP = tempfile.mkdtemp(prefix="ssd-tests-")
+os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMP
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
