@@ -67,6 +67,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     def _get_help_string(self, action):
         return action.help if action.default is None or action.default is False else super()._get_help_string(action)
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line, `<prog>: error: <what> (--help lists the flags)`, exit
+    status 2, as every other error of the scripts is one line (run_cli); --help shows the docstring as written."""
+
+    def __init__(self, *args, formatter_class=None, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class or argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
 
 def at_least(minimum):
     """argparse type: an integer >= minimum."""

@@ -305,7 +305,7 @@ def inside(path, folder):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=data.HelpFormatter)
+    p = data.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=data.HelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (.pt) or exported folder of a depth net")
     p.add_argument("--pred-dir", help="evaluate precomputed .npy depth maps (metres) instead of a checkpoint")
     p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"],
@@ -367,7 +367,6 @@ def evaluate(args):
         def predict(batch):
             size = batch["gt"].shape[-2:]
             return {"plain": torch.stack([load_prediction(args.pred_dir, p, size) for p in batch["path"]])}
-    os.makedirs(os.path.join(args.out, "vis"), exist_ok=True)
     vis_done = {}
 
     def save_some(batch, i, pred, row):  # the first --save-vis images of each condition

@@ -26,7 +26,6 @@ From another script (Settings holds the flags' defaults and checks):
                                       styles={"night": ["real_night.jpg"]})
     [(night, record)] = gdt.translate_audited(translator, [Image.open("day.jpg")], ["day.jpg"], "night")
 """
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -660,7 +659,7 @@ def settings_from_args(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=data.HelpFormatter)
+    p = data.ArgumentParser(description=__doc__, formatter_class=data.HelpFormatter)
     add_translation_args(p)
     add_gdt_model_args(p)
     p.add_argument("--cond", "--conds", nargs="+", metavar="COND",

@@ -17,7 +17,6 @@ Table 3 ablations: GDT vs classic translation: point --gdt-root at `tools/classi
 teacher loss vs plain distillation: --teacher-mask none; semantic loss off: --w-sem 0.
 Checkpoints, --resume, DDP, bf16, logging: training.py's loop, as for the teacher.
 """
-import argparse
 
 import torch
 import torch.nn as nn
@@ -79,7 +78,7 @@ class StudentLoss(nn.Module):
 
 
 def main(argv=None):
-    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = add_common_args(data.ArgumentParser(description=__doc__))
     p.add_argument("--teacher", required=True, help="teacher checkpoint from train_teacher.py")
     p.add_argument("--gdt-root", default=None, help="gdt.py output folder (<root>/<cond>/<relative path>)")
     p.add_argument("--conds", "--cond", nargs="+", default=None, metavar="COND",

@@ -13,7 +13,6 @@ Writes `<out>/ckpt.pt` (model, pose net, optimiser, scheduler, step, config; eve
 and at the end), `<out>/best.pt` (lowest night abs_rel on the validation split), `<out>/log.jsonl`.
 The loop, the shared flags and resume live in training.py; this file is the teacher's objective.
 """
-import argparse
 
 import torch
 import torch.nn as nn
@@ -82,7 +81,7 @@ def calibrate_pretrained_head(net, dataset, args):
 
 
 def main(argv=None):
-    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = add_common_args(data.ArgumentParser(description=__doc__))
     p.add_argument("--supervision", default="self", choices=["self", "lidar"],
                    help="self: photometric + smoothness + velocity (the paper); lidar: SILog on projected LiDAR")
     p.add_argument("--pose-init", default="microsoft/resnet-18", help="hub id / folder, or 'none'")

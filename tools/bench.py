@@ -91,7 +91,7 @@ CPU_ATTENTION_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa_fl
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__)
     p.add_argument("--tiny", action="store_true", help="tiny random models and sizes (CPU smoke test)")
     p.add_argument("--out", default="bench.json", help="JSON of every figure (rewritten atomically after each)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="a subset of the sections")

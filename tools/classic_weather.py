@@ -11,7 +11,6 @@ so a rerun skips finished outputs and resumes) and a record per image to
 `<out>/<cond>/manifest.rank0.jsonl`, gdt.py's record of a run without models, audit or re-draws. Each
 image is drawn from gdt.py's seed of (path, condition): any rerun writes the same bytes.
 """
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -90,7 +89,7 @@ def classic_translate(image, cond, seed):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__)
     gdt.add_translation_args(p)
     p.add_argument("--cond", "--conds", nargs="+", choices=data.GDT_CONDITIONS, default=["night", "rain"], metavar="COND",
                    help=f"target conditions ({', '.join(data.GDT_CONDITIONS)}); default: night rain")

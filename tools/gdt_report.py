@@ -8,7 +8,6 @@ percentiles of the geometry audit (report.json), the delta1 histogram (<cond>_ag
 The worst frames' depth maps are recomputed with the run's depth model (from the manifest; or
 --depth-model, or the same folder name under --models-dir).
 """
-import argparse
 import json
 import os
 import sys
@@ -150,7 +149,7 @@ def condition_summary(args, cond, out, loaded):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__)
     p.add_argument("gdt_root", help="a gdt.py output folder (its --out)")
     p.add_argument("--out", help="report folder (default GDT_ROOT/report)")
     p.add_argument("--data-root", help="the day images (default: each record's source path)")

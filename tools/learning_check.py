@@ -29,7 +29,6 @@ pretrained DINOv2 offline, each student starts from its teacher (--init-from-tea
 anchor its features to that teacher's own frozen encoder (exported as a transformers Dinov2Model folder).
 A rerun with the same --out resumes: finished runs are kept, interrupted ones continue.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -283,7 +282,7 @@ def translation_sheet(world, gdt_rendered, gdt_classic, path, height=90):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="runs/check")
     p.add_argument("--size", default="90x160", type=lambda text: data.parse_size(text) and text,
                    help="loss / network resolution HxW (checked here, before the world is rendered)")

@@ -545,7 +545,7 @@ def image_size(text):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Render the synthetic world as a nuScenes dataroot.')
+    p = data.ArgumentParser(description='Render the synthetic world as a nuScenes dataroot.')
     p.add_argument('--out', dest='out_root', required=True, help='dataroot to write: new, empty, or one to resume')
     p.add_argument('--size', type=image_size, default=(180, 320), metavar='HxW',
                    help='image size HxW as every other command (nuScenes: 900x1600)')

@@ -8,7 +8,6 @@ Shapes chosen so that they run in well under a second at 64-128 px with 2 steps 
 The caption model is a tiny BLIP (BLIP-base layout) whichever captioner is asked for: a tiny BLIP-2
 needs a tiny OPT and Q-Former for no extra coverage, and both load through the same Auto class.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -170,7 +169,7 @@ def write_models(root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = data.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="folder to fill (DIR for gdt.py --models-dir DIR)")
     for name, path in write_models(parser.parse_args(argv).out).items():
         print(f"{name}: {path}")
