@@ -109,6 +109,18 @@ def run_cli(main, prog, on_interrupt="rerun the same command to continue: finish
         raise SystemExit(1) from None
 
 
+def check_writable(folder, flag='--out'):
+    """Refuse, before any long work, an output folder that cannot be made or written: the nearest existing
+    part of its path must be a writable folder (nothing is created here)."""
+    part = os.path.abspath(folder)
+    while not os.path.exists(part):
+        part = os.path.dirname(part)
+    if not os.path.isdir(part):
+        raise ValueError(f"{flag} {folder}: {part} is a file, not a folder: choose another {flag}")
+    if not os.access(part, os.W_OK):
+        raise ValueError(f"{flag} {folder}: {part} is not writable: choose another {flag}")
+
+
 def write_atomic(path, write):
     """Write a file whole or not at all: `write(tmp)` fills a temp file `.<name>.tmp<pid>` beside `path`, which
     then replaces `path` (created by open(), so with the umask's permissions); on an error the temp file is

@@ -350,6 +350,7 @@ def evaluate(args):
     """Run the evaluation of parsed `args`: ({mode: summary per group}, the per-image rows, the settings used:
     `args` with --size and --max-depth filled from the checkpoint and the dataset's defaults)."""
     from torch.utils.data import DataLoader
+    data.check_writable(args.out)
     defaults = data.DATASET_DEFAULTS[args.dataset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, trained = load_checkpoint(args.ckpt) if args.ckpt else (None, {})

@@ -642,6 +642,7 @@ def translation_frames(dataset, data_root, version, split, out, conds):
     killed run below out/<cond>/ are gone."""
     if Path(out).resolve().is_relative_to(Path(data_root).resolve()):
         raise ValueError(f"--out {out} is inside --data-root {data_root}: translations never go into the dataset")
+    data.check_writable(out)
     keys = data.list_images(dataset, data_root, version, split)
     if not keys:
         raise ValueError(f"no images for --dataset {dataset} --split {split} under {data_root}")

@@ -107,6 +107,7 @@ def check_run_folder(args):
     if out == root or out.startswith(root + os.sep):
         raise ValueError(f"--out {args.out} is inside --data-root {args.data_root}: checkpoints would be written "
                          "into the dataset; choose a folder outside it")
+    data.check_writable(args.out)
     ckpt = os.path.join(args.out, "ckpt.pt")
     if os.path.isfile(ckpt) and not (args.resume or args.overwrite):
         step = read_checkpoint(ckpt).get("step", "?")
