@@ -373,7 +373,7 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
                 last = step == total or step == args.stop_at or stop.is_set()
                 due_log, due_save = last or step % args.log_every == 0, last or step % args.ckpt_every == 0
                 if (due_log or due_save) and all_reduce_sums([float(not finite)], device)[0] > 0:
-                    raise SystemExit(f"loss became NaN/inf before step {step}; stopped without saving. The last "
+                    raise ValueError(f"loss became NaN/inf before step {step}; stopped without saving. The last "
                                      f"good checkpoint is {ckpt_path} (if any): resume from it with lower "
                                      f"learning rates (--resume --lr-encoder ... --lr-decoder ...: flags given "
                                      f"with --resume replace the checkpoint's), or check the data of this epoch.")
@@ -400,10 +400,10 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
                     save(ckpt_path)
                 if last:
                     break
-    finally:  # also when the loop stops on an error: the caller's Ctrl-C is its own again
+    finally:  # also when the loop stops on an error: the bar ends its line, the caller's Ctrl-C is its own again
+        bar.close()
         if catch:
             signal.signal(signal.SIGINT, previous_handler)
-    bar.close()
     if stop.is_set():
         raise KeyboardInterrupt(f"interrupted at step {step}; {ckpt_path} holds step {step}: run the same command "
                                 f"with --resume to continue")

@@ -93,7 +93,8 @@ def test_validation_writes_metrics_and_the_best_checkpoint(tiny_world, tmp_path)
     assert best["best"] == pytest.approx(val[0]["night"]["abs_rel"])
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path, monkeypatch,
+                                                                                capsys):
     run(tiny_world, tmp_path, "--steps", "2")
     good = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     forward = train_teacher.SelfSupervisedLoss.forward
@@ -102,8 +103,10 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         loss, terms = forward(self, batch)
         return loss * float("nan"), terms
     monkeypatch.setattr(train_teacher.SelfSupervisedLoss, "forward", poisoned)
-    with pytest.raises(SystemExit, match="NaN"):
-        run(tiny_world, tmp_path, "--steps", "4", "--resume")
+    with pytest.raises(SystemExit) as stop:
+        data.run_cli(lambda: run(tiny_world, tmp_path, "--steps", "4", "--resume"), "train_teacher.py")
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert stop.value.code == 1 and last.startswith("train_teacher.py: error: loss became NaN/inf before step 4")
     kept = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert kept["step"] == 2 and all(torch.equal(good["model"][k], kept["model"][k]) for k in good["model"])
 
