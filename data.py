@@ -1078,14 +1078,18 @@ def parse_conditions(words):
     return conds
 
 
-def load_image(path):
-    """Open an image fully, so that a broken file fails here, naming it."""
+def load_image(source):
+    """An image decoded whole, so that a broken file fails here, naming it: a path reads as the datasets read
+    it (open_image, load_pixels); an in-memory file (gdt.as_saved's) is decoded the same way."""
+    if isinstance(source, (str, os.PathLike)):
+        with open_image(source) as image:
+            return load_pixels(image, source)
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return image
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise ValueError(f"image unreadable: {e}") from e
 
 
 def read_manifests(folder):

@@ -107,7 +107,10 @@ def control_depth(predict, image, tiles=1):
 
 def load_control_map(control_dir, key):
     """A precomputed depth condition `<control-dir>/<key with .png>` (8 or 16 bit, near = bright)."""
-    inv = np.asarray(data.load_image(Path(control_dir, key).with_suffix(".png")).convert("F"))  # missing: named
+    path = Path(control_dir, key).with_suffix(".png")
+    if not path.is_file():
+        raise FileNotFoundError(f"--control-dir: no depth map {path} for frame {key}: write one PNG per frame there")
+    inv = np.asarray(data.load_image(path).convert("F"))
     return control_depth(lambda _: inv, None)  # the map is its own prediction
 
 

@@ -71,7 +71,7 @@ def test_classic_weather_translates_without_any_model_in_gdts_layout(world, tmp_
 def test_unreadable_image_is_named(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+    with pytest.raises(ValueError, match="image unreadable: .*broken.png"):
         classic_weather.main(["--dataset", "folder", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o")])
 
 

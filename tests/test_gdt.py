@@ -160,8 +160,11 @@ def test_precomputed_control_maps_are_read_and_missing_ones_named(tmp_path):
     Image.fromarray(np.array([[0, 1000], [3000, 4000]], dtype=np.uint16)).save(tmp_path / "sub" / "f.png")
     control = gdt.load_control_map(tmp_path, "sub/f.jpg")
     np.testing.assert_allclose(control[..., 0], [[0, 0.25], [0.75, 1]], atol=1e-6)
-    with pytest.raises(ValueError, match="cannot read image .*g.png"):
+    with pytest.raises(FileNotFoundError, match="--control-dir: no depth map .*g.png for frame sub/g.jpg"):
         gdt.load_control_map(tmp_path, "sub/g.jpg")
+    (tmp_path / "sub" / "h.png").write_bytes((tmp_path / "sub" / "f.png").read_bytes()[:40])  # cut short
+    with pytest.raises(ValueError, match="image unreadable: .*h.png"):
+        gdt.load_control_map(tmp_path, "sub/h.jpg")
 
 
 def test_night_darkening_scales_the_mean_to_a_ratio_of_the_day_mean():
@@ -571,7 +574,7 @@ def test_an_image_that_does_not_read_back_whole_is_never_given_its_name(tmp_path
         real_save(image, file, suffix)
         Path(file).write_bytes(Path(file).read_bytes()[:300])
     monkeypatch.setattr(gdt, "save_image", cut_short)
-    with pytest.raises(ValueError, match="cannot read image"):
+    with pytest.raises(ValueError, match="image unreadable"):
         gdt.save_atomic(image, tmp_path / "night" / "a.jpg")
     assert list((tmp_path / "night").iterdir()) == []  # no output, no temp file
     monkeypatch.setattr(gdt, "save_image", real_save)
