@@ -299,10 +299,27 @@ def rotation_from_axis_angle(axis_angle):
     return eye + s * kx + (1 - c) * (kx @ kx)
 
 
-def pose_to_matrix(axis_angle, translation):
-    """(B,3) axis-angle and (B,3) translation -> (B,4,4) rigid transform [R t; 0 1]."""
-    T = torch.eye(4, device=axis_angle.device, dtype=axis_angle.dtype).repeat(len(axis_angle), 1, 1)
-    T[:, :3, :3] = rotation_from_axis_angle(axis_angle)
+def rotation_from_euler(angles):
+    """(B,3) angles (a, b, c) about x, y, z -> (B,3,3) R = Rx(a) Ry(b) Rz(c), md4all's pose rotation
+    (docs/method.md §3): a point is turned about z first, then y, then x."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    one, zero = torch.ones_like(angles[:, 0]), torch.zeros_like(angles[:, 0])
+    rx = torch.stack([one, zero, zero, zero, c[:, 0], -s[:, 0], zero, s[:, 0], c[:, 0]], 1).view(-1, 3, 3)
+    ry = torch.stack([c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1]], 1).view(-1, 3, 3)
+    rz = torch.stack([c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one], 1).view(-1, 3, 3)
+    return rx @ ry @ rz
+
+
+ROTATIONS = {"euler": rotation_from_euler, "axis-angle": rotation_from_axis_angle}
+
+
+def pose_to_matrix(rotation, translation, mode="euler"):
+    """(B,3) rotation parameters and (B,3) translation -> (B,4,4) rigid transform [R t; 0 1]; `mode` says how
+    the three numbers make R: 'euler' (md4all's Rx Ry Rz) or 'axis-angle' (monodepth2's Rodrigues)."""
+    if mode not in ROTATIONS:
+        raise ValueError(f"--rotation {mode!r} is unknown; choose one of {sorted(ROTATIONS)}")
+    T = torch.eye(4, device=rotation.device, dtype=rotation.dtype).repeat(len(rotation), 1, 1)
+    T[:, :3, :3] = ROTATIONS[mode](rotation)
     T[:, :3, 3] = translation
     return T
 
@@ -345,10 +362,14 @@ def resnet_config(size):
 class PoseNet(nn.Module):
     """md4all / monodepth2 pose network (docs/method.md §2): frames (target, source) -> T_{target->source}."""
 
-    def __init__(self, size="resnet18", init=RESNET18, resnet_config_dict=None):
+    def __init__(self, size="resnet18", init=RESNET18, resnet_config_dict=None, rotation="euler"):
+        """rotation: how the first three outputs make the rotation, 'euler' (md4all) or 'axis-angle'
+        (monodepth2); see pose_to_matrix."""
         from transformers import ResNetConfig, ResNetModel
         super().__init__()
-        self.size = size
+        if rotation not in ROTATIONS:
+            raise ValueError(f"--rotation {rotation!r} is unknown; choose one of {sorted(ROTATIONS)}")
+        self.size, self.rotation = size, rotation
         config = ResNetConfig.from_dict(resnet_config_dict) if resnet_config_dict else resnet_config(size)
         self.encoder = ResNetModel(config)
         if init:
@@ -363,7 +384,7 @@ class PoseNet(nn.Module):
                                      nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 6, 1))
 
     def config_dict(self):
-        return dict(size=self.size, resnet_config_dict=self.encoder.config.to_dict())
+        return dict(size=self.size, resnet_config_dict=self.encoder.config.to_dict(), rotation=self.rotation)
 
     @torch.no_grad()
     def start_at_motion(self, metres):
@@ -377,7 +398,7 @@ class PoseNet(nn.Module):
         """(B,3,H,W) frames in [0,1] -> (B,4,4) transform of target-camera points into the source camera."""
         x = torch.cat([to_network_input(target, target.shape[-2:]), to_network_input(source, source.shape[-2:])], 1)
         out = POSE_OUTPUT_SCALE * self.decoder(self.encoder(x).last_hidden_state).mean((2, 3))
-        return pose_to_matrix(out[:, :3], out[:, 3:])
+        return pose_to_matrix(out[:, :3], out[:, 3:], self.rotation)
 
 
 def save_checkpoint(path, **parts):
@@ -454,7 +475,8 @@ def load_pose_net(path_or_dict, map_location="cpu"):
         raise ValueError(f"{name} holds no pose network: it is a {checkpoint_kind(ckpt)} checkpoint, and the teacher "
                        f"loss needs a self-supervised teacher's (train_teacher.py --supervision self); with a "
                        f"LiDAR teacher use --teacher-mask none")
-    pose = PoseNet(init=None, **ckpt["pose_config"])
+    # checkpoints from before --rotation stored no rotation: their pose nets learnt axis-angle
+    pose = PoseNet(init=None, **{"rotation": "axis-angle", **ckpt["pose_config"]})
     pose.load_state_dict(ckpt["pose"])
     return pose.to(map_location)
 

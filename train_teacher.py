@@ -19,7 +19,7 @@ import torch.nn as nn
 
 import data
 from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
-from model import POSE_ORDERS, PoseNet, predict_poses
+from model import POSE_ORDERS, ROTATIONS, PoseNet, predict_poses
 from training import (add_common_args, build_depth_net, check_data, depth_param_groups, make_dataset, parse_args,
                       train)
 
@@ -88,6 +88,9 @@ def main(argv=None):
     p.add_argument("--pose-order", default="md4all", choices=POSE_ORDERS,
                    help="md4all: (target, source) for both neighbours (md4all's default); temporal: pairs in time "
                         "order, the previous one inverted (monodepth2)")
+    p.add_argument("--rotation", default="euler", choices=sorted(ROTATIONS),
+                   help="how the pose net's three rotation outputs make a rotation: euler (md4all: Rx Ry Rz) or "
+                        "axis-angle (monodepth2)")
     p.add_argument("--lr-pose", type=float, default=1e-4)
     p.add_argument("--init-motion", type=float, default=None,
                    help="self, with --pose-order temporal: start the pose net at straight-ahead motion of this many "
@@ -109,7 +112,7 @@ def main(argv=None):
     calibrate_pretrained_head(net, dataset, args)
     if self_supervised:
         pose_init = None if args.tiny or args.pose_init == "none" else args.pose_init
-        pose = PoseNet("tiny" if args.tiny else "resnet18", init=pose_init)
+        pose = PoseNet("tiny" if args.tiny else "resnet18", init=pose_init, rotation=args.rotation)
         if args.init_motion:
             pose.start_at_motion(args.init_motion)
         loss_module = SelfSupervisedLoss(net, pose, args.w_smooth, args.w_velocity, args.pose_order)

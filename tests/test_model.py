@@ -159,20 +159,20 @@ def test_pose_net_started_at_motion_predicts_straight_ahead_motion_of_that_lengt
 
 
 def test_pose_from_axis_angle_matches_a_hand_rotation():
-    T = pose_to_matrix(torch.tensor([[0.0, 0.0, np.pi / 2]]), torch.tensor([[1.0, 2.0, 3.0]]))
+    T = pose_to_matrix(torch.tensor([[0.0, 0.0, np.pi / 2]]), torch.tensor([[1.0, 2.0, 3.0]]), "axis-angle")
     expected = torch.tensor([[0.0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]])
     assert torch.allclose(T[0], expected, atol=1e-6)
 
 
 def test_pose_from_axis_angle_turns_about_x_and_y_the_right_way():
     quarter = np.pi / 2
-    Tx = pose_to_matrix(torch.tensor([[quarter, 0.0, 0.0]]), torch.zeros(1, 3))[0, :3, :3]
-    Ty = pose_to_matrix(torch.tensor([[0.0, quarter, 0.0]]), torch.zeros(1, 3))[0, :3, :3]
+    Tx = pose_to_matrix(torch.tensor([[quarter, 0.0, 0.0]]), torch.zeros(1, 3), "axis-angle")[0, :3, :3]
+    Ty = pose_to_matrix(torch.tensor([[0.0, quarter, 0.0]]), torch.zeros(1, 3), "axis-angle")[0, :3, :3]
     assert torch.allclose(Tx @ torch.tensor([0.0, 1, 0]), torch.tensor([0.0, 0, 1]), atol=1e-6)  # y -> z
     assert torch.allclose(Ty @ torch.tensor([0.0, 0, 1]), torch.tensor([1.0, 0, 0]), atol=1e-6)  # z -> x
     # a general axis: Rodrigues' rotation keeps the axis and turns a perpendicular vector by the angle
     axis = torch.tensor([1.0, 2.0, 2.0]) / 3
-    R = pose_to_matrix((0.7 * axis)[None], torch.zeros(1, 3))[0, :3, :3]
+    R = pose_to_matrix((0.7 * axis)[None], torch.zeros(1, 3), "axis-angle")[0, :3, :3]
     assert torch.allclose(R @ axis, axis, atol=1e-6)
     perpendicular = torch.tensor([2.0, -2.0, 1.0]) / 3
     turned = R @ perpendicular
@@ -280,6 +280,45 @@ def test_calibration_moves_a_saturated_relative_head_to_the_requested_start():
     assert torch.quantile(depth.flatten(), 0.1).item() == pytest.approx(2.5, rel=1e-3)
     # an affine map with a positive scale: the head's ordering of near and far is kept
     assert scale > 0 and torch.allclose(after, scale * before + shift, rtol=1e-4, atol=1e-3)
+
+
+def test_pose_from_euler_angles_is_rx_ry_rz_as_md4all():
+    a, b, c = 0.3, -0.5, 0.8  # about x, y, z
+    T = pose_to_matrix(torch.tensor([[a, b, c]], dtype=torch.float64), torch.tensor([[1.0, 2.0, 3.0]],
+                       dtype=torch.float64))
+    ca, sa, cb, sb, cc, sc = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(c), np.sin(c)
+    # Rx(a) Ry(b) Rz(c) multiplied out by hand
+    R = np.array([[cb * cc, -cb * sc, sb],
+                  [sa * sb * cc + ca * sc, -sa * sb * sc + ca * cc, -sa * cb],
+                  [-ca * sb * cc + sa * sc, ca * sb * sc + sa * cc, ca * cb]])
+    np.testing.assert_allclose(T[0, :3, :3].numpy(), R, atol=1e-12)
+    np.testing.assert_allclose(T[0, :3, 3].numpy(), [1, 2, 3])
+    # the two parametrisations agree about one axis and differ about several (4e-5 at about 1 degree)
+    one_axis = torch.tensor([[0.0, 0.2, 0.0]])
+    assert torch.allclose(pose_to_matrix(one_axis, torch.zeros(1, 3)), pose_to_matrix(one_axis, torch.zeros(1, 3),
+                                                                                       "axis-angle"), atol=1e-7)
+    small = torch.tensor([[0.01, 0.01, 0.01]], dtype=torch.float64)
+    gap = (pose_to_matrix(small, small) - pose_to_matrix(small, small, "axis-angle")).abs().max().item()
+    assert 1e-5 < gap < 1e-4
+    with pytest.raises(ValueError, match="--rotation 'quaternion' is unknown"):
+        pose_to_matrix(small, small, "quaternion")
+
+
+def test_pose_net_keeps_its_rotation_through_a_checkpoint_and_old_ones_load_as_axis_angle(tmp_path):
+    torch.manual_seed(0)
+    pose = model.PoseNet("tiny", init=None)
+    assert pose.rotation == "euler"  # md4all's default
+    x, y = torch.rand(1, 3, 28, 42), torch.rand(1, 3, 28, 42)
+    with torch.no_grad():
+        pose.decoder[-1].bias[:3] = torch.tensor([10.0, -20.0, 30.0])  # rotations large enough to tell apart
+    save_checkpoint(tmp_path / "new.pt", pose=pose.state_dict(), pose_config=pose.config_dict())
+    old_config = {k: v for k, v in pose.config_dict().items() if k != "rotation"}  # a checkpoint from before
+    save_checkpoint(tmp_path / "old.pt", pose=pose.state_dict(), pose_config=old_config)
+    new, old = load_pose_net(str(tmp_path / "new.pt")), load_pose_net(str(tmp_path / "old.pt"))
+    assert (new.rotation, old.rotation) == ("euler", "axis-angle")
+    with torch.no_grad():
+        assert torch.equal(new(x, y), pose(x, y))
+        assert not torch.allclose(old(x, y), pose(x, y), atol=1e-4)
 
 
 def test_invert_transform_undoes_a_rigid_motion():

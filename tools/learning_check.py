@@ -81,7 +81,8 @@ def plan_runs(args, world, gdt_rendered, gdt_classic):
             flags = ["--supervision", sup, "--lr-encoder", TEACHER_LR[sup], "--lr-decoder", TEACHER_LR[sup],
                      "--init-depth", "6", "--seed", str(seed)]
             if sup == "self":
-                flags += ["--lr-pose", args.lr_pose, "--pose-order", "temporal", "--init-motion", args.init_motion]
+                flags += ["--lr-pose", args.lr_pose, "--pose-order", "temporal", "--init-motion", args.init_motion,
+                          "--rotation", args.rotation]
             runs.append((f"teacher_{sup}_s{seed}", "train_teacher.py", common + flags, args.teacher_steps, None))
     for sup, label, extra in STUDENTS:
         main_row = label == STUDENTS[[s[0] for s in STUDENTS].index(sup)][1]
@@ -291,6 +292,9 @@ def main(argv=None):
     p.add_argument("--seeds", type=data.at_least(1), default=2, help="seeds of each teacher and its main student")
     p.add_argument("--lr-pose", default="3e-3", help="the self-supervised teacher's pose-net learning rate")
     p.add_argument("--init-motion", default="0.7", help="the self-supervised pose net's starting forward motion (m)")
+    p.add_argument("--rotation", default="euler", choices=["euler", "axis-angle"],
+                   help="the self-supervised pose net's rotation (train_teacher.py --rotation; axis-angle: the "
+                        "check before 2026-12-07)")
     p.add_argument("--batch-size", type=data.at_least(1), default=4)
     p.add_argument("--jobs", type=data.at_least(1), default=2, help="training runs at once (one CPU core each)")
     args = p.parse_args(argv)
