@@ -670,24 +670,48 @@ def lidar_depth_map(dataroot, version, cam_sample_data_token, size=None):
     return load_index(dataroot, version).lidar_depth_map(cam_sample_data_token, size)
 
 
+SCENE_ENDS = ('md4all', 'keep')
+
+
+def replace_scene_ends(index, items):
+    """md4all's rule for training items (its `correct_index`): the item of a scene's first key frame (a sample
+    with no previous sample) becomes a copy of the next item of that scene, the last key frame's a copy of the
+    previous one, so the training set holds those neighbours twice (docs/method.md §4). md4all steps to the
+    next entry of its filtered sample table, which is the next kept frame of the scene; a scene with a single
+    kept frame keeps it here."""
+    scene = lambda token: index.sample[index.sample_data[token]['sample_token']]['scene_token']
+    out = list(items)
+    for i, (token, _) in enumerate(items):
+        sample = index.sample[index.sample_data[token]['sample_token']]
+        j = i + 1 if not sample['prev'] else i - 1 if not sample['next'] else i
+        if j != i and 0 <= j < len(items) and scene(items[j][0]) == scene(token):
+            out[i] = items[j]
+    return out
+
+
 class NuScenesDepth(AugmentedDataset):
     """nuScenes CAM_FRONT key frames of md4all's 'train' or 'val' split (docs/method.md §4, §5).
 
     frames=(-1, 0, 1) adds the adjacent CAM_FRONT frames (sweeps) and how far the camera moved to
     them (dist_prev, dist_next: camera centres from ego_pose and calibration, like md4all's pose).
     Val items carry `gt`, the full-resolution LiDAR map; with_lidar adds `lidar` at the loss size;
-    `scenes` (names) keeps only those scenes. The keyword options are AugmentedDataset's.
+    `scenes` (names) keeps only those scenes; scene_ends 'md4all' replaces a train scene's first and last key
+    frame by its neighbour (replace_scene_ends), 'keep' keeps them. The keyword options are AugmentedDataset's.
     """
     dataset, crop = 'nuscenes', DATASET_DEFAULTS['nuscenes']['crop']
 
     def __init__(self, data_root, version='v1.0-trainval', split='train', size=DATASET_DEFAULTS['nuscenes']['size'],
-                 frames=(0,), with_lidar=False, scenes=None, **options):
+                 frames=(0,), with_lidar=False, scenes=None, scene_ends='md4all', **options):
         super().__init__(data_root, size, **options)
         if split == 'val' and tuple(frames) != (0,):
             raise ValueError("nuScenes val items have no source frames at scene ends; use frames=(0,)")
+        if scene_ends not in SCENE_ENDS:
+            raise ValueError(f"--scene-ends {scene_ends!r} is unknown; choose one of {SCENE_ENDS}")
         self.split, self.frames, self.with_lidar, self.version = split, frames, with_lidar, version
         self.index = load_index(data_root, version)
         self.items = self.index.split(split, scenes)
+        if split == 'train' and scene_ends == 'md4all':
+            self.items = replace_scene_ends(self.index, self.items)
         self._check_gdt([self.index.sample_data[token]['filename'] for token, _ in self.items])
 
     def files(self):
@@ -724,6 +748,10 @@ class NuScenesDepth(AugmentedDataset):
 
 
 # Oxford RobotCar as md4all prepares it (docs/method.md §7): split files, ground truth, the Dataset.
+# The training K: md4all scales fy and cy by the loss height over the full 960 rows, although the frame
+# is cropped to 768 rows first ('md4all', what its and SSD's published RobotCar models learnt with);
+# 'geometric' scales by 320/768, the K of the pixels the net sees.
+ROBOTCAR_K = ('md4all', 'geometric')
 
 # md4all's two RobotCar sequences; the night one is only ever evaluated.
 ROBOTCAR_SEQUENCES = {'2014-12-09-13-21-02': 'day-clear', '2014-12-16-18-44-24': 'night-clear'}
@@ -859,15 +887,20 @@ class RobotCarDepth(AugmentedDataset):
     Layout: `<root>/<sequence>/stereo/left/<timestamp>.png`, `<root>/<sequence>/vo/vo.csv`,
     `<root>/<sequence>/{ROBOTCAR_GT_DIR}/<timestamp>.pcd.bin` (float32, 3 x N, camera frame),
     `<root>/models/stereo_wide_left.txt`, split and filter files as in read_robotcar_split.
-    `sequences` ({name: condition}) replaces md4all's two; max_depth caps `gt` and `lidar`. The keyword
-    options are AugmentedDataset's.
+    `sequences` ({name: condition}) replaces md4all's two; max_depth caps `gt` and `lidar`; robotcar_k is the
+    training K's rule (ROBOTCAR_K above: md4all's by default, 'geometric' for the cropped frame's). The
+    keyword options are AugmentedDataset's.
     """
     dataset, crop = 'robotcar', DATASET_DEFAULTS['robotcar']['crop']
 
     def __init__(self, data_root, split='train', size=DATASET_DEFAULTS['robotcar']['size'], frames=(0,),
-                 with_lidar=False, sequences=None, max_depth=DATASET_DEFAULTS['robotcar']['max_depth'], **options):
+                 with_lidar=False, sequences=None, max_depth=DATASET_DEFAULTS['robotcar']['max_depth'],
+                 robotcar_k='md4all', **options):
         super().__init__(data_root, size, **options)
+        if robotcar_k not in ROBOTCAR_K:
+            raise ValueError(f"--robotcar-k {robotcar_k!r} is unknown; choose one of {ROBOTCAR_K}")
         self.split, self.frames, self.with_lidar, self.max_depth = split, frames, with_lidar, max_depth
+        self.robotcar_k = robotcar_k
         self.vo = {}
         self.items = read_robotcar_split(data_root, split, sequences)
         if set(frames) - {0} and any(f['prev'] is None for f in self.items):
@@ -903,8 +936,10 @@ class RobotCarDepth(AugmentedDataset):
         sequence, path = frame['sequence'], robotcar_image_path(frame['sequence'], frame['target'])
         item, full = self._target(os.path.join(self.root, path), path, draws)
         hw = item['color'].shape[-2:]
-        item.update(K=self._intrinsics(self.K, full, hw), cond=frame['cond'], key=f"{sequence}/{frame['target']}",
-                    path=path)
+        K = self._intrinsics(self.K, full, hw)  # the cropped frame's: what the LiDAR map is projected with
+        item.update(K=K if self.robotcar_k == 'geometric' else torch.tensor(scale_intrinsics(self.K, full, hw),
+                                                                            dtype=torch.float32),
+                    cond=frame['cond'], key=f"{sequence}/{frame['target']}", path=path)
         for step, name in ((-1, 'prev'), (1, 'next')):
             if step in self.frames:
                 source = os.path.join(self.root, robotcar_image_path(sequence, frame[name]))
@@ -913,8 +948,8 @@ class RobotCarDepth(AugmentedDataset):
         if self.with_lidar or self.split in ('val', 'test'):
             points = read_robotcar_points(os.path.join(self.root, robotcar_gt_path(sequence, frame['target'])),
                                           self.split)
-        if self.with_lidar:  # at the loss size: its K already describes the crop
-            lidar = robotcar_depth_map(points, item['K'].double().numpy(), self.G, hw, self.max_depth)
+        if self.with_lidar:  # at the loss size, with the cropped frame's K whatever robotcar_k gives the warp
+            lidar = robotcar_depth_map(points, K.double().numpy(), self.G, hw, self.max_depth)
             item['lidar'] = torch.from_numpy(lidar)[None]
         if self.split in ('val', 'test'):
             gt = robotcar_depth_map(points, self.K, self.G, full, self.max_depth)[:round(full[0] * self.crop)]

@@ -14,12 +14,14 @@ and at the end), `<out>/best.pt` (lowest night abs_rel on the validation split),
 The loop, the shared flags and resume live in training.py; this file is the teacher's objective.
 """
 
+import os
+
 import torch
 import torch.nn as nn
 
 import data
 from losses import reprojection_loss, silog_loss, smoothness_loss, velocity_loss
-from model import POSE_ORDERS, ROTATIONS, PoseNet, predict_poses
+from model import POSE_ORDERS, ROTATIONS, PoseNet, predict_poses, read_checkpoint
 from training import (add_common_args, build_depth_net, check_data, depth_param_groups, make_dataset, parse_args,
                       train)
 
@@ -80,6 +82,19 @@ def calibrate_pretrained_head(net, dataset, args):
           f"shift {shift:.3g})")
 
 
+def resumed_rotation(args):
+    """A resumed run keeps the rotation its pose net learnt (runs from before --rotation learnt axis-angle);
+    a different --rotation on the command line is refused."""
+    ckpt_path = os.path.join(args.out, "ckpt.pt")
+    if not (args.resume and os.path.isfile(ckpt_path)):
+        return
+    saved = (read_checkpoint(ckpt_path).get("pose_config") or {}).get("rotation", "axis-angle")
+    if "rotation" in args.given and args.rotation != saved:
+        raise ValueError(f"--rotation {args.rotation}: {ckpt_path} was trained with --rotation {saved}; resume "
+                         f"with --rotation {saved} or start another --out")
+    args.rotation = saved
+
+
 def main(argv=None):
     p = add_common_args(data.ArgumentParser(description=__doc__))
     p.add_argument("--supervision", default="self", choices=["self", "lidar"],
@@ -111,6 +126,7 @@ def main(argv=None):
     net = build_depth_net(args)
     calibrate_pretrained_head(net, dataset, args)
     if self_supervised:
+        resumed_rotation(args)
         pose_init = None if args.tiny or args.pose_init == "none" else args.pose_init
         pose = PoseNet("tiny" if args.tiny else "resnet18", init=pose_init, rotation=args.rotation)
         if args.init_motion:

@@ -60,6 +60,15 @@ def add_common_args(p):
                    help="jitter with one affine colour map (data.affine_jitter: ~13 ms less per frame, within about "
                         "2/255 on average) instead of torchvision's PIL ops as md4all does")
     p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--exact-decode", action="store_true",
+                   help="decode every frame in full before resizing, as md4all does (bit-exact reproduction; "
+                        "default: JPEG DCT-scaled decodes at the loss size, up to 12/255 from it, mean 0.4/255)")
+    p.add_argument("--scene-ends", default="md4all", choices=data.SCENE_ENDS,
+                   help="nuScenes train: md4all replaces a scene's first and last key frame by its neighbour "
+                        "(a duplicate item); keep: train on them")
+    p.add_argument("--robotcar-k", default="md4all", choices=data.ROBOTCAR_K,
+                   help="RobotCar training K: md4all's (fy, cy scaled by 320/960 after the 768-row crop: what "
+                        "published models learnt) or geometric (by 320/768: the cropped frame's)")
     p.add_argument("--val-every", type=data.at_least(1), default=None, help="steps between validations (default: each epoch)")
     p.add_argument("--no-val", action="store_true", help="skip validation (and best.pt)")
     p.add_argument("--ckpt-every", type=data.at_least(1), default=1000)
@@ -135,6 +144,9 @@ def check_settings(parser, args):
                      f"e.g. 518x784")
     if args.resume and args.overwrite:
         parser.error("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    for flag, dataset in (("robotcar_k", "robotcar"), ("scene_ends", "nuscenes")):
+        if flag in args.given and args.dataset != dataset:
+            parser.error(f"--{flag.replace('_', '-')} applies to --dataset {dataset} only: drop it")
     if args.tiny and "net_size" in args.given:
         parser.error("--tiny builds a net that sees the loss-size frames (--size): drop --net-size")
 
@@ -151,10 +163,10 @@ def parse_args(parser, argv):
 
 def make_dataset(args, split, **kwargs):
     """The md4all dataset of `args` for `split` at the loss resolution."""
-    kwargs = dict(size=args.size, net_size=args.net_size, seed=args.seed, **kwargs)
+    kwargs = dict(size=args.size, net_size=args.net_size, seed=args.seed, fast_decode=not args.exact_decode, **kwargs)
     if args.dataset == "robotcar":  # validation on md4all's val split, never on the test split
-        return data.RobotCarDepth(args.data_root, split=split, **kwargs)
-    return data.NuScenesDepth(args.data_root, args.version, split, **kwargs)
+        return data.RobotCarDepth(args.data_root, split=split, robotcar_k=args.robotcar_k, **kwargs)
+    return data.NuScenesDepth(args.data_root, args.version, split, scene_ends=args.scene_ends, **kwargs)
 
 
 def check_data(args, *datasets):

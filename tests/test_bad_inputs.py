@@ -58,6 +58,8 @@ CASES = [
     ("train_teacher.py", teacher("--log-every", "0"), "--log-every"),
     ("train_teacher.py", teacher("--net-size", "100x100"), "--tiny builds a net"),
     ("train_teacher.py", teacher("--init-motion", "0.7"), "--init-motion"),
+    ("train_teacher.py", teacher("--robotcar-k", "geometric"), "--robotcar-k applies to --dataset robotcar only"),
+    ("train_teacher.py", teacher("--rotation", "quaternion"), "--rotation"),
     ("train_teacher.py", teacher("--encoder", "huge"), "--encoder"),
     ("train_teacher.py", teacher("--dataset", "robotcar"), "filter_train_samples.txt"),
     ("train_teacher.py", teacher("--out", "{world}/run"), "inside --data-root"),

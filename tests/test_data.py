@@ -15,6 +15,10 @@ import data
 import gdt
 from worlds import DAY, NIGHT, RC_K, make_nuscenes, make_robotcar, save_bonnet_frame, save_image
 
+# The fake tree's train split is cam1 (its scene's first sample) and cam3: md4all's scene-end rule would train
+# on cam3 twice. Tests about other things keep both frames.
+BOTH = dict(scene_ends='keep')
+
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'nuscenes_sample')
 CAM_TOKEN = 'e3d495d4ac534d54b321f50006683844'
 CAM_IMAGE = 'samples/CAM_FRONT/n015-2018-07-24-11-22-45+0800__CAM_FRONT__1532402927612460.jpg'
@@ -223,6 +227,22 @@ def test_train_split_drops_night_static_and_frames_without_neighbours(nusc):
                                                   'samples/CAM_FRONT/scene-0001-cam3.png']
 
 
+def test_train_items_follow_md4alls_scene_end_rule_unless_told_to_keep_them(nusc):
+    # cam1 is scene-0001's first sample (it has a sweep before it, so it passes the moving filter): md4all's
+    # correct_index trains on the next kept key frame, cam3, in its place
+    md4all = data.NuScenesDepth(nusc, split='train', size=(24, 40))
+    assert [t for t, _ in md4all.items] == ['scene-0001-cam3', 'scene-0001-cam3']
+    assert md4all[0]['key'] == 'scene-0001-cam3' and torch.equal(md4all[0]['color'], md4all[1]['color'])
+    keep = data.NuScenesDepth(nusc, split='train', size=(24, 40), scene_ends='keep')
+    assert [t for t, _ in keep.items] == ['scene-0001-cam1', 'scene-0001-cam3']
+    index = data.load_index(nusc)  # the last sample of a scene steps back; a scene's only frame stays
+    items = [('scene-0001-cam3', 'day-clear'), ('scene-0001-cam7', 'day-clear'), ('scene-0003-cam0', 'night-rain')]
+    assert [t for t, _ in data.replace_scene_ends(index, items)] == ['scene-0001-cam3', 'scene-0001-cam3',
+                                                                     'scene-0003-cam0']
+    with pytest.raises(ValueError, match="--scene-ends 'drop' is unknown"):
+        data.NuScenesDepth(nusc, split='train', scene_ends='drop')
+
+
 def test_static_frame_filter_keeps_a_mean_speed_of_exactly_half_a_metre_per_second(nusc):
     """md4all drops a training frame whose mean ego speed to its two neighbours is below 0.5 m/s."""
     path = os.path.join(nusc, 'v1.0-trainval', 'ego_pose.json')
@@ -389,7 +409,7 @@ def test_jitter_reaches_depth_and_pose_frames_with_one_set_of_factors_never_the_
 
 
 def test_input_is_resized_once_from_the_full_frame_to_the_network_size(nusc):
-    item = data.NuScenesDepth(nusc, size=(24, 40), net_size=(42, 70))[0]
+    item = data.NuScenesDepth(nusc, size=(24, 40), **BOTH, net_size=(42, 70))[0]
     full = Image.open(os.path.join(nusc, 'samples/CAM_FRONT/scene-0001-cam1.png')).convert('RGB')
     assert item['input'].shape == (3, 42, 70) and item['color'].shape == (3, 24, 40)
     assert torch.equal(item['input'], data.to_tensor(full.resize((70, 42), Image.LANCZOS)))
@@ -495,7 +515,7 @@ def test_missing_gdt_translations_fail_at_construction_with_count_paths_and_comm
     with pytest.raises(FileNotFoundError, match=r'^1 GDT translations missing .*night/samples/CAM_FRONT/'
                                                 r'scene-0001-cam1\.png.*python gdt\.py --dataset nuscenes '
                                                 r'--data-root \S+ --out \S+ --cond night'):
-        data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',))
+        data.NuScenesDepth(nusc, size=(24, 40), **BOTH, gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',))
     with pytest.raises(FileNotFoundError, match='rain'):
         data.NuScenesDepth(nusc, gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night', 'rain'))
     with pytest.raises(ValueError, match=r"\('night',\) given without a GDT folder"):
@@ -509,7 +529,7 @@ def test_rejected_gdt_translations_fall_back_to_the_day_frame_and_are_counted(nu
         f.write(json.dumps(dict(output='samples/CAM_FRONT/scene-0001-cam1.png', status='ok')) + '\n')
         f.write(json.dumps(dict(output=str(night / 'samples/CAM_FRONT/scene-0001-cam1.png'),
                                 status='rejected')) + '\n{"output": "samp')
-    ds = data.NuScenesDepth(nusc, size=(24, 40), gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',), p_day=0.0)
+    ds = data.NuScenesDepth(nusc, size=(24, 40), **BOTH, gdt_root=str(tmp_path / 'gdt'), gdt_conds=('night',), p_day=0.0)
     assert ds.gdt_fallbacks == {'night': 1}
     fallback, swapped = ds[0], ds[1]
     assert fallback['input_cond'] == 'day' and torch.equal(fallback['input'], fallback['color'])
@@ -539,7 +559,7 @@ def test_nuscenes_errors_name_the_path_and_the_fix(nusc, tmp_path):
         data.NuScenesDepth(nusc, scenes=['scene-0002'])
     os.remove(os.path.join(nusc, 'samples/CAM_FRONT/scene-0001-cam1.png'))
     with pytest.raises(FileNotFoundError, match='image missing.*scene-0001-cam1.png'):
-        data.NuScenesDepth(nusc, size=(24, 40))[0]
+        data.NuScenesDepth(nusc, size=(24, 40), **BOTH)[0]
     os.remove(os.path.join(nusc, 'samples/LIDAR_TOP/scene-0001-cam3.pcd.bin'))
     with pytest.raises(FileNotFoundError, match='LiDAR file missing.*scene-0001-cam3.pcd.bin'):
         data.lidar_depth_map(nusc, 'v1.0-trainval', 'scene-0001-cam3')
@@ -586,7 +606,8 @@ def test_robotcar_gt_lands_on_hand_computed_pixels_nearest_wins_crop_and_cap(rob
     assert (round(f * 1 / 5 + cx), round(f * 0.5 / 5 + cy)) == (53, 37) and gt[37, 53] == pytest.approx(5.0)
     assert gt[round(cy - f / 60), 40] == 0  # 60 m is beyond the 50 m cap
     assert (gt > 0).sum() == 2  # (5, 0, 2) falls below the crop, (-5, 0, 0) is behind
-    assert torch.allclose(item['K'], torch.tensor([[f / 2, 0, cx / 2], [0, f / 2, cy / 2], [0, 0, 1]]))
+    # the training K is md4all's: rows scaled by 24/60 (the uncropped height), columns by 40/80
+    assert torch.allclose(item['K'], torch.tensor([[f / 2, 0, cx / 2], [0, f * 0.4, cy * 0.4], [0, 0, 1]]))
 
 
 @pytest.mark.parametrize('fast_decode', [True, False])
@@ -609,6 +630,23 @@ def test_robotcar_lidar_at_network_size_lands_on_scaled_pixels(robotcar):
     assert lidar[round(cy), round(cx)] == pytest.approx(10.0)
     assert lidar[round(f * 0.5 / 5 + cy), round(f / 5 + cx)] == pytest.approx(5.0)
     assert (lidar > 0).sum() == 2 and 'gt' not in item
+
+
+def test_robotcar_training_k_is_md4alls_by_default_and_the_cropped_frames_when_geometric(robotcar):
+    # 60x80 frames (960x1280 / 16), top 48 rows kept, loss size 24x40: md4all scales fy, cy by 24/60 (the
+    # uncropped height), the cropped frame's K by 24/48; fx, cx by 40/80 either way
+    md4all = data.RobotCarDepth(robotcar, size=(24, 40), with_lidar=True)[0]
+    geometric = data.RobotCarDepth(robotcar, size=(24, 40), with_lidar=True, robotcar_k='geometric')[0]
+    np.testing.assert_allclose(md4all['K'].numpy(), [[RC_K[0] / 2, 0, RC_K[2] / 2], [0, RC_K[1] * 24 / 60,
+                               RC_K[3] * 24 / 60], [0, 0, 1]], rtol=1e-6)
+    np.testing.assert_allclose(geometric['K'].numpy(), [[RC_K[0] / 2, 0, RC_K[2] / 2], [0, RC_K[1] / 2,
+                               RC_K[3] / 2], [0, 0, 1]], rtol=1e-6)
+    # at full scale: md4all's fy 327.68 and cy 164.46 against the cropped frame's 409.60 and 205.57
+    assert 983.044006 * 320 / 960 == pytest.approx(327.68, abs=0.01)
+    assert 493.378998 * 320 / 768 == pytest.approx(205.57, abs=0.01)
+    assert torch.equal(md4all['lidar'], geometric['lidar'])  # the LiDAR map keeps the geometric projection
+    with pytest.raises(ValueError, match="--robotcar-k 'full' is unknown"):
+        data.RobotCarDepth(robotcar, robotcar_k='full')
 
 
 def test_robotcar_splits_read_md4alls_files_only(robotcar, tmp_path):
@@ -696,7 +734,7 @@ def test_folder_dataset_finds_images_recursively_with_optional_npy_depth(tmp_pat
 
 
 def test_dataloader_collates_items_in_a_worker_process(nusc):
-    ds = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), color_jitter=True, flip=True)
+    ds = data.NuScenesDepth(nusc, size=(24, 40), **BOTH, frames=(-1, 0, 1), color_jitter=True, flip=True)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)))
     assert batch['color'].shape == (2, 3, 24, 40) and batch['K'].shape == (2, 3, 3)
     assert batch['dist_prev'].shape == (2,) and batch['key'] == ['scene-0001-cam1', 'scene-0001-cam3']
@@ -853,7 +891,7 @@ def test_files_are_what_an_epoch_reads_and_the_translations_it_may_draw(nusc, ro
     for reader in ('open_image', 'read_nuscenes_points', 'read_robotcar_points', 'read_depth_map'):
         monkeypatch.setattr(data, reader, lambda path, *a, reader=getattr(data, reader): read.add(str(path))
                             or reader(path, *a))
-    datasets = [data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), with_lidar=True, gdt_root=str(gdt_root),
+    datasets = [data.NuScenesDepth(nusc, size=(24, 40), **BOTH, frames=(-1, 0, 1), with_lidar=True, gdt_root=str(gdt_root),
                                    gdt_conds=('night',), p_day=0.5),
                 data.NuScenesDepth(nusc, size=(24, 40), split='val'),
                 data.RobotCarDepth(robotcar, size=(24, 40), frames=(-1, 0, 1), with_lidar=True),
@@ -877,7 +915,7 @@ def test_a_missing_prev_frame_or_a_translation_is_found_and_a_rejected_one_never
     save_image(str(night / 'samples/CAM_FRONT/scene-0001-cam3.png'), (0, 0, 0))
     (night / 'manifest.rank0.jsonl').write_text(json.dumps(dict(output='samples/CAM_FRONT/scene-0001-cam1.png',
                                                                  status='rejected')) + '\n')
-    ds = data.NuScenesDepth(nusc, size=(24, 40), frames=(-1, 0, 1), gdt_root=str(tmp_path / 'gdt'),
+    ds = data.NuScenesDepth(nusc, size=(24, 40), **BOTH, frames=(-1, 0, 1), gdt_root=str(tmp_path / 'gdt'),
                             gdt_conds=('night',), p_day=0.0)
     assert str(night / 'samples/CAM_FRONT/scene-0001-cam1.png') not in ds.files()
     assert re.fullmatch(r'checked 6 files in \d+\.\d s', data.check_dataset(ds))

@@ -151,6 +151,22 @@ def test_command_line_defaults_are_the_papers_settings():
     robotcar = training.resolve_args(parser.parse_args(["--dataset", "robotcar", "--data-root", "d", "--out", "r",
                                                         "--workers", "0"]))
     assert (robotcar.size, robotcar.max_depth) == ((320, 544), 50.0)
+    assert (args.scene_ends, robotcar.robotcar_k, args.exact_decode) == ("md4all", "md4all", False)  # md4all's path
+
+
+def test_md4alls_training_path_flags_reach_the_datasets(tmp_path):
+    from worlds import make_nuscenes, make_robotcar
+    nusc, rc = make_nuscenes(tmp_path / "nusc"), make_robotcar(tmp_path / "rc")
+    parser = training.add_common_args(argparse.ArgumentParser())
+    parse = lambda *flags: training.resolve_args(parser.parse_args([*flags, "--out", "o", "--workers", "0"]))
+    default = training.make_dataset(parse("--data-root", nusc), "train")
+    exact = training.make_dataset(parse("--data-root", nusc, "--exact-decode", "--scene-ends", "keep"), "train")
+    assert default.fast_decode and not exact.fast_decode  # --exact-decode: every frame decoded in full, as md4all
+    assert len({t for t, _ in default.items}) == 1 and len({t for t, _ in exact.items}) == 2
+    geometric = training.make_dataset(parse("--dataset", "robotcar", "--data-root", rc, "--robotcar-k", "geometric"),
+                                      "train")
+    assert geometric.robotcar_k == "geometric" and training.make_dataset(
+        parse("--dataset", "robotcar", "--data-root", rc), "train").robotcar_k == "md4all"
 
 
 class ConstantDepth(torch.nn.Module):
