@@ -123,33 +123,51 @@ def darken_night(generated, day, ratio):
 
 
 # GDT's geometry audit (docs/method.md §1): how well a translation keeps its day frame's depth (numpy maps).
-def align_scale_shift(pred, target):
+def scale_shift(pred, target):
     """Closed-form least-squares scale s >= 0 and shift t of pred onto target (docs/method.md §1):
     s = cov(pred, target) / var(pred), t = mean(target) - s mean(pred). A negative scale would swap
     near and far, so it is held at 0 (the best fit is then the constant mean). Never
     torch.linalg.lstsq (its backward builds N x N matrices)."""
     pm, tm = pred.mean(), target.mean()
     s = max(((pred - pm) * (target - tm)).mean() / max(((pred - pm) ** 2).mean(), 1e-12), 0.0)
-    return s * pred + (tm - s * pm)
+    return s, tm - s * pm
 
 
-def geometry_agreement(pred, control, depth_range=80.0):
+def align_scale_shift(pred, target):
+    """pred mapped onto target by scale_shift."""
+    s, t = scale_shift(pred, target)
+    return s * pred + t
+
+
+AUDIT_FAR = 0.05  # control-map value (inverse depth, nearest pixel 1) below which a pixel is sky or far range
+
+
+def geometry_agreement(pred, control, depth_range=80.0, far=AUDIT_FAR):
     """GDT's geometry audit of one translation (docs/method.md §1): does it keep the day frame's depth?
 
     pred: the translation's relative inverse depth (H, W) from the depth model that made the control
-    map (H, W[, 3]), near = bright in [0, 1]. pred is aligned to the control by least-squares scale
-    and shift in INVERSE depth: both are disparity known up to a scale and a shift, an affine map
-    there (not in depth, where a fit would follow the far pixels). Both are then read as depth over
-    depth_range (control 1 = depth 1, 0 = depth_range: md4all's 80 m cap) and compared as a
-    prediction against ground truth: abs_rel, and delta1 = share of pixels within 1.25x (gdt.py's
-    --min-agreement metric). The control's own map scores abs_rel 0, delta1 1.
-    Returns (metrics, aligned map in control units)."""
+    map (H, W[, 3]), near = bright in [0, 1]. Pixels whose control value is below `far` (more than 20x
+    the nearest pixel's depth at 0.05: the sky and the far range, where inverse depth is close to 0 and
+    a depth read from it swings with any noise) are left out of the fit and of the score. pred is aligned
+    to the control there by least-squares scale and shift in INVERSE depth: both are disparity known up
+    to a scale and a shift, an affine map there (not in depth, where a fit would follow the far pixels).
+    Both are then read as depth over depth_range (control 1 = depth 1, 0 = depth_range: md4all's 80 m
+    cap) and compared as a prediction against ground truth: abs_rel, and delta1 = share of the scored
+    pixels within 1.25x (gdt.py's --min-agreement metric). A control with under 1% of its pixels at or
+    above `far` (a frame of sky) is scored on every pixel. The control's own map scores abs_rel 0,
+    delta1 1. Returns (metrics, aligned map in control units, every pixel); metrics carry `scored`, the
+    share of pixels scored."""
     target, pred = (np.asarray(x, dtype=np.float64) for x in (control, pred))
     target, pred = (x[..., 0] if x.ndim == 3 else x for x in (target, pred))
-    aligned = np.clip(align_scale_shift(pred, target), 0.0, 1.0)
-    d, d_ctrl = (1.0 / (1.0 / depth_range + (1.0 - 1.0 / depth_range) * c) for c in (aligned, target))
+    keep = target >= far
+    if keep.mean() < 0.01:
+        keep = np.ones_like(keep)
+    s, t = scale_shift(pred[keep], target[keep])
+    aligned = np.clip(s * pred + t, 0.0, 1.0)
+    d, d_ctrl = (1.0 / (1.0 / depth_range + (1.0 - 1.0 / depth_range) * c) for c in (aligned[keep], target[keep]))
     ratio = np.maximum(d / d_ctrl, d_ctrl / d)
-    return dict(abs_rel=float(np.mean(np.abs(d - d_ctrl) / d_ctrl)), delta1=float(np.mean(ratio < 1.25))), aligned
+    return dict(abs_rel=float(np.mean(np.abs(d - d_ctrl) / d_ctrl)), delta1=float(np.mean(ratio < 1.25)),
+                scored=float(keep.mean())), aligned
 
 
 @dataclass

@@ -190,7 +190,7 @@ def test_manifest_has_one_valid_record_per_output(world, first_run):
         assert sorted(r["key"] for r in records) == sorted(SOURCES)
         for r in records:
             assert r["output"] == r["key"] and r["source"] == str(world / "data" / r["key"])
-            assert r["status"] == "ok" and set(r["agreement"]) == {"abs_rel", "delta1"}
+            assert r["status"] == "ok" and set(r["agreement"]) == {"abs_rel", "delta1", "scored"}
             assert r["attempts"] == [dict(attempt=0, seed=r["seed"], agreement=r["agreement"])]
             assert "lcm_lora" not in r["models"]
             assert r["models"]["depth_model"] == str(world / "models" / "Depth-Anything-V2-Small-hf")
@@ -533,16 +533,57 @@ def test_scale_shift_alignment_recovers_an_affine_map():
 
 
 def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_near_and_far():
-    control = np.zeros((1, 2, 3), np.float32)
-    control[0, 1] = 1  # the farthest pixel (depth 80) and the nearest (depth 1)
-    perfect, _ = gdt.geometry_agreement(np.array([[2.0, 7.0]]), control)  # any scale and shift
-    assert perfect["abs_rel"] == pytest.approx(0, abs=1e-12) and perfect["delta1"] == 1
-    # a flat prediction is fitted by the mean, control 0.5, depth 1 / (1/80 + 0.5 * 79/80) = 160/81:
-    # abs_rel = ((80 - 160/81) / 80 + (160/81 - 1) / 1) / 2 = 79/81, both pixels off by over 1.25
-    flat, aligned = gdt.geometry_agreement(np.array([[3.0, 3.0]]), control)
-    assert flat == pytest.approx(dict(abs_rel=79 / 81, delta1=0.0)) and aligned.tolist() == [[0.5, 0.5]]
-    swapped, _ = gdt.geometry_agreement(np.array([[7.0, 2.0]]), control)  # scale -1 would fit
+    control = np.zeros((1, 3, 3), np.float32)
+    control[0, 1], control[0, 2] = 0.1, 1  # sky (left out), depth 1 / (1/80 + 0.1 * 79/80) = 800/89, depth 1
+    perfect, _ = gdt.geometry_agreement(np.array([[5.0, 2.0, 7.0]]), control)  # any scale and shift; sky ignored
+    assert perfect == pytest.approx(dict(abs_rel=0, delta1=1, scored=2 / 3), abs=1e-12)
+    # a flat prediction is fitted by the scored pixels' mean, control 0.55, depth 1 / (1/80 + 0.55 * 79/80):
+    # 80/44.45 = 1.7998; abs_rel = ((800/89 - 1.7798) / (800/89) + (1.7998 - 1) / 1) / 2, both off by over 1.25
+    flat, aligned = gdt.geometry_agreement(np.array([[3.0, 3.0, 3.0]]), control)
+    d = 80 / 44.45
+    assert flat == pytest.approx(dict(abs_rel=((800 / 89 - d) / (800 / 89) + d - 1) / 2, delta1=0.0, scored=2 / 3))
+    np.testing.assert_allclose(aligned, [[0.55, 0.55, 0.55]])
+    swapped, _ = gdt.geometry_agreement(np.array([[0.0, 7.0, 2.0]]), control)  # scale -1 would fit
     assert swapped == pytest.approx(flat)
+    sky, _ = gdt.geometry_agreement(np.array([[1.0, 2.0, 3.0]]), np.full((1, 3), 0.01))  # nothing near: all scored
+    assert sky["scored"] == 1
+
+
+def street_depth(h=96, w=160):
+    """Camera-z depth (m) of a street frame, inf = sky (12% of it): the road, facades 5-20 m away with a
+    setback every other block on the left, far buildings at 40 m, parked cars and poles on the right."""
+    v, u = np.mgrid[0:h, 0:w] + 0.5
+    horizon, f, camera_height = h * 0.3, w * 0.6, 1.5
+    depth = np.where(v > horizon, f * camera_height / np.maximum(v - horizon, 1e-9), np.inf)
+    depth[depth > 100] = np.inf
+    boxes = [((u >= x0) & (u < x0 + 12) & (v < horizon + 30 - 10 * (k % 2)), 5.0 + 3 * k + 6 * (k % 2))
+             for k, x0 in enumerate(range(0, int(w * 0.4), 12))]
+    boxes.append(((u > w * 0.45) & (u < w * 0.75) & (v > horizon - 12) & (v < horizon + 2), 40.0))
+    boxes += [((u > w * x0) & (u < w * x0 + 18) & (v > horizon + 4) & (v < horizon + 4 + 120 / z), z)
+              for x0, z in ((0.55, 9.0), (0.72, 14.0), (0.86, 7.0))]
+    boxes += [((u > w * x0) & (u < w * x0 + 2) & (v < horizon + 150 / z), z) for x0, z in ((0.5, 6.0), (0.66, 11.0),
+                                                                                           (0.95, 4.0))]
+    for mask, z in boxes:
+        depth = np.where(mask, np.minimum(depth, z), depth)
+    return depth
+
+
+def test_audit_passes_kept_geometry_with_a_noisy_sky_and_fails_a_shift_a_mirror_and_a_blank_image():
+    depth = street_depth()
+    inverse = np.where(np.isfinite(depth), 1 / depth, 0.0)
+    control = (inverse - inverse.min()) / (inverse.max() - inverse.min())  # as control_depth normalises
+    sky, rng = np.isinf(depth), np.random.default_rng(0)
+    relative = lambda inv: 3.0 * inv + 0.2  # what a depth model gives: inverse depth up to scale and shift
+    noise = 0.01 * rng.standard_normal(control.shape)
+    shifted = np.concatenate([np.repeat(control[:, :1], 8, 1), control[:, :-8]], 1)  # 5% of the width
+    cases = dict(noisy=relative(control + noise),
+                 noisy_sky=relative(np.where(sky, 0.02 + 0.01 * rng.random(control.shape), control) + noise),
+                 shifted=relative(shifted), mirrored=relative(control[:, ::-1]),
+                 blank=0.5 + 0.001 * rng.standard_normal(control.shape))
+    delta1 = {name: gdt.geometry_agreement(pred, control)[0]["delta1"] for name, pred in cases.items()}
+    assert delta1["noisy"] > 0.95 and delta1["noisy_sky"] > 0.95  # the sky's reading does not count
+    assert max(delta1["shifted"], delta1["mirrored"], delta1["blank"]) < 0.9
+    assert gdt.geometry_agreement(cases["noisy_sky"], control, far=0)[0]["delta1"] < 0.9  # scored everywhere
 
 
 def test_tiny_models_never_replace_a_model_folder_they_did_not_write(tmp_path, capsys):
