@@ -293,18 +293,56 @@ def load_pipeline(sd_model, controlnet, img2img, dtype):
 
 
 def fuse_lcm_lora(pipe, path):
-    """The LCM-LoRA folded into the UNet weights (the sampler then costs what plain SD costs) + LCMScheduler."""
+    """The LCM-LoRA folded into the UNet weights (the sampler then costs what plain SD costs) + LCMScheduler.
+    diffusers' own warnings stay on; every module of the file must have been wrapped before the fuse (a file
+    for another architecture would otherwise fuse partly, in silence): check_lora_loaded."""
     from diffusers import LCMScheduler
-    from diffusers.utils import logging as diffusers_logging
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": right, it adapts the UNet only
-    try:
-        load_gdt_model(pipe.load_lora_weights, path, "--sampler unipc or ", weight_name=LCM_LORA_WEIGHT)
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
+    load_gdt_model(pipe.load_lora_weights, path, "--sampler unipc or ", weight_name=LCM_LORA_WEIGHT)
+    check_lora_loaded(pipe, lora_file(path))
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+
+
+def lora_file(path):
+    """The LoRA's safetensors file: `path` itself, or LCM_LORA_WEIGHT in the folder (local or hub cache)."""
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        return os.path.join(path, LCM_LORA_WEIGHT)
+    from huggingface_hub import hf_hub_download
+    return hf_hub_download(path, LCM_LORA_WEIGHT)
+
+
+def lora_modules(keys):
+    """Module names of a LoRA state dict's keys, in kohya (`lora_unet_a_b.lora_down.weight`, `.alpha`) or
+    peft / diffusers (`unet.a.b.lora_A.weight`) layout, without the weight suffixes."""
+    suffixes = (".lora_down.weight", ".lora_up.weight", ".alpha", ".lora_A.weight", ".lora_B.weight",
+                ".lora.down.weight", ".lora.up.weight", ".lora_mid.weight", ".dora_scale")
+    return sorted({next((k[:-len(s)] for s in suffixes if k.endswith(s)), k) for k in keys})
+
+
+def check_lora_loaded(pipe, path):
+    """Raise if a module of the LoRA file at `path` was not wrapped by load_lora_weights: diffusers drops keys it
+    cannot place with a warning only, and the fuse would then apply part of the LoRA."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        wanted = lora_modules(f.keys())
+    names, count = set(), 0
+    for prefix, part in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        for name, module in part.named_modules():
+            if isinstance(module, BaseTunerLayer):
+                count += 1
+                names |= {f"{prefix}.{name}", f"lora_{prefix}_" + name.replace(".", "_"),
+                          "lora_te_" + name.replace(".", "_")}
+    if count >= len(wanted):
+        return
+    # kohya files name modules after diffusers' paths; one in the original SD layout is counted, not named
+    missing = [m for m in wanted if m not in names] or ["(its names are in another layout)"]
+    raise ValueError(f"LoRA {path}: {len(wanted) - count} of its {len(wanted)} modules match no layer of the "
+                     f"pipeline, first {missing[0]!r}; it is not a LoRA for this Stable Diffusion 1.5 UNet (use "
+                     f"latent-consistency/lcm-lora-sdv1-5), or use --sampler unipc")
 
 
 def no_empty_fp32_notice(record):

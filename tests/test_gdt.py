@@ -462,6 +462,42 @@ def test_lcm_sampler_runs_on_tiny_models_with_its_lora_folded_into_the_unet(worl
     assert plain_calls == [2] * (gdt.denoiser_calls_per_image(translator.settings) // 2) == [2, 2]
 
 
+def test_the_kohya_fp16_lora_fuses_alpha_over_rank_times_up_down_into_linear_and_convolution_layers(
+        world, translator, lcm_translator):
+    from safetensors.torch import load_file
+    lora = load_file(gdt.lora_file(gdt.gdt_model_paths(world / "models")["lcm_lora"]))
+    assert all(k.startswith("lora_unet_") and v.dtype == torch.float16 for k, v in lora.items())
+    unet, plain = lcm_translator.pipe.unet, translator.pipe.unet
+    layers = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",  # linear
+              "down_blocks.0.resnets.0.conv1",  # 3x3 convolution
+              "down_blocks.0.downsamplers.0.conv",  # a sampler's convolution
+              "up_blocks.0.upsamplers.0.conv"]
+    for name in layers:
+        key = "lora_unet_" + name.replace(".", "_")
+        down, up = lora[key + ".lora_down.weight"].float(), lora[key + ".lora_up.weight"].float()
+        rank, alpha = down.shape[0], lora[key + ".alpha"].item()
+        assert alpha != rank
+        change = (alpha / rank) * (up.flatten(1) @ down.flatten(1)).view_as(plain.get_submodule(name).weight)
+        fused = unet.get_submodule(name).weight - plain.get_submodule(name).weight
+        torch.testing.assert_close(fused, change, rtol=1e-4, atol=1e-6)
+
+
+def test_a_lora_with_a_module_the_unet_lacks_stops_before_the_fuse_naming_it(world, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+    paths = gdt.gdt_model_paths(world / "models")
+    lora = load_file(gdt.lora_file(paths["lcm_lora"]))
+    bogus = "lora_unet_down_blocks_7_attentions_0_proj_in"  # no such block in the UNet
+    lora.update({bogus + ".lora_down.weight": torch.zeros(8, 32, dtype=torch.float16),
+                 bogus + ".lora_up.weight": torch.zeros(32, 8, dtype=torch.float16),
+                 bogus + ".alpha": torch.tensor(4.0, dtype=torch.float16)})
+    save_file(lora, tmp_path / gdt.LCM_LORA_WEIGHT)
+    pipe = gdt.load_pipeline(paths["sd_model"], paths["controlnet"], False, torch.float32)
+    before = pipe.unet.down_blocks[0].attentions[0].proj_in.weight.clone()
+    with pytest.raises(ValueError, match=rf"1 of its {len(gdt.lora_modules(lora))} modules match no layer.*{bogus}"):
+        gdt.fuse_lcm_lora(pipe, str(tmp_path))
+    assert torch.equal(pipe.unet.down_blocks[0].attentions[0].proj_in.weight, before)  # nothing fused
+
+
 def test_lcm_flops_per_image_are_at_most_an_eighth_of_the_default_at_the_same_size(translator, lcm_translator):
     def call_flops(pipe, h=64, w=112):  # one UNet + ControlNet call at batch 1
         latents, text = torch.zeros(1, 4, h // 8, w // 8), torch.zeros(1, 77, 32)

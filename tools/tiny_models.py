@@ -87,23 +87,34 @@ def save_tiny_sd(paths):
     save_tiny_lcm_lora(paths["lcm_lora"], unet)
 
 
-def save_tiny_lcm_lora(folder, unet):
-    """A random LoRA for the tiny UNet, on the layers the LCM-LoRA for SD 1.5 adapts (attention,
-    feed-forward, resnet convolutions, time embedding projections), saved as diffusers saves one
-    (`pytorch_lora_weights.safetensors`, peft keys): `load_lora_weights(folder)` reads it as it
-    reads `latent-consistency/lcm-lora-sdv1-5`. Its B matrices are random, not zero, so it changes the UNet."""
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
-               "conv2", "conv_shortcut", "time_emb_proj"]
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights="gaussian"))
-    layers = get_peft_model_state_dict(unet)
-    for name, weight in layers.items():
-        if "lora_B" in name:
-            weight.normal_(std=0.05)
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers)
-    unet.delete_adapters("default")
+LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                    "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
+
+
+def save_tiny_lcm_lora(folder, unet, rank=8, alpha=4.0, seed=0):
+    """A random LoRA for the tiny UNet in the layout of `latent-consistency/lcm-lora-sdv1-5`'s file: kohya keys
+    (`lora_unet_<module path, '_' for '.'>.lora_down.weight`, `.lora_up.weight`, `.alpha`), UNet only, fp16,
+    alpha != rank (the real one: rank 64, alpha 8), on the layers the LCM-LoRA adapts: attention, feed-forward,
+    resnet and sampler convolutions, time-embedding projections. A convolution's down matrix has its kernel,
+    its up matrix is 1x1. Its up matrices are random, not zero, so it changes the UNet. Returns the state dict."""
+    from safetensors.torch import save_file
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(LCM_LORA_TARGETS) or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        if isinstance(module, torch.nn.Linear):
+            down, up = (rank, module.in_features), (module.out_features, rank)
+        else:
+            down, up = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
+        state[key + ".lora_down.weight"] = torch.randn(down, generator=generator) / down[1] ** 0.5
+        state[key + ".lora_up.weight"] = 0.05 * torch.randn(up, generator=generator)
+        state[key + ".alpha"] = torch.tensor(alpha)
+    state = {k: v.half().contiguous() for k, v in state.items()}
+    os.makedirs(folder, exist_ok=True)
+    save_file(state, os.path.join(folder, "pytorch_lora_weights.safetensors"))
+    return state
 
 
 def save_tiny_depth(folder):
