@@ -19,7 +19,8 @@ def fake_results(teacher, student, seeds=2, **extra):
                                for g in lc.GROUPS}
     shift = lambda values, s: {g: v + 0.01 * s for g, v in values.items()}
     args = argparse.Namespace(out="o", size="90x160", batch_size=4, seeds=seeds, lr_pose="1e-3",
-                              init_motion="0.7", teacher_steps=10, student_steps=10)
+                              init_motion="0.7", teacher_steps=10, student_steps=10, rotation="euler",
+                              scene_ends="md4all")
     results = {"untrained": metrics(dict.fromkeys(lc.GROUPS, 0.6))}
     for name, *_ in lc.plan_runs(args, "w", "g", "c"):
         seed = int(name[-1])
@@ -29,7 +30,7 @@ def fake_results(teacher, student, seeds=2, **extra):
 
 def test_plan_runs_teachers_first_seeds_for_the_main_rows_and_each_students_teacher():
     args = argparse.Namespace(out="o", size="90x160", batch_size=4, seeds=2, lr_pose="1e-3", teacher_steps=600,
-                              student_steps=300, init_motion="0.5")
+                              student_steps=300, init_motion="0.5", rotation="axis-angle", scene_ends="keep")
     runs = lc.plan_runs(args, "w", "g", "c")
     names = [r[0] for r in runs]
     assert names[:4] == ["teacher_self_s0", "teacher_self_s1", "teacher_lidar_s0", "teacher_lidar_s1"]
@@ -39,7 +40,8 @@ def test_plan_runs_teachers_first_seeds_for_the_main_rows_and_each_students_teac
     flags = {r[0]: r[2] for r in runs}
     teacher = flags["teacher_self_s1"]
     assert teacher[teacher.index("--pose-order") + 1] == "temporal" and teacher[teacher.index("--seed") + 1] == "1"
-    assert teacher[teacher.index("--init-motion") + 1] == "0.5"
+    assert teacher[teacher.index("--init-motion") + 1] == "0.5" and teacher[teacher.index("--rotation") + 1] == "axis-angle"
+    assert all(r[2][r[2].index("--scene-ends") + 1] == "keep" for r in runs)  # the check as it ran before both
     assert "--pose-order" not in flags["teacher_lidar_s0"] and "--init-motion" not in flags["teacher_lidar_s0"]
     sem = flags["student_self_teacher_loss_semantic_s0"]
     assert sem[sem.index("--sem-weights") + 1] == os.path.join("o", "teacher_self_s0", "encoder")

@@ -74,7 +74,7 @@ def plan_runs(args, world, gdt_rendered, gdt_classic):
     """Every training run: (name, script, flags, steps, teacher run or None), teachers first. Students
     draw rendered translations, the 'classic translations' rows classic_weather.py's."""
     common = ["--tiny", "--data-root", world, "--size", args.size, "--batch-size", str(args.batch_size),
-              "--workers", "1", "--no-val", "--log-every", "50", "--ckpt-every", "100"]
+              "--workers", "1", "--no-val", "--log-every", "50", "--ckpt-every", "100", "--scene-ends", args.scene_ends]
     runs = []
     for sup in ("self", "lidar"):
         for seed in range(args.seeds):
@@ -295,6 +295,8 @@ def main(argv=None):
     p.add_argument("--rotation", default="euler", choices=["euler", "axis-angle"],
                    help="the self-supervised pose net's rotation (train_teacher.py --rotation; axis-angle: the "
                         "check before 2026-12-07)")
+    p.add_argument("--scene-ends", default="md4all", choices=data.SCENE_ENDS,
+                   help="train_*.py --scene-ends (keep: the check before 2026-12-07)")
     p.add_argument("--batch-size", type=data.at_least(1), default=4)
     p.add_argument("--jobs", type=data.at_least(1), default=2, help="training runs at once (one CPU core each)")
     args = p.parse_args(argv)
