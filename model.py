@@ -133,7 +133,10 @@ class DepthNet(nn.Module):
     """DINOv2 + DPT depth network returning md4all disparity and metric depth at the input size."""
 
     def __init__(self, encoder="base", init="dinov2", weights=None, min_depth=0.1, max_depth=80.0,
-                 net_size=(518, 784), hf_config=None, init_depth=None):
+                 net_size=(518, 784), hf_config=None, init_depth=None, head_log=None):
+        """head_log: None, or the log-disparity map calibrate_head fits for a Depth-Anything start (a dict of
+        offset, eps, shift): the head's last output z then becomes log(max(z - offset, eps)) + shift before
+        the sigmoid."""
         from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Backbone
         super().__init__()
         if encoder not in ENCODERS:
@@ -142,6 +145,7 @@ class DepthNet(nn.Module):
             raise ValueError(f"--init {init!r} is unknown; choose one of {INITS}")
         self.encoder, self.min_depth, self.max_depth = encoder, min_depth, max_depth
         self.net_size = tuple(net_size) if net_size else None
+        self.head_log = dict(head_log) if head_log else None
         backbone = None
         if init == "dinov2":  # load first: an unreachable id fails before the random init of a big net
             if encoder == "tiny" and weights is None:
@@ -182,8 +186,9 @@ class DepthNet(nn.Module):
 
     def config_dict(self):
         """Everything needed to rebuild this net from a checkpoint alone."""
-        return dict(encoder=self.encoder, min_depth=self.min_depth, max_depth=self.max_depth,
-                    net_size=self.net_size, hf_config=self.model.config.to_dict())
+        config = dict(encoder=self.encoder, min_depth=self.min_depth, max_depth=self.max_depth,
+                      net_size=self.net_size, hf_config=self.model.config.to_dict())
+        return dict(config, head_log=self.head_log) if self.head_log else config
 
     def forward(self, images, out_size="input"):
         """images (B,3,H,W) in [0,1] -> dict of disp, scaled_disp, depth (B,1,h,w) and the last-layer
@@ -218,34 +223,60 @@ class DepthNet(nn.Module):
         x = F.interpolate(x, (ph * 14, pw * 14), mode="bilinear", align_corners=True)
         x = head.activation1(head.conv2(x))
         with float32_maths(x.device):
-            return head.conv3(x.float())
+            z = head.conv3(x.float())
+            if self.head_log:
+                h = self.head_log
+                z = torch.log((z - h["offset"]).clamp_min(h["eps"])) + h["shift"]
+            return z
 
     @torch.no_grad()
-    def calibrate_head(self, images, depth=10.0, near_ratio=4.0):
-        """Rescale the last convolution so that on `images` the median pixel starts at `depth` metres and
-        the nearest tenth at `depth / near_ratio`. Returns the (scale, shift) applied to its output.
+    def calibrate_head(self, images, depth=10.0, batch_size=4):
+        """Map the head's relative disparity to md4all's sigmoid so that depth ratios are kept and the median
+        non-sky pixel of `images` starts at `depth` metres (docs/method.md §2). Returns calibration_summary's
+        dict. Raises ValueError for a head whose output is flat (random weights, blank frames).
 
-        Why: Depth-Anything-V2's released head ends in a ReLU and outputs relative disparities well above 1;
-        under our sigmoid those saturate (s near 1, depth near min_depth) and the gradients vanish. An affine
-        map of the pre-activation keeps what the head learned (its ordering of near and far) and moves it to
-        a sensible metric start.
+        Depth-Anything-V2 predicts inverse depth up to a scale and a shift, and its released head ends in a
+        ReLU with outputs well above 1: under our sigmoid those saturate (depth near min_depth) and gradients
+        vanish. An affine map of that output cannot fix it without bending depth ratios (a metric depth of
+        1-80 m lives where the sigmoid is exp-shaped, so s = exp(a z + b) would have to follow z itself; the
+        old fit gave a log-log slope of 0.58 and capped the far field at 15 m). Instead the head's output
+        z is read as disparity with the sky (its 1st percentile) at 0, scaled so the median non-sky pixel
+        is at `depth`, and the sigmoid is given log(z - offset) + shift: for the small s of metric depths,
+        s = exp(shift) (z - offset), which is md4all's 1/d - 1/max_depth when offset is the sky's level
+        plus max_depth's share of the median's disparity. Pixels beyond max_depth start at max_depth.
         """
+        z = torch.cat([self.head_raw(images[i:i + batch_size]).flatten() for i in range(0, len(images), batch_size)])
+        z = z.double()
+        offset, top = torch.quantile(z, 0.01).item(), torch.quantile(z, 0.99).item()
+        spread = top - offset
+        if not spread > 1e-4 * max(1.0, abs(offset), abs(top)):
+            raise ValueError(f"--init depth-anything-v2-small: the head's output on {len(images)} training frames is "
+                             f"flat (1st to 99th percentile {offset:.6g} to {top:.6g}): these are not Depth-Anything-V2 "
+                             f"weights (--weights), or the frames are blank; nothing to calibrate from")
+        near = z >= offset + AUDIT_FAR_SHARE * spread  # the sky and the far range left out (as gdt.py's audit)
+        mid = torch.quantile(z[near], 0.5).item()
+        # z - offset is inverse depth in units where the median pixel is at 1 / depth: md4all's sigmoid carries
+        # 1/d - 1/max_depth, so the map's offset moves by that share of the median's disparity
+        offset += (mid - offset) * depth / self.max_depth
+        s = (1 / depth - 1 / self.max_depth) / (1 / self.min_depth - 1 / self.max_depth)
+        head_log = dict(offset=offset, eps=1e-6 * spread, shift=float(np.log(s / (1 - s)) - np.log(mid - offset)))
+        logits = torch.log((z[near] - offset).clamp_min(head_log["eps"])) + head_log["shift"]
+        depths = disp_to_depth(torch.sigmoid(logits), self.min_depth, self.max_depth)[1]
+        summary = calibration_summary(depths, len(images))
+        # The scale is set by the median alone, so it cannot explode unless the head is flat (refused above); the
+        # near decile is at least 5% of the disparity range away from the sky, so it starts at >= depth / 20.
+        self.head_log = head_log
+        return summary
+
+    def head_raw(self, images):
+        """The head's last output before any calibration map (B*H*W values): what Depth-Anything calls depth."""
         x = to_network_input(images, self.net_size)
         ph, pw = x.shape[-2] // 14, x.shape[-1] // 14
-        z = self.head_logits(self.model.neck(list(self.model.backbone(x).feature_maps), ph, pw), ph, pw).flatten()
-        z_mid, z_near = torch.quantile(z.double(), 0.5).item(), torch.quantile(z.double(), 0.9).item()
-
-        def logit(d):
-            s = (1 / d - 1 / self.max_depth) / (1 / self.min_depth - 1 / self.max_depth)
-            return float(np.log(s / (1 - s)))
-
-        target_mid, target_near = logit(depth), logit(depth / near_ratio)
-        scale = (target_near - target_mid) / (z_near - z_mid) if z_near - z_mid > 1e-6 else 0.0
-        shift = target_mid - scale * z_mid
-        conv = self.model.head.conv3
-        conv.weight.mul_(scale)
-        conv.bias.mul_(scale).add_(shift)
-        return scale, shift
+        head_log, self.head_log = self.head_log, None
+        try:
+            return self.head_logits(self.model.neck(list(self.model.backbone(x).feature_maps), ph, pw), ph, pw)
+        finally:
+            self.head_log = head_log
 
     @torch.no_grad()
     def infer(self, image):
@@ -285,6 +316,16 @@ class DinoFeatures(nn.Module):
     def forward(self, images):
         """(B,3,H,W) in [0,1] -> (B,N,C) layer-normed last-layer patch tokens (no CLS)."""
         return self.dino(pixel_values=to_network_input(images, self.net_size)).last_hidden_state[:, 1:]
+
+
+AUDIT_FAR_SHARE = 0.05  # the share of the disparity range below which a pixel counts as sky or far range
+
+
+def calibration_summary(depths, frames):
+    """Median, near (10th percentile) and far (90th) of calibrated depths, and the line the trainer prints."""
+    q = torch.quantile(depths.double().flatten(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+    return dict(near=q[0], median=q[1], far=q[2], frames=frames,
+                line=f"median {q[1]:.2f} m, near (10th percentile) {q[0]:.2f} m, far (90th) {q[2]:.2f} m")
 
 
 def rotation_from_axis_angle(axis_angle):

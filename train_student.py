@@ -119,6 +119,7 @@ def main(argv=None):
     net = build_depth_net(args)
     if args.init_from_teacher:
         net.load_state_dict(teacher.state_dict())
+        net.head_log = teacher.head_log  # a Depth-Anything teacher's calibrated map (not a weight)
     dino = None
     if args.w_sem > 0:
         dino = DinoFeatures(args.encoder, args.sem_weights, args.net_size)

@@ -16,6 +16,7 @@ The loop, the shared flags and resume live in training.py; this file is the teac
 
 import os
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -71,15 +72,24 @@ class LidarLoss(nn.Module):
         return loss, {"silog": loss}
 
 
-def calibrate_pretrained_head(net, dataset, args):
-    """Depth-Anything-V2's relative head under our sigmoid: move its start to --init-depth (default 10 m)
-    on the first training items (the same on every rank). See DepthNet.calibrate_head."""
-    if args.init != "depth-anything-v2-small" or args.resume:
+CALIBRATION_FRAMES = 24
+
+
+def calibrate_pretrained_head(net, args, frames=CALIBRATION_FRAMES):
+    """Depth-Anything-V2's relative head under our sigmoid (DepthNet.calibrate_head): fitted on `frames`
+    un-augmented training frames spread evenly over the split (so over its scenes; the same on every rank),
+    to start at --init-depth (default 10 m). A resumed run takes the map its checkpoint holds."""
+    if args.init != "depth-anything-v2-small":
         return
-    images = torch.stack([dataset[i]["input"] for i in range(min(len(dataset), args.batch_size))])
-    scale, shift = net.calibrate_head(images, args.init_depth or 10.0)
-    print(f"Depth-Anything head calibrated to start at {args.init_depth or 10.0:g} m (scale {scale:.3g}, "
-          f"shift {shift:.3g})")
+    if args.resume:
+        net.head_log = read_checkpoint(os.path.join(args.out, "ckpt.pt"))["config"].get("head_log")
+        return
+    plain = make_dataset(args, "train")  # no jitter, no flip
+    picks = np.linspace(0, len(plain) - 1, min(frames, len(plain))).round().astype(int)
+    images = torch.stack([plain[int(i)]["input"] for i in picks])
+    summary = net.calibrate_head(images, args.init_depth or 10.0, args.batch_size)
+    print(f"Depth-Anything head calibrated on {len(picks)} un-augmented training frames across the split: "
+          f"{summary['line']} (disparity offset {net.head_log['offset']:.4g}, shift {net.head_log['shift']:.4g})")
 
 
 def resumed_rotation(args):
@@ -124,7 +134,7 @@ def main(argv=None):
     val_dataset = None if args.no_val else make_dataset(args, "val")
     check_data(args, dataset, val_dataset)
     net = build_depth_net(args)
-    calibrate_pretrained_head(net, dataset, args)
+    calibrate_pretrained_head(net, args)
     if self_supervised:
         resumed_rotation(args)
         pose_init = None if args.tiny or args.pose_init == "none" else args.pose_init

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import data
 import gdt
 import model
+from worlds import street_depth
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tools/ holds scripts, not a package
 import gdt_report  # noqa: E402
@@ -583,25 +584,6 @@ def test_agreement_matches_a_hand_computed_case_and_never_explains_a_swap_of_nea
     assert swapped == pytest.approx(flat)
     sky, _ = gdt.geometry_agreement(np.array([[1.0, 2.0, 3.0]]), np.full((1, 3), 0.01))  # nothing near: all scored
     assert sky["scored"] == 1
-
-
-def street_depth(h=96, w=160):
-    """Camera-z depth (m) of a street frame, inf = sky (12% of it): the road, facades 5-20 m away with a
-    setback every other block on the left, far buildings at 40 m, parked cars and poles on the right."""
-    v, u = np.mgrid[0:h, 0:w] + 0.5
-    horizon, f, camera_height = h * 0.3, w * 0.6, 1.5
-    depth = np.where(v > horizon, f * camera_height / np.maximum(v - horizon, 1e-9), np.inf)
-    depth[depth > 100] = np.inf
-    boxes = [((u >= x0) & (u < x0 + 12) & (v < horizon + 30 - 10 * (k % 2)), 5.0 + 3 * k + 6 * (k % 2))
-             for k, x0 in enumerate(range(0, int(w * 0.4), 12))]
-    boxes.append(((u > w * 0.45) & (u < w * 0.75) & (v > horizon - 12) & (v < horizon + 2), 40.0))
-    boxes += [((u > w * x0) & (u < w * x0 + 18) & (v > horizon + 4) & (v < horizon + 4 + 120 / z), z)
-              for x0, z in ((0.55, 9.0), (0.72, 14.0), (0.86, 7.0))]
-    boxes += [((u > w * x0) & (u < w * x0 + 2) & (v < horizon + 150 / z), z) for x0, z in ((0.5, 6.0), (0.66, 11.0),
-                                                                                           (0.95, 4.0))]
-    for mask, z in boxes:
-        depth = np.where(mask, np.minimum(depth, z), depth)
-    return depth
 
 
 def test_audit_passes_kept_geometry_with_a_noisy_sky_and_fails_a_shift_a_mirror_and_a_blank_image():

@@ -259,27 +259,65 @@ def test_under_bf16_autocast_disparity_and_smoothness_stay_float32():
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.9
 
 
-def test_calibration_moves_a_saturated_relative_head_to_the_requested_start():
+class RelativeDisparity(torch.nn.Module):
+    """Stands in for a trained Depth-Anything head's last convolution: its output is a given relative disparity."""
+
+    def __init__(self, z):
+        super().__init__()
+        self.z = z
+
+    def forward(self, x):
+        return self.z[:len(x), None].to(x.dtype)
+
+
+def small_net_seeing(z):
+    """A Depth-Anything-V2-Small-sized DepthNet whose head outputs z (B, H, W) on frames of that size."""
+    torch.manual_seed(0)
+    net = DepthNet("small", init="none", net_size=None).eval()
+    net.model.head.conv3 = RelativeDisparity(z)
+    return net, torch.rand(len(z), 3, *z.shape[1:])
+
+
+def test_depth_anything_calibration_keeps_depth_ratios_and_the_far_field_and_refuses_a_flat_head(capsys):
+    from worlds import street_depth
+    depth = np.stack([street_depth(98, 168)] * 2)  # multiples of 14: the head's output size
+    sky = np.isinf(depth)
+    rng = np.random.default_rng(0)
+    # what Depth-Anything gives: inverse depth up to scale and shift, the sky near the shift, a little noise
+    z = torch.tensor(np.where(sky, 0.0, 20.0 / np.where(sky, 1, depth)) + 0.5 + 0.01 * rng.standard_normal(depth.shape))
+    net, images = small_net_seeing(z.float())
+    summary = net.calibrate_head(images, depth=10.0)
+    with torch.no_grad():
+        pred = net(images, out_size="network")["depth"][:, 0].double().numpy()
+    scored = ~sky & (depth < 80)
+    slope = np.polyfit(np.log(depth[scored]), np.log(pred[scored]), 1)[0]
+    assert slope >= 0.95  # depth ratios kept (the affine fit before gave 0.76 on this frame)
+    assert summary["median"] == pytest.approx(10.0, rel=1e-3) and summary["near"] < summary["median"] < summary["far"]
+    far = depth == 40.0  # the far buildings: 40 m, not capped (the affine fit put them at 12 m)
+    assert np.median(pred[far]) / summary["median"] == pytest.approx(40.0 / np.median(depth[z.numpy() >= 0.5 + 0.05 *
+                                                                     (z.max().item() - 0.5)]), rel=0.15)
+    assert np.median(pred[sky]) > 60  # the sky far, not at the median
+    assert "head_log" in net.config_dict() and "head_log" not in DepthNet("tiny", init="none").config_dict()
+    net.model.head.conv3 = RelativeDisparity(3.0 + 3.5e-5 * torch.rand(2, 98, 168))  # random weights, blank frames
+    with pytest.raises(ValueError, match=r"head's output on 2 training frames is flat"):
+        net.calibrate_head(images)
+
+
+def test_a_calibrated_map_travels_in_the_checkpoint_and_an_old_one_loads_without(tmp_path):
     torch.manual_seed(0)
     net = DepthNet("tiny", init="none", net_size=None).eval()
-    with torch.no_grad():  # a relative head's outputs are far above 1: the sigmoid saturates
-        net.model.head.conv3.weight.mul_(100)
-        net.model.head.conv3.bias.add_(50)
-    x = torch.rand(2, 3, 56, 84)
-
-    def logits():
-        features = list(net.model.backbone(model.to_network_input(x)).feature_maps)
-        return net.head_logits(net.model.neck(features, 4, 6), 4, 6)
-
+    x = torch.rand(1, 3, 28, 42)
     with torch.no_grad():
-        assert net(x)["depth"].median() < 0.11  # everything at min_depth: no gradient to learn from
-        before = logits()
-        scale, shift = net.calibrate_head(x, depth=10.0, near_ratio=4.0)
-        after, depth = logits(), net(x)["depth"]
-    assert depth.median().item() == pytest.approx(10.0, rel=1e-3)
-    assert torch.quantile(depth.flatten(), 0.1).item() == pytest.approx(2.5, rel=1e-3)
-    # an affine map with a positive scale: the head's ordering of near and far is kept
-    assert scale > 0 and torch.allclose(after, scale * before + shift, rtol=1e-4, atol=1e-3)
+        before = net(x)["depth"]
+        net.head_log = dict(offset=-1.0, eps=1e-6, shift=-3.0)
+        after = net(x)["depth"]
+    assert not torch.allclose(before, after)
+    save_checkpoint(tmp_path / "da.pt", model=net.state_dict(), config=net.config_dict())
+    save_checkpoint(tmp_path / "old.pt", model=net.state_dict(), config=DepthNet("tiny", init="none",
+                                                                                  net_size=None).config_dict())
+    with torch.no_grad():
+        assert torch.equal(load_depth_net(str(tmp_path / "da.pt")).eval()(x)["depth"], after)
+        assert torch.equal(load_depth_net(str(tmp_path / "old.pt")).eval()(x)["depth"], before)
 
 
 def test_pose_from_euler_angles_is_rx_ry_rz_as_md4all():

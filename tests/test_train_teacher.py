@@ -7,13 +7,15 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import data
 import train_teacher
+import training
 from losses import reprojection_loss, smoothness_loss
-from model import DepthNet, PoseNet, load_depth_net, load_pose_net, pose_to_matrix
+from model import DepthNet, PoseNet, load_depth_net, load_pose_net, pose_to_matrix, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -429,3 +431,31 @@ def test_the_check_prints_what_it_read_and_how_long_it_took(tiny_world, tmp_path
     files = len(data.NuScenesDepth(tiny_world, frames=(-1, 0, 1)).files())
     assert re.search(rf"^checked {files} files in \d+\.\d s; --no-check-data skips this$", capsys.readouterr().out,
                      re.M)
+
+
+def test_depth_anything_start_calibrates_on_plain_frames_spread_over_the_scenes_and_resumes_its_map(tiny_world,
+                                                                                                     tmp_path, capsys):
+    class Recorder:  # stands in for the net: what calibrate_head is given
+        head_log = None
+
+        def calibrate_head(self, images, depth, batch_size):
+            self.images, self.head_log = images, dict(offset=0.5, eps=1e-6, shift=-2.0)
+            return dict(line="median 10.00 m, near (10th percentile) 4.00 m, far (90th) 30.00 m")
+
+    parser = training.add_common_args(data.ArgumentParser())
+    args = training.resolve_args(parser.parse_args(["--data-root", tiny_world, "--out", str(tmp_path), "--size", "56x96",
+                                                    "--net-size", "56x98", "--init", "depth-anything-v2-small",
+                                                    "--workers", "0"]))
+    args.resume = False
+    plain = training.make_dataset(args, "train")  # 2 day-clear scenes of 4 key frames, scene ends replaced
+    net = Recorder()
+    train_teacher.calibrate_pretrained_head(net, args, frames=4)
+    picks = [round(i) for i in np.linspace(0, len(plain) - 1, 4)]
+    assert torch.equal(net.images, torch.stack([plain[i]["input"] for i in picks]))  # no jitter, no flip
+    scenes = {plain.index.sample[plain.index.sample_data[plain.items[i][0]]["sample_token"]]["scene_token"]
+              for i in picks}
+    assert len(scenes) == 2 and "calibrated on 4 un-augmented training frames" in capsys.readouterr().out
+    save_checkpoint(tmp_path / "ckpt.pt", config=dict(head_log=net.head_log))
+    args.resume, resumed = True, Recorder()
+    train_teacher.calibrate_pretrained_head(resumed, args)
+    assert resumed.head_log == net.head_log and not hasattr(resumed, "images")

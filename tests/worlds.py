@@ -3,6 +3,7 @@
     root = make_nuscenes(tmp_path / 'nusc')      # 4 scenes of 80x48 frames (SCENES), v1.0-trainval tables
     root = make_robotcar(tmp_path / 'robotcar')  # md4all's layout: DAY and NIGHT sequences of 60x80 frames
     rows = save_bonnet_frame(path)               # a 60x80 frame: every row its own grey, the bottom fifth white
+    depth = street_depth()                       # (96, 160) metres of a street frame, inf = sky
 
 The constants below are what the tests assert against (intrinsics, point positions, scene layout).
 """
@@ -134,3 +135,24 @@ def save_bonnet_frame(path, size=(80, 60), keep=48):
     image[:keep] = np.stack([grey + 20, grey, grey // 2], -1)[:, None, :]
     Image.fromarray(image).save(path)
     return image
+
+
+# A street frame of known depth (the GDT audit and the Depth-Anything calibration tests)
+
+def street_depth(h=96, w=160):
+    """Camera-z depth (m) of a street frame, inf = sky (12% of it): the road, facades 5-20 m away with a
+    setback every other block on the left, far buildings at 40 m, parked cars and poles on the right."""
+    v, u = np.mgrid[0:h, 0:w] + 0.5
+    horizon, f, camera_height = h * 0.3, w * 0.6, 1.5
+    depth = np.where(v > horizon, f * camera_height / np.maximum(v - horizon, 1e-9), np.inf)
+    depth[depth > 100] = np.inf
+    boxes = [((u >= x0) & (u < x0 + 12) & (v < horizon + 30 - 10 * (k % 2)), 5.0 + 3 * k + 6 * (k % 2))
+             for k, x0 in enumerate(range(0, int(w * 0.4), 12))]
+    boxes.append(((u > w * 0.45) & (u < w * 0.75) & (v > horizon - 12) & (v < horizon + 2), 40.0))
+    boxes += [((u > w * x0) & (u < w * x0 + 18) & (v > horizon + 4) & (v < horizon + 4 + 120 / z), z)
+              for x0, z in ((0.55, 9.0), (0.72, 14.0), (0.86, 7.0))]
+    boxes += [((u > w * x0) & (u < w * x0 + 2) & (v < horizon + 150 / z), z) for x0, z in ((0.5, 6.0), (0.66, 11.0),
+                                                                                           (0.95, 4.0))]
+    for mask, z in boxes:
+        depth = np.where(mask, np.minimum(depth, z), depth)
+    return depth
