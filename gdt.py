@@ -297,11 +297,18 @@ def fuse_lcm_lora(pipe, path):
     diffusers' own warnings stay on; every module of the file must have been wrapped before the fuse (a file
     for another architecture would otherwise fuse partly, in silence): check_lora_loaded."""
     from diffusers import LCMScheduler
+    logging.getLogger("diffusers.loaders.lora_base").addFilter(no_text_encoder_lora_notice)
     load_gdt_model(pipe.load_lora_weights, path, "--sampler unipc or ", weight_name=LCM_LORA_WEIGHT)
     check_lora_loaded(pipe, lora_file(path))
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+
+
+def no_text_encoder_lora_notice(record):
+    """logging filter: drop diffusers' notice that the LoRA has no text-encoder keys (the LCM-LoRA adapts the UNet
+    only; check_lora_loaded counts what it does hold). Every other warning passes."""
+    return "No LoRA keys associated to CLIPTextModel" not in record.getMessage()
 
 
 def lora_file(path):

@@ -706,3 +706,14 @@ def test_loading_ip_adapter_silences_only_diffusers_empty_float32_notice(transla
     record = lambda message: logging.LogRecord("diffusers", logging.WARNING, "", 0, message, None, None)  # noqa: E731
     assert not notices.filter(record("There are modules in UNet2DConditionModel that should be kept in float32: []."))
     assert notices.filter(record("There are modules in UNet2DConditionModel that should be kept in float32: ['norm']."))
+
+
+def test_loading_the_lcm_lora_silences_only_the_text_encoder_notice_and_leaves_diffusers_verbosity(lcm_translator):
+    import logging
+    from diffusers.utils import logging as diffusers_logging
+    assert diffusers_logging.get_verbosity() == logging.WARNING  # loading did not turn warnings down
+    notices = logging.getLogger("diffusers.loaders.lora_base")
+    assert gdt.no_text_encoder_lora_notice in notices.filters
+    record = lambda message: logging.LogRecord("diffusers", logging.WARNING, "", 0, message, None, None)  # noqa: E731
+    assert not notices.filter(record("No LoRA keys associated to CLIPTextModel found with the prefix='text_encoder'."))
+    assert notices.filter(record("Loading adapter weights from state_dict led to unexpected keys"))
