@@ -473,6 +473,16 @@ class EpochSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
+def stop_workers(iterator):
+    """Stop a DataLoader iterator's worker processes now, as the loader does when it is done: they exit through
+    their own clean-up, which removes the /tmp/pymp-* folder each one shared tensors through. Call it when a
+    loop over the iterator ends in an error: left to the interpreter's exit, live workers are killed before
+    that clean-up. Harmless on a finished iterator, or on None."""
+    shutdown = getattr(iterator, '_shutdown_workers', None)
+    if shutdown is not None:
+        shutdown()
+
+
 def default_workers(ranks_per_node=1):
     """DataLoader workers for one training process: the CPUs this process may use, shared among the
     ranks on the node, less one for the process itself. No cap: a ViT-B teacher step consumes items

@@ -165,8 +165,17 @@ def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=
     When predict returns a dict {mode: predictions} (model.net_predictor(..., by_mode=True)), totals are
     {mode: totals per group} and each row holds {mode: metrics}. `on_image(batch, i, pred_i, row)`
     sees every image (pred_i: a tensor, or a dict like the predictions)."""
+    batches = iter(loader)
+    try:
+        return score_batches(batches, len(loader), predict, min_depth, max_depth, median_scaling, on_image, progress)
+    finally:  # also on an error mid-way: the workers stop now (data.stop_workers: no /tmp/pymp-* left behind)
+        data.stop_workers(batches)
+
+
+def score_batches(batches, count, predict, min_depth, max_depth, median_scaling, on_image, progress):
+    """score_loader's loop over an iterator of `count` batches."""
     rows, per_mode = [], None
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(batches, total=count, desc="evaluate", disable=not progress, dynamic_ncols=True):
         if "gt" not in batch:
             raise ValueError("items carry no ground truth `gt`: a folder needs a .npy depth map next to each image")
         preds = predict(batch)

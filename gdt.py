@@ -7,7 +7,7 @@
     python gdt.py --models-dir /data/models ...      # every model from DIR/<last part of its hub id>
     python gdt.py ... --sampler lcm                  # LCM-LoRA, 4 steps: 1/15 of the denoiser FLOPs
     python gdt.py ... --min-agreement 0.8            # redraw (next seed, --max-tries) frames under 0.8 delta1
-    torchrun --standalone --nproc_per_node=8 gdt.py ...   # same flags: frames split over the ranks
+    torchrun --standalone --nproc_per_node=8 --log-dir runs/torchrun_logs gdt.py ...   # same flags: frames split over the ranks
     python gdt.py --dataset folder --data-root my_images --out gdt --cond night --style-dir night=real_night/
     python tools/gdt_report.py gdt                   # counts, agreement histograms, worst frames
 

@@ -6,7 +6,7 @@
     # the paper's setting on one GPU / on 8 GPUs
     python train_student.py --data-root /data/nuscenes --teacher runs/teacher/ckpt.pt \
         --gdt-root /data/gdt --conds night rain --out runs/student
-    torchrun --standalone --nproc_per_node=8 train_student.py ...same flags...
+    torchrun --standalone --nproc_per_node=8 --log-dir runs/torchrun_logs train_student.py ...same flags...
 
 The student sees the day frame with probability --p-day, else its translation into a condition drawn
 uniformly from --conds. The frozen teacher sees the day frame; its pose network reconstructs the

@@ -5,7 +5,7 @@
     # one GPU, the paper's setting (20 epochs, batch 4, ViT-B, 518x784 network input)
     python train_teacher.py --data-root /data/nuscenes --out runs/teacher
     # DDP on 8 GPUs (or several machines: add --nnodes/--node_rank/--master_addr)
-    torchrun --standalone --nproc_per_node=8 train_teacher.py --data-root /data/nuscenes --out runs/teacher
+    torchrun --standalone --nproc_per_node=8 --log-dir runs/torchrun_logs train_teacher.py --data-root /data/nuscenes --out runs/teacher
     # continue after an interruption, exactly where it stopped
     python train_teacher.py ... --out runs/teacher --resume
 

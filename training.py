@@ -412,8 +412,9 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
                     save(ckpt_path)
                 if last:
                     break
-    finally:  # also when the loop stops on an error: the bar ends its line, the caller's Ctrl-C is its own again
-        bar.close()
+    finally:  # also when the loop stops on an error: the bar ends its line, the caller's Ctrl-C is its own again,
+        bar.close()  # and the persistent workers stop now (data.stop_workers: no /tmp/pymp-* left behind)
+        data.stop_workers(getattr(loader, "_iterator", None))
         if catch:
             signal.signal(signal.SIGINT, previous_handler)
     if stop.is_set():

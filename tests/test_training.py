@@ -214,3 +214,38 @@ def test_each_torchrun_rank_checks_a_strided_share_of_the_train_and_val_files_on
     checked.clear()
     training.check_data(argparse.Namespace(no_check_data=True), train, val)
     assert checked == {}
+
+
+FAILS_WITH_WORKERS_ALIVE = """
+import sys
+sys.path[:0] = [{root!r}]
+import torch
+import data, evaluate
+
+class Frames(torch.utils.data.Dataset):  # the fourth frame is broken
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 3:
+            raise ValueError("image unreadable: frame 3")
+        return dict(gt=torch.full((1, 4, 4), 5.0), path=str(i), cond="night")
+
+loader = torch.utils.data.DataLoader(Frames(), batch_size=1, num_workers=1)
+data.run_cli(lambda: evaluate.score_loader(loader, lambda batch: torch.full((1, 1, 4, 4), 5.0)), "evaluate.py")
+"""
+
+
+def test_an_evaluation_that_fails_with_workers_alive_leaves_no_pymp_folder():
+    """Workers still alive at an error would be killed at the interpreter's exit, before the clean-up that removes
+    their /tmp/pymp-* socket folders; score_loader (evaluate.py, and training's validation) stops them first
+    (data.stop_workers), as training.train does with its persistent workers."""
+    import subprocess
+    import sys
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="p")  # short: a worker's socket path must fit AF_UNIX's 108 characters
+    script = FAILS_WITH_WORKERS_ALIVE.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, TMPDIR=tmp, OMP_NUM_THREADS="1"))
+    assert result.returncode == 1 and result.stderr.strip() == "evaluate.py: error: image unreadable: frame 3"
+    assert [name for name in os.listdir(tmp) if name.startswith("pymp-")] == []
