@@ -93,7 +93,8 @@ def at_least(minimum):
 
 def run_cli(main, prog, on_interrupt="rerun the same command to continue: finished outputs are kept"):
     """Run a script's `main()`, turning the errors a user can cause (missing or unreadable files, bad flags,
-    data or checkpoints, models that cannot be loaded: OSError and ValueError) into one line
+    data or checkpoints, models that cannot be loaded: OSError and ValueError; an optional package that is not
+    installed: ImportError, whose message gives the pip command) into one line
     `<prog>: error: ...` and exit status 1 (argparse's usage errors exit with 2); bugs keep their traceback.
     Ctrl-C: one line, the interruption's own message (the trainers say the step) or `on_interrupt`, exit 130."""
     try:
@@ -101,7 +102,7 @@ def run_cli(main, prog, on_interrupt="rerun the same command to continue: finish
     except KeyboardInterrupt as e:
         print(f"{prog}: {e if e.args else 'interrupted; ' + on_interrupt}", file=sys.stderr)
         raise SystemExit(130) from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         message = str(e).strip() or type(e).__name__
         if "Original Traceback" in message:  # raised in a DataLoader worker: its traceback's last line says it
             message = message.splitlines()[-1].removeprefix(f"{type(e).__name__}: ")
