@@ -5,6 +5,7 @@
     python evaluate.py --ckpt CKPT --data-root /data/nuscenes --flip-pp    # plain AND flip-pp tables in one run
     python evaluate.py --pred-dir other_method/ --dataset nuscenes --data-root /data/nuscenes  # their maps
     python evaluate.py --ckpt CKPT --dataset folder --data-root my_images/  # .npy depth next to each image
+    python evaluate.py --ckpt CKPT --dataset drivingstereo --data-root /data/drivingstereo --weather foggy rainy
     python evaluate.py --ckpt CKPT --data-root /data/nuscenes --check-data  # read every file before inference
 
 The protocol, as md4all's evaluator runs it: the net sees the item's `input` at its own size; its
@@ -40,7 +41,7 @@ import data
 from model import load_depth_net, read_checkpoint
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
-GROUP_ORDER = ("day-clear", "night", "day-rain", "all")
+GROUP_ORDER = ("day-clear", "night", "day-rain", *data.DRIVINGSTEREO_WEATHERS, "all")
 MODE_TITLES = {"plain": "plain prediction", "flip_pp": "flip post-processing (monodepth2 edge ramp)"}
 
 
@@ -103,17 +104,18 @@ def _tensor(x):
     return x.squeeze()
 
 
-def compute_depth_metrics(gt, pred, min_depth=0.1, max_depth=80.0, median_scaling=False):
+def compute_depth_metrics(gt, pred, min_depth=0.1, max_depth=80.0, median_scaling=False, cap_gt=True):
     """Depth errors of one image, md4all's rules (docs/method.md §5). Returns None without valid pixels.
 
-    valid = min < gt < max in gt's own dtype (a float32 gt of float32(0.1) is not valid); the optional
+    valid = min < gt < max in gt's own dtype (a float32 gt of float32(0.1) is not valid; cap_gt=False: every
+    gt > min, DrivingStereo's rule in WeatherDepth's evaluator, where only the prediction is capped); the optional
     median scaling uses torch's median (the lower middle value on an even count); then pred is
     clamped to [min, max]. The metrics are computed in the inputs' dtype, as md4all does."""
     gt, pred = _tensor(gt), _tensor(pred)
     if gt.shape != pred.shape:
         raise ValueError(f"gt {tuple(gt.shape)} and prediction {tuple(pred.shape)} differ in size: upsample "
                          f"the prediction to the ground-truth resolution first")
-    valid = (gt > min_depth) & (gt < max_depth)  # a Python float does not promote the tensor's dtype
+    valid = (gt > min_depth) & ((gt < max_depth) if cap_gt else True)  # a Python float keeps the tensor's dtype
     if not valid.any():
         return None
     dtype = torch.promote_types(gt.dtype, pred.dtype)
@@ -159,7 +161,7 @@ def summarize(totals):
 
 
 def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=False, on_image=None,
-                 progress=False):
+                 progress=False, cap_gt=True):
     """Score `predict(batch)` against each item's `gt`: (totals per group, one row per image).
 
     When predict returns a dict {mode: predictions} (model.net_predictor(..., by_mode=True)), totals are
@@ -175,7 +177,8 @@ def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=
         for i in range(len(batch["path"])):
             row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all"}
             for mode, pred in preds.items():
-                row[mode] = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
+                row[mode] = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling,
+                                                  cap_gt)
             if not per_mode:
                 row = {"path": row["path"], "cond": row["cond"], **(row["plain"] or {})}
             rows.append(row)
@@ -290,12 +293,14 @@ def load_checkpoint(path):
 
 
 def make_eval_dataset(args, net_size=None):
-    """md4all's evaluation split: nuScenes val, RobotCar test, or every image of a folder."""
+    """md4all's evaluation split: nuScenes val, RobotCar test, DrivingStereo's weather sets, or a folder's images."""
     kwargs = {"size": args.size, "net_size": net_size}
     if args.dataset == "nuscenes":
         return data.NuScenesDepth(args.data_root, args.version, "val", **kwargs)
     if args.dataset == "robotcar":
         return data.RobotCarDepth(args.data_root, "test", **kwargs)
+    if args.dataset == "drivingstereo":
+        return data.DrivingStereoDepth(args.data_root, args.weather, **kwargs)
     return data.FolderDepth(args.data_root, **kwargs)
 
 
@@ -308,15 +313,21 @@ def parse_args(argv):
     p = data.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=data.HelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (.pt) or exported folder of a depth net")
     p.add_argument("--pred-dir", help="evaluate precomputed .npy depth maps (metres) instead of a checkpoint")
-    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"],
-                   help="nuScenes val, RobotCar test, or every image of a folder with .npy depth beside it")
+    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "drivingstereo", "folder"],
+                   help="nuScenes val, RobotCar test, DrivingStereo's weather sets (zero-shot), or every image of a "
+                        "folder with .npy depth beside it")
+    p.add_argument("--weather", nargs="+", choices=data.DRIVINGSTEREO_WEATHERS, default=None,
+                   help="DrivingStereo: the weather sets to score, each a group of the tables (default: every set under "
+                        "--data-root)")
     p.add_argument("--data-root", required=True, help="the dataset folder (read only: --out must lie outside it)")
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
     p.add_argument("--size", type=data.parse_size, default=None,
                    help="the frames' size HxW, the trainers' --size (default: the checkpoint's, else nuScenes 320x576, "
-                        "RobotCar 320x544, folder: each image's); the net sees its input at its own net size")
+                        "RobotCar 320x544, DrivingStereo 320x704, folder: each image's); the net sees its input at "
+                        "its own net size")
     p.add_argument("--min-depth", type=float, default=0.1, help="ground truth must exceed it")
-    p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes, folder), 50 (RobotCar)")
+    p.add_argument("--max-depth", type=float, default=None,
+                   help="cap; default 80 (nuScenes, DrivingStereo, folder), 50 (RobotCar)")
     p.add_argument("--median-scaling", action="store_true", help="scale each prediction to the gt median "
                    "(relative-depth models)")
     p.add_argument("--flip-pp", action="store_true", help="report flip post-processing too (both tables)")
@@ -334,6 +345,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.pred_dir):
         p.error("pass exactly one of --ckpt (a depth net) or --pred-dir (precomputed depth maps)")
+    if args.weather and args.dataset != "drivingstereo":
+        p.error("--weather picks DrivingStereo's weather sets: add --dataset drivingstereo, or drop --weather")
     if args.pred_dir and args.flip_pp:
         p.error("--flip-pp needs --ckpt: precomputed depth maps cannot be re-predicted on mirrored images")
     if args.size and min(args.size) < 14:
@@ -379,7 +392,7 @@ def evaluate(args):
             save_visualisation(os.path.join(args.out, "vis", f"{group}_{vis_done[group]:03d}.png"),
                                image, pred.numpy(), batch["gt"][i, 0].numpy(), args.min_depth, args.max_depth)
     totals, rows = score_loader(loader, predict, args.min_depth, args.max_depth, args.median_scaling, save_some,
-                                progress=True)
+                                progress=True, cap_gt=defaults.get("cap_gt", True))
     summaries = {mode: summarize(t) for mode, t in totals.items()}
     if not summaries.get("plain"):
         raise ValueError(f"no image had a valid ground-truth pixel in ({args.min_depth}, {args.max_depth}) m: "

@@ -461,3 +461,59 @@ def test_check_data_finds_a_cut_lidar_scan_before_inference_and_is_off_by_defaul
     monkeypatch.setattr(data, "check_files", lambda *a, **k: pytest.fail("checked without --check-data"))
     line = run_expecting_error(argv, capsys)  # as before the check existed: after the images before it
     assert broken in line and "data files are broken" not in line and len(predictions) > 0
+
+
+# DrivingStereo's weather sets (docs/method.md §5): WeatherDepth's rule, every gt > 0 scored, none capped
+
+def drivingstereo_predictions(root, folder, depth_of):
+    """A constant .npy prediction of depth_of[weather] metres for every frame of the fake tree, at 8x18."""
+    import os
+
+    from worlds import DS_FRAMES
+    for weather, names in DS_FRAMES.items():
+        os.makedirs(folder / weather / "left-image-full-size", exist_ok=True)
+        for name in names:
+            np.save(folder / weather / "left-image-full-size" / f"{name}.npy",
+                    np.full((8, 18), depth_of[weather], np.float32))
+
+
+def test_drivingstereo_scores_each_weather_on_every_positive_gt_with_hand_values(tmp_path, capsys):
+    import json
+
+    from worlds import make_drivingstereo
+    root = make_drivingstereo(tmp_path / "ds")
+    drivingstereo_predictions(root, tmp_path / "pred", {"foggy": 10.0, "rainy": 20.0})
+    summary = evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--dataset", "drivingstereo", "--data-root", root,
+                             "--weather", "foggy", "rainy", "--workers", "0", "--save-vis", "1",
+                             "--out", str(tmp_path / "eval")])
+    # bands of 10, 20 and 100 m (the 100 m band scored: no cap on the ground truth), each a third of the pixels
+    foggy = dict(abs_rel=(0 + 0.5 + 0.9) / 3, sq_rel=(0 + 100 / 20 + 90 ** 2 / 100) / 3,
+                 rmse=math.sqrt((0 + 100 + 90 ** 2) / 3), a1=1 / 3, a3=1 / 3)  # ratios 1, 2, 10
+    rainy = dict(abs_rel=(1 + 0 + 0.8) / 3, rmse=math.sqrt((100 + 0 + 80 ** 2) / 3), a1=1 / 3)  # ratios 2, 1, 5
+    for group, hand in (("foggy", foggy), ("rainy", rainy)):
+        for k, v in hand.items():
+            assert summary[group][k] == pytest.approx(v, rel=1e-6), (group, k)
+    assert summary["foggy"]["count"] == 2 and summary["rainy"]["count"] == 1
+    assert summary["all"]["abs_rel"] == pytest.approx((2 * foggy["abs_rel"] + rainy["abs_rel"]) / 3)
+    table = capsys.readouterr().out
+    assert table.index("foggy") < table.index("rainy") < table.index("all")
+    csv = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in csv[1:]] == ["foggy", "rainy", "all"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["args"]["weather"] == ["foggy", "rainy"]
+    assert sorted(p.name for p in (tmp_path / "eval" / "vis").iterdir()) == ["foggy_001.png", "rainy_001.png"]
+
+
+def test_drivingstereo_with_the_md4all_cap_would_drop_the_far_band():
+    from worlds import drivingstereo_depth
+    gt, pred = drivingstereo_depth(), np.full((16, 36), 10.0, np.float32)
+    assert compute_depth_metrics(gt, pred, cap_gt=False)["abs_rel"] == pytest.approx(1.4 / 3)
+    assert compute_depth_metrics(gt, pred)["abs_rel"] == pytest.approx(0.25)  # only 10 and 20 m below 80
+
+
+def test_drivingstereo_net_run_reads_frames_at_the_net_size_and_gt_at_full_size(tmp_path):
+    from worlds import make_drivingstereo
+    root = make_drivingstereo(tmp_path / "ds")
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt")
+    summary = evaluate.main(["--ckpt", ckpt, "--dataset", "drivingstereo", "--data-root", root, "--size", "14x28",
+                             "--workers", "0", "--out", str(tmp_path / "eval")])
+    assert set(summary) == {"foggy", "rainy", "all"} and summary["all"]["count"] == 3
