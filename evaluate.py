@@ -296,8 +296,8 @@ def robustness(clean, corrupted, base_clean=None, base_corrupted=None):
 
 
 def read_baseline(path, corruptions, severities, mode):
-    """(clean summary, {corruption: {severity: summary}}) of `mode` from another run's metrics.json, which must hold
-    every corruption and severity asked for; errors name the file and what it lacks."""
+    """(clean summary, {corruption: {severity: summary}}, its --label) of `mode` from another run's metrics.json,
+    which must hold every corruption and severity asked for; errors name the file and what it lacks."""
     try:
         with open(path) as f:
             report = json.load(f)
@@ -313,7 +313,8 @@ def read_baseline(path, corruptions, severities, mode):
     if missing:
         raise ValueError(f"--baseline-metrics {path} lacks {', '.join(missing[:4])}: run the baseline with the same "
                          f"--corruptions and --severities")
-    return clean, {name: {s: theirs[name][str(s)][mode] for s in severities} for name in corruptions}
+    label = report.get("args", {}).get("label") or "baseline"
+    return clean, {name: {s: theirs[name][str(s)][mode] for s in severities} for name in corruptions}, label
 
 
 def format_corruption_table(corrupted, scores):
@@ -340,17 +341,18 @@ def severity_plot(runs, labels):
     """PIL image: abs_rel (all frames) against severity, 0 = clean, one line per corruption; a second run (e.g. the
     baseline: the teacher of a student) dashed in the same colour. runs: [(clean summary, {name: {severity:
     summary}})], summaries of one mode."""
-    W, H, left, right, top, bottom = 900, 520, 70, 190, 50, 60
+    W, H, left, right, top, bottom = 1000, 520, 70, 290, 50, 60
     names = list(runs[0][1])
     points = [{n: [(0, clean["all"]["abs_rel"])] + [(s, c[n][s]["all"]["abs_rel"]) for s in c[n]] for n in names}
               for clean, c in runs]
-    top_value = max(v for run in points for line in run.values() for _, v in line) * 1.1
+    values = [v for run in points for line in run.values() for _, v in line]
+    low, high = min(values) * 0.9, max(values) * 1.05
     max_s = max(s for run in points for line in run.values() for s, _ in line)
     image = Image.new("RGB", (W, H), "white")
     draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=13)
     x = lambda s: left + (W - left - right) * s / max_s  # noqa: E731
-    y = lambda v: H - bottom - (H - bottom - top) * v / top_value  # noqa: E731
-    for tick in np.linspace(0, top_value, 6)[:-1]:
+    y = lambda v: H - bottom - (H - bottom - top) * (v - low) / (high - low)  # noqa: E731
+    for tick in np.linspace(low, high, 6):
         draw.line([(left, y(tick)), (W - right, y(tick))], fill=(225, 225, 225))
         draw.text((left - 6, y(tick)), f"{tick:.3f}", fill="black", font=font, anchor="rm")
     for s in range(max_s + 1):
@@ -377,7 +379,9 @@ def severity_plot(runs, labels):
         draw.text((W - right + 42, ly), name, fill="black", font=font, anchor="lm")
     ly = top + 18 * len(names) + 12
     for r, label in enumerate(labels):
-        draw.line([(W - right + 12, ly + 18 * r), (W - right + 36, ly + 18 * r)], fill="black", width=3 - r)
+        for a in range(12, 36, 8 if r else 24):  # solid, or dashed
+            draw.line([(W - right + a, ly + 18 * r), (W - right + a + (4 if r else 24), ly + 18 * r)], fill="black",
+                      width=3 - r)
         draw.text((W - right + 42, ly + 18 * r), f"{label} ({'solid' if r == 0 else 'dashed'})", fill="black",
                   font=font, anchor="lm")
     return image
@@ -658,7 +662,7 @@ def write_corruption_results(args, summaries, corrupted, baseline=None):
     `baseline`, read_baseline's pair, when given)."""
     mode = "flip_pp" if args.flip_pp else "plain"
     by_mode = {name: {s: runs[s][mode] for s in runs} for name, runs in corrupted.items()}
-    scores = robustness(summaries[mode], by_mode, *(baseline or (None, None)))
+    scores = robustness(summaries[mode], by_mode, *(baseline[:2] if baseline else (None, None)))
     print(f"\ncorruptions, {MODE_TITLES[mode]}\n{format_corruption_table(by_mode, scores)}")
     table = {name: {**{str(s): runs[s] for s in runs},
                     "mean": {m: mean_over_severities({s: runs[s][m] for s in runs}) for m in summaries}}
@@ -668,9 +672,8 @@ def write_corruption_results(args, summaries, corrupted, baseline=None):
               for name, runs in table.items() for s, by in runs.items() for m, summary in by.items()
               for g in ordered_groups(summary)]
     data.write_atomic(os.path.join(args.out, "corruptions.csv"), lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
-    runs = [(summaries[mode], by_mode)] + ([baseline] if baseline else [])
-    labels = [args.label or "this run"] + ([os.path.basename(os.path.dirname(os.path.abspath(args.baseline_metrics)))
-                                            or "baseline"] if args.baseline_metrics else [])
+    runs = [(summaries[mode], by_mode)] + ([baseline[:2]] if baseline else [])
+    labels = [args.label or "this run"] + ([baseline[2]] if baseline else [])
     picture = severity_plot(runs, labels)
     data.write_atomic(os.path.join(args.out, "corruptions.png"), lambda tmp: picture.save(tmp, format="PNG"))
     return {"corruptions": table, "robustness": {"mode": mode, "baseline": args.baseline_metrics, **scores}}

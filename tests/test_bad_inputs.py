@@ -109,6 +109,7 @@ CASES = [
     ("synthetic.py", ["--out", "{out}", "--size", "36x0"], "--size"),
     ("tiny_models.py", ["--out", "{models}"], "another --out"),
     ("learning_check.py", ["--out", "{out}", "--size", "0x160"], "--size"),
+    ("learning_check.py", ["--out", "{out}", "--corruptions-only"], "--corruptions-only"),
     ("export_onnx.py", ["--ckpt", "{junk}", "--out", "{out}/net.onnx"], "cannot be read"),
     ("export_onnx.py", ["--ckpt", "{teacher}", "--out", "{out}/net.onnx", "--check-sizes", "0x70"], "image size"),
     # an --out that cannot be written (a file stands where its folder would be: root ignores permission bits)

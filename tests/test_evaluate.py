@@ -576,7 +576,8 @@ def test_corruption_run_writes_tables_csv_plot_and_a_baseline_gives_ce_of_100_ag
     assert any(line.startswith("contrast,mean,plain,all,") for line in csv)
     assert (out / "corruptions.png").read_bytes()[:4] == b"\x89PNG"
     by_mode = {n: {s: report["corruptions"][n][str(s)]["plain"] for s in (1, 3)} for n in report["corruptions"]}
-    base_clean, base = evaluate.read_baseline(str(out / "metrics.json"), list(by_mode), [1, 3], "plain")
+    base_clean, base, label = evaluate.read_baseline(str(out / "metrics.json"), list(by_mode), [1, 3], "plain")
+    assert label == "baseline"  # the run had no --label
     scores = evaluate.robustness(report["summary"]["plain"], by_mode, base_clean, base)
     assert scores["mce"] == pytest.approx(100) and scores["mrce"] == pytest.approx(100)
     with pytest.raises(ValueError, match="lacks fog 1: run the baseline with the same --corruptions"):
