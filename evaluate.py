@@ -522,8 +522,8 @@ def parse_args(argv):
                    help="nuScenes val, RobotCar test, DrivingStereo's weather sets (zero-shot), or every image of a "
                         "folder with .npy depth beside it")
     p.add_argument("--weather", nargs="+", choices=data.DRIVINGSTEREO_WEATHERS, default=None,
-                   help="DrivingStereo: the weather sets to score, each a group of the tables (default: every set under "
-                        "--data-root)")
+                   help="DrivingStereo: the weather sets to score, each a group of the tables (default: every "
+                        "set under --data-root)")
     p.add_argument("--data-root", required=True, help="the dataset folder (read only: --out must lie outside it)")
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
     p.add_argument("--size", type=data.parse_size, default=None,

@@ -912,6 +912,7 @@ def test_drivingstereo_depth_is_the_16_bit_value_over_256_and_an_8_bit_map_is_re
     assert dataset[2]['input'].shape == (3, 14, 28) and dataset[2]['gt'].shape == (1, 16, 36)
     assert len(dataset.files()) == 6
     name = DS_FRAMES['rainy'][0]
-    Image.fromarray(np.zeros((16, 36), np.uint8)).save(tmp_path / 'ds' / 'rainy' / 'depth-map-full-size' / f'{name}.png')
+    eight_bit = tmp_path / 'ds' / 'rainy' / 'depth-map-full-size' / f'{name}.png'
+    Image.fromarray(np.zeros((16, 36), np.uint8)).save(eight_bit)
     with pytest.raises(ValueError, match=r'rainy/depth-map-full-size/.*\.png is a L PNG, not DrivingStereo.s 16-bit'):
         dataset[2]

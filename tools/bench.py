@@ -511,7 +511,8 @@ def bench_onnx(args, device, results):
     onnx_rate = args.iters / seconds(lambda: session.run(["depth"], feed), args.iters, cpu)
     results.add("onnx", net_size=list(args.net_size), threads=threads, onnxruntime=onnxruntime.__version__,
                 torch_cpu_frames_per_s=torch_rate, onnxruntime_cpu_frames_per_s=onnx_rate,
-                onnx_speedup=onnx_rate / torch_rate, max_relative_depth_difference=float(abs(depth / expected - 1).max()))
+                onnx_speedup=onnx_rate / torch_rate,
+                max_relative_depth_difference=float(abs(depth / expected - 1).max()))
 
 
 def bench_flops(args, device, results):

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/check --jobs 2     # about 17 min on 2 CPU cores (docs/results.md)
     OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/quick --teacher-steps 200 --student-steps 100 --seeds 1
-    OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/check --corruptions-only   # stage 5 alone, on a finished check
+    OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/check --corruptions-only  # stage 5 on a finished check
 
 Stages, each a real command of this repository run as its own process (logs in <out>/<run>/train.log):
 1. The world: synthetic.py with a 12 Hz camera (--sweeps 5, about 0.5-0.9 m between frames, as nuScenes
