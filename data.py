@@ -47,7 +47,11 @@ DATASET_DEFAULTS = {
     'nuscenes': dict(size=(320, 576), max_depth=80.0, crop=1.0),
     'robotcar': dict(size=(320, 544), max_depth=50.0, crop=768 / 960),  # the top 768 of 960 rows: no bonnet
     'folder': dict(size=None, max_depth=80.0, crop=1.0),  # size None: each image at its own size
+    # 800x1762 frames; 320x704 keeps their aspect. Scored as WeatherDepth's public evaluator does (docs/method.md
+    # §5): every gt > 0 counts, none is capped (cap_gt False), only the prediction is clamped to max_depth.
+    'drivingstereo': dict(size=(320, 704), max_depth=80.0, crop=1.0, cap_gt=False),
 }
+DRIVINGSTEREO_WEATHERS = ('sunny', 'cloudy', 'foggy', 'rainy')  # the four 500-frame weather sets
 
 
 def parse_size(text):
@@ -93,7 +97,8 @@ def at_least(minimum):
 
 def run_cli(main, prog, on_interrupt="rerun the same command to continue: finished outputs are kept"):
     """Run a script's `main()`, turning the errors a user can cause (missing or unreadable files, bad flags,
-    data or checkpoints, models that cannot be loaded: OSError and ValueError) into one line
+    data or checkpoints, models that cannot be loaded: OSError and ValueError; an optional package that is not
+    installed: ImportError, whose message gives the pip command) into one line
     `<prog>: error: ...` and exit status 1 (argparse's usage errors exit with 2); bugs keep their traceback.
     Ctrl-C: one line, the interruption's own message (the trainers say the step) or `on_interrupt`, exit 130."""
     try:
@@ -101,7 +106,7 @@ def run_cli(main, prog, on_interrupt="rerun the same command to continue: finish
     except KeyboardInterrupt as e:
         print(f"{prog}: {e if e.args else 'interrupted; ' + on_interrupt}", file=sys.stderr)
         raise SystemExit(130) from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         message = str(e).strip() or type(e).__name__
         if "Original Traceback" in message:  # raised in a DataLoader worker: its traceback's last line says it
             message = message.splitlines()[-1].removeprefix(f"{type(e).__name__}: ")
@@ -996,6 +1001,66 @@ class FolderDepth(AugmentedDataset):
         if os.path.isfile(depth_path):
             item['gt'] = torch.from_numpy(read_depth_map(depth_path))[None]
         return self._flip(item, draws)
+
+
+class DrivingStereoDepth(AugmentedDataset):
+    """DrivingStereo's weather sets (docs/method.md §5): `<root>/<weather>/left-image-full-size/<name>.jpg|.png`
+    and its ground truth `<root>/<weather>/depth-map-full-size/<name>.png`, a 16-bit PNG of depth x 256 (0: no
+    depth), 800x1762 like the frame. `cond` is the weather; weathers None: every set found under the root.
+    The keyword options are AugmentedDataset's."""
+    dataset, crop = 'drivingstereo', DATASET_DEFAULTS['drivingstereo']['crop']
+
+    def __init__(self, root, weathers=None, size=DATASET_DEFAULTS['drivingstereo']['size'], **options):
+        super().__init__(root, size, **options)
+        if weathers is None:
+            weathers = [w for w in DRIVINGSTEREO_WEATHERS if os.path.isdir(os.path.join(root, w))]
+            if not weathers:
+                raise FileNotFoundError(f"no DrivingStereo weather set under {root}: it should hold "
+                                        f"{', '.join(DRIVINGSTEREO_WEATHERS)} folders, each with left-image-full-size/ "
+                                        f"and depth-map-full-size/ (unpacked from the dataset's weather zips)")
+        unknown = [w for w in weathers if w not in DRIVINGSTEREO_WEATHERS]
+        if unknown:
+            raise ValueError(f"--weather {' '.join(unknown)}: DrivingStereo's weather sets are "
+                             f"{', '.join(DRIVINGSTEREO_WEATHERS)}")
+        self.items = []
+        for weather in weathers:
+            folder = os.path.join(root, weather, 'left-image-full-size')
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"DrivingStereo weather set missing: {folder}; unpack {weather}.zip's "
+                                        f"left-image-full-size/ and depth-map-full-size/ there, or pass --weather "
+                                        f"with the sets you have")
+            names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+            if not names:
+                raise ValueError(f"no .jpg/.png frames in {folder}")
+            self.items += [(weather, f'{weather}/left-image-full-size/{n}') for n in names]
+
+    @staticmethod
+    def gt_path(image_path):
+        """The depth map of a frame (paths relative to the root): same name, .png, in depth-map-full-size/."""
+        weather, _, name = image_path.split('/')
+        return f'{weather}/depth-map-full-size/{os.path.splitext(name)[0]}.png'
+
+    def files(self):
+        """Every file an epoch reads (check_files reads them before a run): the frames and their depth maps."""
+        return self._epoch_files([p for _, p in self.items], [self.gt_path(p) for _, p in self.items])
+
+    def __getitem__(self, i):
+        i, draws = self._draws(i)
+        weather, path = self.items[i]
+        item, _ = self._target(os.path.join(self.root, path), path, draws)
+        item.update(cond=weather, key=path, path=path)
+        item['gt'] = torch.from_numpy(read_drivingstereo_depth(os.path.join(self.root, self.gt_path(path))))[None]
+        return self._flip(item, draws)
+
+
+def read_drivingstereo_depth(path):
+    """(H, W) float32 metres of a DrivingStereo depth PNG: uint16 value / 256, 0 where there is no depth."""
+    with open_image(path) as image:
+        load_pixels(image, path)
+        if image.mode not in ('I;16', 'I;16B', 'I'):
+            raise ValueError(f"depth map {path} is a {image.mode} PNG, not DrivingStereo's 16-bit depth x 256: "
+                             "take it from the depth-map-full-size folder of the download")
+        return np.asarray(image, dtype=np.float32) / 256
 
 
 def dataset_root_kind(root):

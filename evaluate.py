@@ -5,7 +5,10 @@
     python evaluate.py --ckpt CKPT --data-root /data/nuscenes --flip-pp    # plain AND flip-pp tables in one run
     python evaluate.py --pred-dir other_method/ --dataset nuscenes --data-root /data/nuscenes  # their maps
     python evaluate.py --ckpt CKPT --dataset folder --data-root my_images/  # .npy depth next to each image
+    python evaluate.py --ckpt CKPT --dataset drivingstereo --data-root /data/drivingstereo --weather foggy rainy
     python evaluate.py --ckpt CKPT --data-root /data/nuscenes --check-data  # read every file before inference
+    python evaluate.py --ckpt CKPT --data-root /data/nuscenes --corruptions all --severities 1-5 \
+        --baseline-metrics eval_teacher/metrics.json --out eval_student   # common corruptions, CE vs a baseline
 
 The protocol, as md4all's evaluator runs it: the net sees the item's `input` at its own size; its
 scaled disparity at the network's output resolution is (with --flip-pp) blended with the
@@ -23,8 +26,16 @@ size; upsampled like the net's depth), so other methods are scored on exactly th
 prediction (network_input, flip_post_process, upsample_depth, predict_depths, net_predictor), the scores
 (compute_depth_metrics, condition groups, score_loader, summarize), tables and pictures, the command.
 The trainers' validation calls the same functions (training.py). It needs model.py and data.py only.
+
+--corruptions (RoboDepth's KITTI-C protocol on any dataset, docs/method.md §5; needs the optional
+imagecorruptions package) scores the clean frames and then each corruption at each --severities, every frame
+corrupted where the net sees it, seeded by its path and the corruption (the ground truth untouched): the table
+of abs_rel per severity with RoboDepth's DEE and resilience rate (and, with --baseline-metrics, the corruption
+errors CE and RCE relative to that run), `<out>/corruptions.csv`, `<out>/corruptions.png` (abs_rel against
+severity, the baseline dashed) and the per-severity summaries and scores in metrics.json.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -40,7 +51,7 @@ import data
 from model import load_depth_net, read_checkpoint
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
-GROUP_ORDER = ("day-clear", "night", "day-rain", "all")
+GROUP_ORDER = ("day-clear", "night", "day-rain", *data.DRIVINGSTEREO_WEATHERS, "all")
 MODE_TITLES = {"plain": "plain prediction", "flip_pp": "flip post-processing (monodepth2 edge ramp)"}
 
 
@@ -103,17 +114,18 @@ def _tensor(x):
     return x.squeeze()
 
 
-def compute_depth_metrics(gt, pred, min_depth=0.1, max_depth=80.0, median_scaling=False):
+def compute_depth_metrics(gt, pred, min_depth=0.1, max_depth=80.0, median_scaling=False, cap_gt=True):
     """Depth errors of one image, md4all's rules (docs/method.md §5). Returns None without valid pixels.
 
-    valid = min < gt < max in gt's own dtype (a float32 gt of float32(0.1) is not valid); the optional
+    valid = min < gt < max in gt's own dtype (a float32 gt of float32(0.1) is not valid; cap_gt=False: every
+    gt > min, DrivingStereo's rule in WeatherDepth's evaluator, where only the prediction is capped); the optional
     median scaling uses torch's median (the lower middle value on an even count); then pred is
     clamped to [min, max]. The metrics are computed in the inputs' dtype, as md4all does."""
     gt, pred = _tensor(gt), _tensor(pred)
     if gt.shape != pred.shape:
         raise ValueError(f"gt {tuple(gt.shape)} and prediction {tuple(pred.shape)} differ in size: upsample "
                          f"the prediction to the ground-truth resolution first")
-    valid = (gt > min_depth) & (gt < max_depth)  # a Python float does not promote the tensor's dtype
+    valid = (gt > min_depth) & ((gt < max_depth) if cap_gt else True)  # a Python float keeps the tensor's dtype
     if not valid.any():
         return None
     dtype = torch.promote_types(gt.dtype, pred.dtype)
@@ -159,7 +171,7 @@ def summarize(totals):
 
 
 def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=False, on_image=None,
-                 progress=False):
+                 progress=False, cap_gt=True, desc="evaluate"):
     """Score `predict(batch)` against each item's `gt`: (totals per group, one row per image).
 
     When predict returns a dict {mode: predictions} (model.net_predictor(..., by_mode=True)), totals are
@@ -167,15 +179,16 @@ def score_loader(loader, predict, min_depth=0.1, max_depth=80.0, median_scaling=
     sees every image (pred_i: a tensor, or a dict like the predictions)."""
     batches = iter(loader)
     try:
-        return score_batches(batches, len(loader), predict, min_depth, max_depth, median_scaling, on_image, progress)
+        return score_batches(batches, len(loader), predict, min_depth, max_depth, median_scaling, on_image, progress,
+                             cap_gt, desc)
     finally:  # also on an error mid-way: the workers stop now (data.stop_workers: no /tmp/pymp-* left behind)
         data.stop_workers(batches)
 
 
-def score_batches(batches, count, predict, min_depth, max_depth, median_scaling, on_image, progress):
+def score_batches(batches, count, predict, min_depth, max_depth, median_scaling, on_image, progress, cap_gt, desc):
     """score_loader's loop over an iterator of `count` batches."""
     rows, per_mode = [], None
-    for batch in tqdm(batches, total=count, desc="evaluate", disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(batches, total=count, desc=desc, disable=not progress, dynamic_ncols=True):
         if "gt" not in batch:
             raise ValueError("items carry no ground truth `gt`: a folder needs a .npy depth map next to each image")
         preds = predict(batch)
@@ -184,7 +197,8 @@ def score_batches(batches, count, predict, min_depth, max_depth, median_scaling,
         for i in range(len(batch["path"])):
             row = {"path": batch["path"][i], "cond": batch["cond"][i] if "cond" in batch else "all"}
             for mode, pred in preds.items():
-                row[mode] = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling)
+                row[mode] = compute_depth_metrics(batch["gt"][i, 0], pred[i], min_depth, max_depth, median_scaling,
+                                                  cap_gt)
             if not per_mode:
                 row = {"path": row["path"], "cond": row["cond"], **(row["plain"] or {})}
             rows.append(row)
@@ -208,6 +222,179 @@ def format_table(summary):
         m = summary[g]
         lines.append(f"{g:<10} {m['count']:>6} " + " ".join(f"{m[k]:>8.4f}" for k in METRIC_NAMES))
     return "\n".join(lines)
+
+
+# Common corruptions (docs/method.md §5): RoboDepth's KITTI-C protocol on any dataset. Each frame is corrupted at
+# the size the net sees it (RoboDepth corrupts KITTI at its 192x640 network size), the ground truth untouched.
+IMAGENET_C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+              "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+              "jpeg_compression")  # --corruptions all: the 15 ImageNet-C corruptions, 15 of KITTI-C's 18
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")  # ImageNet-C's held-out four
+CORRUPTIONS_INSTALL = "pip install imagecorruptions-imaug (requirements-extras.txt)"
+OWN_SEED = ("impulse_noise", "glass_blur")  # draw from generators of their own: they take the seed as an argument
+
+
+def corruption_seed(frame, corruption):
+    """The seed of a frame's corruption: from its path and the corruption's name, the same at every severity."""
+    return int.from_bytes(hashlib.sha256(f"{frame}|{corruption}".encode()).digest()[:4], "little")
+
+
+def corrupt_frame(image, corruption, severity, seed):
+    """A (3,H,W) image in [0,1] corrupted by the imagecorruptions package (uint8 in and out, as ImageNet-C)."""
+    try:
+        import imagecorruptions
+    except ImportError:
+        raise ImportError(f"--corruptions needs the imagecorruptions package: {CORRUPTIONS_INSTALL}") from None
+    h, w = image.shape[-2:]
+    if min(h, w) < 32:
+        raise ValueError(f"--corruptions: the net sees {h}x{w} frames; the corruptions need at least 32x32 pixels "
+                         f"(pass a larger --size)")
+    pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    np.random.seed(seed)  # every other corruption draws from numpy's global generator
+    out = imagecorruptions.corrupt(pixels, severity, corruption, **({"seed": seed} if corruption in OWN_SEED else {}))
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+
+
+class CorruptedFrames(torch.utils.data.Dataset):
+    """The items of `dataset` with what the net sees (`input`) corrupted, seeded by the frame and the corruption."""
+
+    def __init__(self, dataset, corruption, severity):
+        self.dataset, self.corruption, self.severity = dataset, corruption, severity
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        key = "input" if "input" in item else "color"
+        item[key] = corrupt_frame(item[key], self.corruption, self.severity, corruption_seed(item["path"],
+                                                                                             self.corruption))
+        item.pop("color" if key == "input" else "input", None)  # pictures show the corrupted frame
+        return item
+
+
+def depth_estimation_error(metrics):
+    """RoboDepth's main score, DEE = (abs_rel - a1 + 1) / 2 (lower is better; docs/method.md §5)."""
+    return (metrics["abs_rel"] - metrics["a1"] + 1) / 2
+
+
+def mean_over_severities(by_severity):
+    """{group: mean of each metric over the severities} of {severity: {group: metrics}} (counts kept)."""
+    runs = list(by_severity.values())
+    return {g: {"count": runs[0][g]["count"], **{k: float(np.mean([r[g][k] for r in runs])) for k in METRIC_NAMES}}
+            for g in runs[0] if all(g in r for r in runs)}
+
+
+def robustness(clean, corrupted, base_clean=None, base_corrupted=None):
+    """RoboDepth's scores from the "all" group (docs/method.md §5), per corruption i over its severities l, in %:
+    RR_i = sum_l (1 - DEE_il) / (L (1 - DEE_clean)); with a baseline, CE_i = sum_l DEE_il / sum_l DEE_il^base and
+    RCE_i = sum_l (DEE_il - DEE_clean) / sum_l (DEE_il^base - DEE_clean^base); their means mRR, mCE, mRCE."""
+    dee_clean = depth_estimation_error(clean["all"])
+    rows = {}
+    for name, by_severity in corrupted.items():
+        dee = [depth_estimation_error(by_severity[s]["all"]) for s in by_severity]
+        row = {"dee": float(np.mean(dee)), "rr": 100 * sum(1 - d for d in dee) / (len(dee) * (1 - dee_clean))}
+        if base_corrupted is not None:
+            base = [depth_estimation_error(base_corrupted[name][s]["all"]) for s in by_severity]
+            base_clean_dee = depth_estimation_error(base_clean["all"])
+            row["ce"] = 100 * sum(dee) / sum(base)
+            row["rce"] = 100 * sum(d - dee_clean for d in dee) / sum(b - base_clean_dee for b in base)
+        rows[name] = row
+    means = {f"m{k}": float(np.mean([r[k] for r in rows.values()])) for k in ("rr", "ce", "rce") if k in
+             next(iter(rows.values()))}
+    return {"dee_clean": dee_clean, "per_corruption": rows, **means}
+
+
+def read_baseline(path, corruptions, severities, mode):
+    """(clean summary, {corruption: {severity: summary}}, its --label) of `mode` from another run's metrics.json,
+    which must hold every corruption and severity asked for; errors name the file and what it lacks."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+        clean, theirs = report["summary"][mode], report["corruptions"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--baseline-metrics {path} does not exist: pass the metrics.json of a run made "
+                                f"with the same --corruptions and --severities") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--baseline-metrics {path} is not a metrics.json of a --corruptions run in {mode} mode "
+                         f"({type(e).__name__}: {e}); rerun the baseline with --corruptions") from None
+    missing = [f"{name} {s}" for name in corruptions for s in severities
+               if mode not in theirs.get(name, {}).get(str(s), {})]
+    if missing:
+        raise ValueError(f"--baseline-metrics {path} lacks {', '.join(missing[:4])}: run the baseline with the same "
+                         f"--corruptions and --severities")
+    label = report.get("args", {}).get("label") or "baseline"
+    return clean, {name: {s: theirs[name][str(s)][mode] for s in severities} for name in corruptions}, label
+
+
+def format_corruption_table(corrupted, scores):
+    """abs_rel per severity and its mean, DEE and RoboDepth's rates per corruption, all frames."""
+    severities = list(next(iter(corrupted.values())))
+    rates = [k for k in ("rr", "ce", "rce") if k in next(iter(scores["per_corruption"].values()))]
+    lines = [f"{'corruption':<18} " + " ".join(f"{'abs_rel ' + str(s):>10}" for s in severities)
+             + f" {'mean':>8} {'DEE':>7} " + " ".join(f"{k.upper() + ' %':>8}" for k in rates)]
+    for name, by_severity in corrupted.items():
+        row = scores["per_corruption"][name]
+        lines.append(f"{name:<18} " + " ".join(f"{by_severity[s]['all']['abs_rel']:>10.4f}" for s in severities)
+                     + f" {np.mean([by_severity[s]['all']['abs_rel'] for s in severities]):>8.4f} {row['dee']:>7.4f} "
+                     + " ".join(f"{row[k]:>8.2f}" for k in rates))
+    lines.append(f"clean DEE {scores['dee_clean']:.4f}; " + ", ".join(f"m{k.upper()} {scores['m' + k]:.2f} %"
+                                                                      for k in rates))
+    return "\n".join(lines)
+
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def severity_plot(runs, labels):
+    """PIL image: abs_rel (all frames) against severity, 0 = clean, one line per corruption; a second run (e.g. the
+    baseline: the teacher of a student) dashed in the same colour. runs: [(clean summary, {name: {severity:
+    summary}})], summaries of one mode."""
+    W, H, left, right, top, bottom = 1000, 520, 70, 290, 50, 60
+    names = list(runs[0][1])
+    points = [{n: [(0, clean["all"]["abs_rel"])] + [(s, c[n][s]["all"]["abs_rel"]) for s in c[n]] for n in names}
+              for clean, c in runs]
+    values = [v for run in points for line in run.values() for _, v in line]
+    low, high = min(values) * 0.9, max(values) * 1.05
+    max_s = max(s for run in points for line in run.values() for s, _ in line)
+    image = Image.new("RGB", (W, H), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=13)
+    x = lambda s: left + (W - left - right) * s / max_s  # noqa: E731
+    y = lambda v: H - bottom - (H - bottom - top) * (v - low) / (high - low)  # noqa: E731
+    for tick in np.linspace(low, high, 6):
+        draw.line([(left, y(tick)), (W - right, y(tick))], fill=(225, 225, 225))
+        draw.text((left - 6, y(tick)), f"{tick:.3f}", fill="black", font=font, anchor="rm")
+    for s in range(max_s + 1):
+        draw.text((x(s), H - bottom + 8), "clean" if s == 0 else str(s), fill="black", font=font, anchor="mt")
+    draw.text(((W - right + left) / 2, H - 22), "severity", fill="black", font=font, anchor="mm")
+    draw.text(((W - right + left) / 2, 20), "abs_rel under corruptions (all frames; lower is better)", fill="black",
+              font=font, anchor="mm")
+    for r, run in enumerate(points):
+        for i, (name, line) in enumerate(run.items()):
+            colour, xy = PALETTE[i % len(PALETTE)], [(x(s), y(v)) for s, v in line]
+            for a, b in zip(xy, xy[1:]):
+                if r == 0:
+                    draw.line([a, b], fill=colour, width=3)
+                else:  # dashed: eight segments per step
+                    for t in np.arange(0, 1, 0.125)[::2]:
+                        draw.line([(a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t),
+                                   (a[0] + (b[0] - a[0]) * (t + 0.0625), a[1] + (b[1] - a[1]) * (t + 0.0625))],
+                                  fill=colour, width=2)
+            for px, py in xy:
+                draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+    for i, name in enumerate(names):
+        ly = top + 18 * i
+        draw.line([(W - right + 12, ly), (W - right + 36, ly)], fill=PALETTE[i % len(PALETTE)], width=3)
+        draw.text((W - right + 42, ly), name, fill="black", font=font, anchor="lm")
+    ly = top + 18 * len(names) + 12
+    for r, label in enumerate(labels):
+        for a in range(12, 36, 8 if r else 24):  # solid, or dashed
+            draw.line([(W - right + a, ly + 18 * r), (W - right + a + (4 if r else 24), ly + 18 * r)], fill="black",
+                      width=3 - r)
+        draw.text((W - right + 42, ly + 18 * r), f"{label} ({'solid' if r == 0 else 'dashed'})", fill="black",
+                  font=font, anchor="lm")
+    return image
 
 
 # Visualisation: one log-depth colour scale shared by prediction and ground truth, so a prediction
@@ -299,13 +486,37 @@ def load_checkpoint(path):
 
 
 def make_eval_dataset(args, net_size=None):
-    """md4all's evaluation split: nuScenes val, RobotCar test, or every image of a folder."""
+    """md4all's evaluation split: nuScenes val, RobotCar test, DrivingStereo's weather sets, or a folder's images."""
     kwargs = {"size": args.size, "net_size": net_size}
     if args.dataset == "nuscenes":
         return data.NuScenesDepth(args.data_root, args.version, "val", **kwargs)
     if args.dataset == "robotcar":
         return data.RobotCarDepth(args.data_root, "test", **kwargs)
+    if args.dataset == "drivingstereo":
+        return data.DrivingStereoDepth(args.data_root, args.weather, **kwargs)
     return data.FolderDepth(args.data_root, **kwargs)
+
+
+def corruption_name(text):
+    """A --corruptions word -> the corruption names it stands for ('all': the 15 ImageNet-C ones)."""
+    if text == "all":
+        return list(IMAGENET_C)
+    if text not in IMAGENET_C + EXTRA_CORRUPTIONS:
+        raise argparse.ArgumentTypeError(f"unknown corruption {text!r}: choose 'all' or from "
+                                         f"{', '.join(IMAGENET_C + EXTRA_CORRUPTIONS)}")
+    return [text]
+
+
+def severity_list(text):
+    """A --severities word, '3' or '1-5', -> the severities (1 to 5) it stands for."""
+    try:
+        low, _, high = text.partition("-")
+        severities = list(range(int(low), int(high or low) + 1))
+    except ValueError:
+        severities = []
+    if not severities or not all(1 <= s <= 5 for s in severities):
+        raise argparse.ArgumentTypeError(f"severity {text!r}: give severities from 1 to 5, e.g. 1-5 or 1 3 5")
+    return severities
 
 
 def inside(path, folder):
@@ -317,15 +528,21 @@ def parse_args(argv):
     p = data.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=data.HelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (.pt) or exported folder of a depth net")
     p.add_argument("--pred-dir", help="evaluate precomputed .npy depth maps (metres) instead of a checkpoint")
-    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "folder"],
-                   help="nuScenes val, RobotCar test, or every image of a folder with .npy depth beside it")
+    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "robotcar", "drivingstereo", "folder"],
+                   help="nuScenes val, RobotCar test, DrivingStereo's weather sets (zero-shot), or every image of a "
+                        "folder with .npy depth beside it")
+    p.add_argument("--weather", nargs="+", choices=data.DRIVINGSTEREO_WEATHERS, default=None,
+                   help="DrivingStereo: the weather sets to score, each a group of the tables (default: every "
+                        "set under --data-root)")
     p.add_argument("--data-root", required=True, help="the dataset folder (read only: --out must lie outside it)")
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder")
     p.add_argument("--size", type=data.parse_size, default=None,
                    help="the frames' size HxW, the trainers' --size (default: the checkpoint's, else nuScenes 320x576, "
-                        "RobotCar 320x544, folder: each image's); the net sees its input at its own net size")
+                        "RobotCar 320x544, DrivingStereo 320x704, folder: each image's); the net sees its input at "
+                        "its own net size")
     p.add_argument("--min-depth", type=float, default=0.1, help="ground truth must exceed it")
-    p.add_argument("--max-depth", type=float, default=None, help="cap; default 80 (nuScenes, folder), 50 (RobotCar)")
+    p.add_argument("--max-depth", type=float, default=None,
+                   help="cap; default 80 (nuScenes, DrivingStereo, folder), 50 (RobotCar)")
     p.add_argument("--median-scaling", action="store_true", help="scale each prediction to the gt median "
                    "(relative-depth models)")
     p.add_argument("--flip-pp", action="store_true", help="report flip post-processing too (both tables)")
@@ -335,14 +552,34 @@ def parse_args(argv):
     p.add_argument("--workers", type=data.at_least(0), default=4, help="DataLoader worker processes")
     p.add_argument("--save-vis", type=data.at_least(0), default=0, help="PNGs per condition")
     p.add_argument("--out", default="eval", help="folder for metrics.json, metrics.csv, vis/")
+    p.add_argument("--corruptions", nargs="+", type=corruption_name, default=None,
+                   help="also score frames corrupted before the net sees them (RoboDepth's protocol, docs/method.md "
+                        f"§5): 'all' (the 15 ImageNet-C corruptions) or names from {', '.join(IMAGENET_C)} and "
+                        f"{', '.join(EXTRA_CORRUPTIONS)}; needs {CORRUPTIONS_INSTALL}")
+    p.add_argument("--severities", nargs="+", type=severity_list, default=[[1, 2, 3, 4, 5]],
+                   help="corruption severities: '1-5', or some of them ('1 3 5')")
+    p.add_argument("--baseline-metrics", help="another --corruptions run's metrics.json (same corruptions and "
+                   "severities): adds RoboDepth's corruption errors CE and RCE relative to it, and draws it dashed")
+    p.add_argument("--label", help="this run's name in the corruption plot (default: 'this run')")
     p.add_argument("--check-data", action="store_true",
                    help="read every image and ground-truth file once before inference (data.check_files), so that a "
                         "broken one fails before the evaluation, not when its batch comes. Off by default: the "
                         "evaluation itself reads each file only once, and the check added 6-9%% to its time on the "
                         "synthetic world (docs/results.md)")
     args = p.parse_args(argv)
+    if args.corruptions:
+        names = [n for group in args.corruptions for n in group]
+        args.corruptions = list(dict.fromkeys(names))
+    args.severities = sorted({s for group in args.severities for s in group})
+    if args.corruptions and args.pred_dir:
+        p.error("--corruptions needs --ckpt: the frames are corrupted before the net sees them, precomputed maps "
+                "cannot be")
+    if args.baseline_metrics and not args.corruptions:
+        p.error("--baseline-metrics compares corruption runs: add --corruptions")
     if bool(args.ckpt) == bool(args.pred_dir):
         p.error("pass exactly one of --ckpt (a depth net) or --pred-dir (precomputed depth maps)")
+    if args.weather and args.dataset != "drivingstereo":
+        p.error("--weather picks DrivingStereo's weather sets: add --dataset drivingstereo, or drop --weather")
     if args.pred_dir and args.flip_pp:
         p.error("--flip-pp needs --ckpt: precomputed depth maps cannot be re-predicted on mirrored images")
     if args.size and min(args.size) < 14:
@@ -355,10 +592,9 @@ def parse_args(argv):
     return p, args
 
 
-def evaluate(args):
-    """Run the evaluation of parsed `args`: ({mode: summary per group}, the per-image rows, the settings used:
-    `args` with --size and --max-depth filled from the checkpoint and the dataset's defaults)."""
-    from torch.utils.data import DataLoader
+def prepare(args):
+    """(the settings: `args` with --size and --max-depth filled from the checkpoint and the dataset's defaults, the
+    dataset, predict(batch) -> {mode: depth at the ground-truth size}) of parsed `args`."""
     data.check_writable(args.out)
     defaults = data.DATASET_DEFAULTS[args.dataset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -369,42 +605,88 @@ def evaluate(args):
     dataset = make_eval_dataset(args, net.net_size if net is not None else None)
     if args.check_data:  # before inference: a broken file would otherwise fail after all the images before it
         print(data.check_dataset(dataset, progress=True, skip="drop --check-data"))
-    batch_size = 1 if args.dataset == "folder" else args.batch_size  # a folder's ground truths differ in size
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)
     if net is not None:
         predict = net_predictor(net.to(device).eval(), device, args.flip_pp, by_mode=True, bf16=args.bf16)
     else:
         def predict(batch):
             size = batch["gt"].shape[-2:]
             return {"plain": torch.stack([load_prediction(args.pred_dir, p, size) for p in batch["path"]])}
+    return args, dataset, predict
+
+
+def score(args, dataset, predict, save_vis=0, desc="evaluate"):
+    """({mode: summary per group}, the per-image rows) of `predict` on `dataset` under the settings `args`, and the
+    first `save_vis` pictures of each condition."""
+    from torch.utils.data import DataLoader
+    batch_size = 1 if args.dataset == "folder" else args.batch_size  # a folder's ground truths differ in size
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)
     vis_done = {}
 
     def save_some(batch, i, pred, row):  # the first --save-vis images of each condition
         group = condition_group(row["cond"])
-        if vis_done.get(group, 0) < args.save_vis:
+        if vis_done.get(group, 0) < save_vis:
             vis_done[group] = vis_done.get(group, 0) + 1
             pred = pred.get("flip_pp", pred["plain"])  # the reported prediction
             image = batch["color"][i] if "color" in batch else network_input(batch)[i]
             save_visualisation(os.path.join(args.out, "vis", f"{group}_{vis_done[group]:03d}.png"),
                                image, pred.numpy(), batch["gt"][i, 0].numpy(), args.min_depth, args.max_depth)
     totals, rows = score_loader(loader, predict, args.min_depth, args.max_depth, args.median_scaling, save_some,
-                                progress=True)
+                                progress=True, cap_gt=data.DATASET_DEFAULTS[args.dataset].get("cap_gt", True),
+                                desc=desc)
     summaries = {mode: summarize(t) for mode, t in totals.items()}
     if not summaries.get("plain"):
         raise ValueError(f"no image had a valid ground-truth pixel in ({args.min_depth}, {args.max_depth}) m: "
                          f"check --min-depth / --max-depth and the ground truth under {args.data_root}")
-    return summaries, rows, args
+    return summaries, rows
 
 
-def write_results(args, summaries, rows):
+def evaluate(args):
+    """Run the evaluation of parsed `args`: ({mode: summary per group}, the per-image rows, the settings used)."""
+    settings, dataset, predict = prepare(args)
+    return (*score(settings, dataset, predict, args.save_vis), settings)
+
+
+def evaluate_corruptions(args, dataset, predict):
+    """{corruption: {severity: {mode: summary per group}}} of `predict` on `dataset`'s frames corrupted before the
+    net sees them, for each --corruptions and --severities (docs/method.md §5)."""
+    return {name: {s: score(args, CorruptedFrames(dataset, name, s), predict, desc=f"{name} {s}")[0]
+                   for s in args.severities} for name in args.corruptions}
+
+
+def write_results(args, summaries, rows, corrupted=None, baseline=None):
     for mode, summary in summaries.items():
         print(f"\n{MODE_TITLES[mode]}\n{format_table(summary)}")
     report = {"summary": summaries, "per_image": rows, "args": {k: v for k, v in vars(args).items()}}
+    if corrupted:
+        report.update(write_corruption_results(args, summaries, corrupted, baseline))
     data.write_atomic(os.path.join(args.out, "metrics.json"), lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     lines = [",".join(("mode", "condition", "count") + METRIC_NAMES)]
     lines += [",".join([mode, g, str(s[g]["count"])] + [f"{s[g][k]:.6f}" for k in METRIC_NAMES])
               for mode, s in summaries.items() for g in ordered_groups(s)]
     data.write_atomic(os.path.join(args.out, "metrics.csv"), lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
+def write_corruption_results(args, summaries, corrupted, baseline=None):
+    """Print and save the corruption results (corruptions.csv, corruptions.png); returns what metrics.json adds:
+    {corruption: {severity: {mode: summary}, "mean": ...}} and RoboDepth's scores of the reported mode (relative to
+    `baseline`, read_baseline's pair, when given)."""
+    mode = "flip_pp" if args.flip_pp else "plain"
+    by_mode = {name: {s: runs[s][mode] for s in runs} for name, runs in corrupted.items()}
+    scores = robustness(summaries[mode], by_mode, *(baseline[:2] if baseline else (None, None)))
+    print(f"\ncorruptions, {MODE_TITLES[mode]}\n{format_corruption_table(by_mode, scores)}")
+    table = {name: {**{str(s): runs[s] for s in runs},
+                    "mean": {m: mean_over_severities({s: runs[s][m] for s in runs}) for m in summaries}}
+             for name, runs in corrupted.items()}
+    lines = [",".join(("corruption", "severity", "mode", "condition", "count") + METRIC_NAMES)]
+    lines += [",".join([name, s, m, g, str(summary[g]["count"])] + [f"{summary[g][k]:.6f}" for k in METRIC_NAMES])
+              for name, runs in table.items() for s, by in runs.items() for m, summary in by.items()
+              for g in ordered_groups(summary)]
+    data.write_atomic(os.path.join(args.out, "corruptions.csv"), lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    runs = [(summaries[mode], by_mode)] + ([baseline[:2]] if baseline else [])
+    labels = [args.label or "this run"] + ([baseline[2]] if baseline else [])
+    picture = severity_plot(runs, labels)
+    data.write_atomic(os.path.join(args.out, "corruptions.png"), lambda tmp: picture.save(tmp, format="PNG"))
+    return {"corruptions": table, "robustness": {"mode": mode, "baseline": args.baseline_metrics, **scores}}
 
 
 def main(argv=None):
@@ -413,8 +695,16 @@ def main(argv=None):
     _, args = parse_args(argv)
 
     def run():
-        summaries, rows, settings = evaluate(args)
-        write_results(settings, summaries, rows)
+        baseline = None
+        if args.corruptions:  # the baseline and the package first: a missing one fails before any work
+            if args.baseline_metrics:
+                baseline = read_baseline(args.baseline_metrics, args.corruptions, args.severities,
+                                         "flip_pp" if args.flip_pp else "plain")
+            corrupt_frame(torch.zeros(3, 32, 32), args.corruptions[0], 1, 0)
+        settings, dataset, predict = prepare(args)
+        summaries, rows = score(settings, dataset, predict, args.save_vis)
+        corrupted = evaluate_corruptions(settings, dataset, predict) if args.corruptions else None
+        write_results(settings, summaries, rows, corrupted, baseline)
         return summaries["flip_pp" if args.flip_pp else "plain"]
     return data.run_cli(run, "evaluate.py")
 

@@ -3,6 +3,7 @@
     from model import load_depth_net
     net = load_depth_net("runs/student/ckpt.pt")      # a checkpoint alone rebuilds the net
     depth = net.infer(PIL.Image.open("frame.jpg"))    # (H, W) float32 metres
+    export_onnx(net, "student.onnx")                  # ONNX graph, any frame size (pip install onnx onnxruntime)
 
 Why transformers' `DepthAnythingForDepthEstimation`: it *is* DINOv2 + the Depth-Anything DPT head
 the paper uses, so the pretrained DINOv2 encoder and the Depth-Anything-V2 weights load into it
@@ -96,15 +97,24 @@ def disp_to_depth(disp, min_depth=0.1, max_depth=80.0):
     return scaled_disp, 1.0 / scaled_disp
 
 
+def patch_multiple(n):
+    """n pixels rounded to the nearest multiple of the 14-pixel patch (halves to even, as Python's round), at
+    least 14; n may be a traced size (a 0-d tensor, export_onnx), so the ONNX graph computes it for every size."""
+    if isinstance(n, torch.Tensor):
+        return torch.clamp(torch.round(n / 14), min=1).long() * 14
+    return max(14, round(n / 14) * 14)
+
+
 def to_network_input(images, net_size=None):
     """Resize (B,3,H,W) images in [0,1] to `net_size` (or the nearest multiples of 14) and normalise them
     as DINOv2 expects. The datasets own the resize to the network size (once, from the full frame), so
     here it acts only on images that come at another size: a photo given to infer(), the pose net's
     frames, or nets built without a net_size (--tiny), which see the loss-size frames at multiples of 14."""
     h, w = images.shape[-2:]
+    traced = isinstance(h, torch.Tensor)  # sizes are tensors while torch.onnx traces the net (export_onnx)
     if net_size is None:
-        net_size = (max(14, round(h / 14) * 14), max(14, round(w / 14) * 14))
-    if tuple(net_size) != (h, w):
+        net_size = (patch_multiple(h), patch_multiple(w))
+    if traced or tuple(net_size) != (h, w):  # traced: resize in the graph, a no-op at equal sizes
         images = F.interpolate(images, size=tuple(net_size), mode="bilinear", align_corners=False)
     mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -520,6 +530,53 @@ def load_pose_net(path_or_dict, map_location="cpu"):
     pose = PoseNet(init=None, **{"rotation": "axis-angle", **ckpt["pose_config"]})
     pose.load_state_dict(ckpt["pose"])
     return pose.to(map_location)
+
+
+class DepthGraph(nn.Module):
+    """What export_onnx writes: images (B,3,H,W) in [0,1] -> depth (B,1,H,W) in metres, DepthNet(images)["depth"]."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images):
+        return self.net(images)["depth"]
+
+
+def export_onnx(net, path, opset=17):
+    """Write the depth net as an ONNX graph: input `images` (B,3,H,W) in [0,1], any batch, height and width;
+    output `depth` (B,1,H,W) in metres, as `net(images)["depth"]` (resize to the net size and back included).
+
+    Needs the `onnx` package (pip install onnx onnxruntime). The TorchScript exporter records one trace, so the
+    example frame is chosen to take every size-dependent branch the graph must keep: one pixel larger than the
+    network size, so that the depth is resized back to the input size (a no-op where they agree), and a patch
+    grid odd in both directions, where DPT's fusion resizes each coarser map to the finer one (a no-op on even
+    grids)."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it to write the file)
+    except ImportError:
+        raise ImportError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
+    import warnings
+    h, w = net.net_size or (7 * 14, 11 * 14)
+    example = torch.rand(1, 3, h + 1, w + 1, device=next(net.parameters()).device)
+    was_training = net.training
+    net.eval()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with warnings.catch_warnings():  # the tracer's warnings name Python branches it fixes; see the docstring
+            warnings.simplefilter("ignore")
+            torch.onnx.export(DepthGraph(net), (example,), tmp, dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=["depth"],
+                              dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                            "depth": {0: "batch", 2: "height", 3: "width"}})
+        os.replace(tmp, path)
+    finally:
+        net.train(was_training)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def export_pretrained(net, folder):

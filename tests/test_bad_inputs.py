@@ -9,6 +9,7 @@ import pytest
 import classic_weather
 import data
 import evaluate
+import export_onnx
 import gdt
 import learning_check
 import synthetic
@@ -19,7 +20,8 @@ import train_teacher
 NOWHERE = "/nonexistent/ssd-data"
 SCRIPTS = {"train_teacher.py": train_teacher.main, "train_student.py": train_student.main, "evaluate.py": evaluate.main,
            "gdt.py": gdt.main, "classic_weather.py": classic_weather.main, "synthetic.py": synthetic.main,
-           "tiny_models.py": tiny_models.main, "learning_check.py": learning_check.main}
+           "tiny_models.py": tiny_models.main, "learning_check.py": learning_check.main,
+           "export_onnx.py": export_onnx.main}
 
 
 def teacher(*extra):
@@ -81,6 +83,16 @@ CASES = [
     ("evaluate.py", evaluating("--pred-dir", "{empty}"), "--pred-dir: no prediction"),
     ("evaluate.py", evaluating("--ckpt", "{teacher}", "--out", "{world}/eval"), "inside --data-root"),
     ("evaluate.py", evaluating("--ckpt", "{teacher}", "--batch-size", "0"), "--batch-size"),
+    ("evaluate.py", evaluating("--pred-dir", "{empty}", "--weather", "foggy"), "add --dataset drivingstereo"),
+    ("evaluate.py", evaluating("--ckpt", "{teacher}", "--corruptions", "rain"), "unknown corruption 'rain'"),
+    ("evaluate.py", evaluating("--ckpt", "{teacher}", "--corruptions", "fog", "--severities", "0-2"), "from 1 to 5"),
+    ("evaluate.py", evaluating("--pred-dir", "{empty}", "--corruptions", "fog"), "--corruptions needs --ckpt"),
+    ("evaluate.py", evaluating("--ckpt", "{teacher}", "--baseline-metrics", "{junk}"), "add --corruptions"),
+    ("evaluate.py", evaluating("--ckpt", "{teacher}", "--corruptions", "fog", "--baseline-metrics", "{junk}"),
+     "is not a metrics.json of a --corruptions run"),
+    ("evaluate.py", evaluating("--pred-dir", "{empty}", "--dataset", "drivingstereo"), "no DrivingStereo weather set"),
+    ("evaluate.py", evaluating("--pred-dir", "{empty}", "--dataset", "drivingstereo", "--weather", "rainy"),
+     "rainy/left-image-full-size; unpack rainy.zip"),
     ("gdt.py", translating("--cond", "dusk"), "unknown condition(s) 'dusk'"),
     ("gdt.py", translating("--data-root", NOWHERE), "nuScenes dataroot not found"),
     ("gdt.py", translating("--dataset", "folder"), "is a nuScenes root"),
@@ -99,6 +111,9 @@ CASES = [
     ("synthetic.py", ["--out", "{out}", "--size", "36x0"], "--size"),
     ("tiny_models.py", ["--out", "{models}"], "another --out"),
     ("learning_check.py", ["--out", "{out}", "--size", "0x160"], "--size"),
+    ("learning_check.py", ["--out", "{out}", "--corruptions-only"], "--corruptions-only"),
+    ("export_onnx.py", ["--ckpt", "{junk}", "--out", "{out}/net.onnx"], "cannot be read"),
+    ("export_onnx.py", ["--ckpt", "{teacher}", "--out", "{out}/net.onnx", "--check-sizes", "0x70"], "image size"),
     # an --out that cannot be written (a file stands where its folder would be: root ignores permission bits)
     ("train_teacher.py", teacher("--out", "{junk}/run"), "junk.pt"),
     ("evaluate.py", evaluating("--ckpt", "{teacher}", "--out", "{junk}/eval"), "junk.pt"),

@@ -150,3 +150,16 @@ def test_help_prints_every_flag(capsys):
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--help"])
     assert e.value.code == 0 and "default: 40% of the measured bf16 matmul rate" in " ".join(capsys.readouterr().out.split())
+
+
+def test_onnx_section_times_torch_and_onnxruntime_on_the_same_net(tmp_path):
+    pytest.importorskip("onnxruntime", reason="optional: pip install onnx onnxruntime (requirements-extras.txt)")
+    pytest.importorskip("onnx", reason="optional: pip install onnx onnxruntime (requirements-extras.txt)")
+    args = bench.parse_args(["--tiny", "--only", "onnx", "--out", str(tmp_path / "bench.json")])
+    results = bench.Results(args.out, dict(device="cpu", torch=torch.__version__, date="today"))
+    bench.bench_onnx(args, CPU, results)
+    onnx = results["onnx"]
+    for key in ("torch_cpu_frames_per_s", "onnxruntime_cpu_frames_per_s", "onnx_speedup"):
+        assert positive(onnx[key]), key
+    assert onnx["max_relative_depth_difference"] < 1e-4
+    assert json.loads((tmp_path / "bench.json").read_text())["onnx"]["threads"] == onnx["threads"]

@@ -939,3 +939,18 @@ def test_atomic_writes_leave_files_readable_as_the_umask_says_and_no_temp_file(t
     with pytest.raises(ZeroDivisionError):  # a writer that fails leaves neither the output nor its temp file
         data.write_atomic(tmp_path / 'out' / 'broken.json', lambda tmp: (tmp.write_text('{'), 1 / 0))
     assert sorted(os.listdir(tmp_path / 'out')) == ['metrics.json']
+
+
+def test_drivingstereo_depth_is_the_16_bit_value_over_256_and_an_8_bit_map_is_refused(tmp_path):
+    from worlds import DS_FRAMES, drivingstereo_depth, make_drivingstereo
+    root = make_drivingstereo(tmp_path / 'ds')
+    dataset = data.DrivingStereoDepth(root, size=(14, 28))
+    assert [item['cond'] for item in dataset] == ['foggy', 'foggy', 'rainy']  # every set found, in the paper's order
+    assert np.array_equal(dataset[2]['gt'][0].numpy(), drivingstereo_depth())  # 2560 / 256 = 10 m, ...
+    assert dataset[2]['input'].shape == (3, 14, 28) and dataset[2]['gt'].shape == (1, 16, 36)
+    assert len(dataset.files()) == 6
+    name = DS_FRAMES['rainy'][0]
+    eight_bit = tmp_path / 'ds' / 'rainy' / 'depth-map-full-size' / f'{name}.png'
+    Image.fromarray(np.zeros((16, 36), np.uint8)).save(eight_bit)
+    with pytest.raises(ValueError, match=r'rainy/depth-map-full-size/.*\.png is a L PNG, not DrivingStereo.s 16-bit'):
+        dataset[2]

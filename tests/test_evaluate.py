@@ -461,3 +461,136 @@ def test_check_data_finds_a_cut_lidar_scan_before_inference_and_is_off_by_defaul
     monkeypatch.setattr(data, "check_files", lambda *a, **k: pytest.fail("checked without --check-data"))
     line = run_expecting_error(argv, capsys)  # as before the check existed: after the images before it
     assert broken in line and "data files are broken" not in line and len(predictions) > 0
+
+
+# DrivingStereo's weather sets (docs/method.md §5): WeatherDepth's rule, every gt > 0 scored, none capped
+
+def drivingstereo_predictions(root, folder, depth_of):
+    """A constant .npy prediction of depth_of[weather] metres for every frame of the fake tree, at 8x18."""
+    import os
+
+    from worlds import DS_FRAMES
+    for weather, names in DS_FRAMES.items():
+        os.makedirs(folder / weather / "left-image-full-size", exist_ok=True)
+        for name in names:
+            np.save(folder / weather / "left-image-full-size" / f"{name}.npy",
+                    np.full((8, 18), depth_of[weather], np.float32))
+
+
+def test_drivingstereo_scores_each_weather_on_every_positive_gt_with_hand_values(tmp_path, capsys):
+    import json
+
+    from worlds import make_drivingstereo
+    root = make_drivingstereo(tmp_path / "ds")
+    drivingstereo_predictions(root, tmp_path / "pred", {"foggy": 10.0, "rainy": 20.0})
+    summary = evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--dataset", "drivingstereo", "--data-root", root,
+                             "--weather", "foggy", "rainy", "--workers", "0", "--save-vis", "1",
+                             "--out", str(tmp_path / "eval")])
+    # bands of 10, 20 and 100 m (the 100 m band scored: no cap on the ground truth), each a third of the pixels
+    foggy = dict(abs_rel=(0 + 0.5 + 0.9) / 3, sq_rel=(0 + 100 / 20 + 90 ** 2 / 100) / 3,
+                 rmse=math.sqrt((0 + 100 + 90 ** 2) / 3), a1=1 / 3, a3=1 / 3)  # ratios 1, 2, 10
+    rainy = dict(abs_rel=(1 + 0 + 0.8) / 3, rmse=math.sqrt((100 + 0 + 80 ** 2) / 3), a1=1 / 3)  # ratios 2, 1, 5
+    for group, hand in (("foggy", foggy), ("rainy", rainy)):
+        for k, v in hand.items():
+            assert summary[group][k] == pytest.approx(v, rel=1e-6), (group, k)
+    assert summary["foggy"]["count"] == 2 and summary["rainy"]["count"] == 1
+    assert summary["all"]["abs_rel"] == pytest.approx((2 * foggy["abs_rel"] + rainy["abs_rel"]) / 3)
+    table = capsys.readouterr().out
+    assert table.index("foggy") < table.index("rainy") < table.index("all")
+    csv = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in csv[1:]] == ["foggy", "rainy", "all"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["args"]["weather"] == ["foggy", "rainy"]
+    assert sorted(p.name for p in (tmp_path / "eval" / "vis").iterdir()) == ["foggy_001.png", "rainy_001.png"]
+
+
+def test_drivingstereo_with_the_md4all_cap_would_drop_the_far_band():
+    from worlds import drivingstereo_depth
+    gt, pred = drivingstereo_depth(), np.full((16, 36), 10.0, np.float32)
+    assert compute_depth_metrics(gt, pred, cap_gt=False)["abs_rel"] == pytest.approx(1.4 / 3)
+    assert compute_depth_metrics(gt, pred)["abs_rel"] == pytest.approx(0.25)  # only 10 and 20 m below 80
+
+
+def test_drivingstereo_net_run_reads_frames_at_the_net_size_and_gt_at_full_size(tmp_path):
+    from worlds import make_drivingstereo
+    root = make_drivingstereo(tmp_path / "ds")
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt")
+    summary = evaluate.main(["--ckpt", ckpt, "--dataset", "drivingstereo", "--data-root", root, "--size", "14x28",
+                             "--workers", "0", "--out", str(tmp_path / "eval")])
+    assert set(summary) == {"foggy", "rainy", "all"} and summary["all"]["count"] == 3
+
+
+# Common corruptions (docs/method.md §5): RoboDepth's protocol on any dataset
+
+def needs_imagecorruptions():
+    pytest.importorskip("imagecorruptions", reason=f"optional: {evaluate.CORRUPTIONS_INSTALL}")
+
+
+def test_robodepth_scores_equal_hand_values():
+    clean = {"all": {"abs_rel": 0.1, "a1": 0.9}}  # DEE = (0.1 - 0.9 + 1) / 2 = 0.1
+    ours = {"fog": {1: {"all": {"abs_rel": 0.2, "a1": 0.8}}, 3: {"all": {"abs_rel": 0.4, "a1": 0.6}}}}  # DEE .2, .4
+    base_clean = {"all": {"abs_rel": 0.2, "a1": 0.8}}  # DEE 0.2
+    base = {"fog": {1: {"all": {"abs_rel": 0.4, "a1": 0.6}}, 3: {"all": {"abs_rel": 0.6, "a1": 0.4}}}}  # DEE .4, .6
+    scores = evaluate.robustness(clean, ours, base_clean, base)
+    fog = scores["per_corruption"]["fog"]
+    assert scores["dee_clean"] == pytest.approx(0.1) and fog["dee"] == pytest.approx(0.3)
+    assert fog["ce"] == pytest.approx(100 * (0.2 + 0.4) / (0.4 + 0.6))  # 60 %
+    assert fog["rce"] == pytest.approx(100 * (0.1 + 0.3) / (0.2 + 0.4))  # 66.7 %
+    assert fog["rr"] == pytest.approx(100 * (0.8 + 0.6) / (2 * 0.9))  # 77.8 %
+    assert scores["mce"] == pytest.approx(fog["ce"]) and "mce" not in evaluate.robustness(clean, ours)
+
+
+def test_a_corrupted_frame_is_seeded_by_frame_and_corruption_and_leaves_the_ground_truth_alone(tiny_world):
+    needs_imagecorruptions()
+    import data
+    dataset = data.NuScenesDepth(tiny_world, split="val", size=(36, 64))
+    noisy = evaluate.CorruptedFrames(dataset, "gaussian_noise", 3)
+    a, b, clean = noisy[0], noisy[0], dataset[0]
+    assert torch.equal(a["input"], b["input"]) and not torch.equal(a["input"], clean["input"])
+    assert torch.equal(a["gt"], clean["gt"]) and "color" not in a
+    assert not torch.equal(noisy[1]["input"] - dataset[1]["input"], a["input"] - clean["input"])  # per-frame noise
+    for severity in (1, 5):  # one draw, scaled: the same noise pattern at every severity
+        assert evaluate.corruption_seed(a["path"], "gaussian_noise") == evaluate.corruption_seed(a["path"],
+                                                                                                  "gaussian_noise")
+    milder = evaluate.CorruptedFrames(dataset, "gaussian_noise", 1)[0]["input"]
+    assert (milder - clean["input"]).abs().mean() < (a["input"] - clean["input"]).abs().mean()
+
+
+def test_corruption_run_writes_tables_csv_plot_and_a_baseline_gives_ce_of_100_against_itself(tiny_world, tmp_path,
+                                                                                               capsys):
+    needs_imagecorruptions()
+    import json
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt")
+    out = tmp_path / "eval"
+    evaluate.main(["--ckpt", ckpt, "--data-root", tiny_world, "--size", "36x64", "--workers", "0",
+                   "--corruptions", "gaussian_noise", "contrast", "--severities", "1", "3", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "corruptions, plain prediction" in printed and "abs_rel 3" in printed and "RR %" in printed
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["corruptions"]) == {"gaussian_noise", "contrast"}
+    noise = report["corruptions"]["gaussian_noise"]
+    assert set(noise) == {"1", "3", "mean"}
+    assert noise["mean"]["plain"]["all"]["abs_rel"] == pytest.approx(
+        (noise["1"]["plain"]["all"]["abs_rel"] + noise["3"]["plain"]["all"]["abs_rel"]) / 2)
+    csv = (out / "corruptions.csv").read_text().splitlines()
+    assert csv[0].startswith("corruption,severity,mode,condition,count,abs_rel")
+    assert any(line.startswith("contrast,mean,plain,all,") for line in csv)
+    assert (out / "corruptions.png").read_bytes()[:4] == b"\x89PNG"
+    by_mode = {n: {s: report["corruptions"][n][str(s)]["plain"] for s in (1, 3)} for n in report["corruptions"]}
+    base_clean, base, label = evaluate.read_baseline(str(out / "metrics.json"), list(by_mode), [1, 3], "plain")
+    assert label == "baseline"  # the run had no --label
+    scores = evaluate.robustness(report["summary"]["plain"], by_mode, base_clean, base)
+    assert scores["mce"] == pytest.approx(100) and scores["mrce"] == pytest.approx(100)
+    with pytest.raises(ValueError, match="lacks fog 1: run the baseline with the same --corruptions"):
+        evaluate.read_baseline(str(out / "metrics.json"), ["fog"], [1], "plain")
+
+
+def test_without_the_corruption_package_the_error_is_one_line_with_the_pip_command(tiny_world, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "imagecorruptions", None)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--ckpt", tiny_checkpoint(tmp_path / "ckpt.pt"), "--data-root", tiny_world, "--workers", "0",
+                       "--corruptions", "fog", "--out", str(tmp_path / "eval")])
+    assert capsys.readouterr().err.strip() == ("evaluate.py: error: --corruptions needs the imagecorruptions package: "
+                                               "pip install imagecorruptions-imaug (requirements-extras.txt)")
+    assert not (tmp_path / "eval").exists()

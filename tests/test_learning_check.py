@@ -4,6 +4,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -136,3 +137,38 @@ def test_translation_sheet_shows_the_day_frame_its_translations_and_the_val_cond
     tile = lambda row, col: sheet[row * 54 + 18:(row + 1) * 54, col * 64:(col + 1) * 64]
     assert tile(0, 1).mean() < 0.5 * tile(0, 0).mean() and tile(0, 3).mean() < 0.5 * tile(0, 0).mean()  # nights
     assert np.array_equal(tile(0, 1), tile(0, 2)) and tile(1, 0).mean() == 255  # the copy; no tile under day
+
+
+def fake_corruption_report(clean, abs_rel, baseline=False):
+    """A metrics.json of an evaluate.py --corruptions run: abs_rel per corruption at every severity."""
+    summary = lambda a: {"plain": {"all": {"abs_rel": a, "a1": 1 - a, "count": 3}}}  # noqa: E731
+    corruptions = {c: {**{s: summary(abs_rel) for s in lc.SEVERITIES}, "mean": summary(abs_rel)}
+                   for c in lc.CORRUPTIONS}
+    scores = {"mode": "plain", "mrr": 90.0, **({"mce": 80.0, "mrce": 70.0} if baseline else {})}
+    return {"summary": summary(clean), "corruptions": corruptions, "robustness": scores}
+
+
+def test_corruption_stage_corrupts_each_teacher_and_its_main_student_and_tables_them_apart(tmp_path):
+    args = argparse.Namespace(out="o", size="90x160", batch_size=4, seeds=1, lr_pose="1e-3", init_motion="0.7",
+                              teacher_steps=10, student_steps=10, rotation="euler", scene_ends="md4all")
+    names = {r[0] for r in lc.plan_runs(args, "w", "g", "c")}
+    pairs = lc.corruption_pairs()
+    assert pairs == [("self", "teacher_self_s0", "student_self_teacher_loss_s0"),
+                     ("lidar", "teacher_lidar_s0", "student_lidar_plain_distillation_s0")]
+    assert {n for _, t, s in pairs for n in (t, s)} <= names
+    reports = {t: fake_corruption_report(0.2, 0.3) for _, t, _ in pairs}
+    reports.update({s: fake_corruption_report(0.1, 0.15, baseline=True) for _, _, s in pairs})
+    table = lc.write_corruption_report(str(tmp_path), reports)
+    lines = table.splitlines()
+    assert lines[0].startswith("| net | clean | gaussian_noise |") and len(lines) == 2 + 4
+    assert lines[2] == "| self-supervised teacher | 0.200 | " + "0.300 | " * 6 + "0.300 | 90.0 | 100 (baseline) | " \
+                       "100 (baseline) |"
+    assert lines[3].endswith("| 0.150 | 90.0 | 80.0 | 70.0 |")
+    assert (tmp_path / "learning_check_corruptions.md").read_text().startswith(table)
+    assert not (tmp_path / "learning_check.md").exists()  # the check's own table is another file
+
+
+def test_corruption_stage_alone_needs_a_finished_check(tmp_path):
+    pytest.importorskip("imagecorruptions", reason="optional: pip install imagecorruptions-imaug")
+    with pytest.raises(FileNotFoundError, match="needs a finished check"):
+        lc.corruption_stage(str(tmp_path), "90x160")

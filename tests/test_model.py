@@ -81,6 +81,28 @@ def test_export_opens_with_transformers_from_pretrained(tiny_net, tmp_path):
         assert torch.allclose(load_depth_net(str(tmp_path / "export"))(x)["depth"], ours["depth"], atol=1e-5)
 
 
+FIXTURE_FRAME = os.path.join(os.path.dirname(__file__), "fixtures", "nuscenes_sample", "samples", "CAM_FRONT",
+                             "n015-2018-07-24-11-22-45+0800__CAM_FRONT__1532402927612460.jpg")
+
+
+def test_onnx_export_matches_torch_depth_on_the_fixture_frame_at_two_sizes(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="optional: pip install onnx onnxruntime (requirements-extras.txt)")
+    pytest.importorskip("onnx", reason="optional: pip install onnx onnxruntime (requirements-extras.txt)")
+    torch.manual_seed(0)
+    net = DepthNet("tiny", init="none", net_size=None, init_depth=10.0).eval()  # the net size follows the frame
+    session = ort.InferenceSession(model.export_onnx(net, str(tmp_path / "depth.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    frame = Image.open(FIXTURE_FRAME).convert("RGB")
+    for h, w in [(90, 160), (126, 224)]:  # patch grids 6x11 and 9x16 without a fixed net size: odd and even
+        images = torch.from_numpy(np.array(frame.resize((w, h), Image.BILINEAR))).permute(2, 0, 1)[None] / 255
+        with torch.no_grad():
+            expected = net(images)["depth"].numpy()
+        (depth,) = session.run(["depth"], {"images": images.numpy()})
+        assert depth.shape == (1, 1, h, w)
+        assert np.abs(depth / expected - 1).max() < 1e-4
+    assert os.listdir(tmp_path) == ["depth.onnx"]
+
+
 def test_infer_returns_a_depth_map_at_the_image_size(tiny_net):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8))
     depth = tiny_net.infer(image)

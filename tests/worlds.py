@@ -1,8 +1,9 @@
-"""Fake nuScenes and RobotCar trees for the tests: tiny frames, known poses, hand-placed LiDAR points.
+"""Fake nuScenes, RobotCar and DrivingStereo trees for the tests: tiny frames, known poses, hand-placed LiDAR points.
 
     root = make_nuscenes(tmp_path / 'nusc')      # 4 scenes of 80x48 frames (SCENES), v1.0-trainval tables
     root = make_robotcar(tmp_path / 'robotcar')  # md4all's layout: DAY and NIGHT sequences of 60x80 frames
     rows = save_bonnet_frame(path)               # a 60x80 frame: every row its own grey, the bottom fifth white
+    root = make_drivingstereo(tmp_path / 'ds')   # foggy (2 frames) and rainy (1) sets of 16x36 frames, banded depth
     depth = street_depth()                       # (96, 160) metres of a street frame, inf = sky
 
 The constants below are what the tests assert against (intrinsics, point positions, scene layout).
@@ -135,6 +136,35 @@ def save_bonnet_frame(path, size=(80, 60), keep=48):
     image[:keep] = np.stack([grey + 20, grey, grey // 2], -1)[:, None, :]
     Image.fromarray(image).save(path)
     return image
+
+
+# A fake DrivingStereo weather tree
+
+DS_FRAMES = {  # the real sets' file names: <drive>_<capture time>
+    'foggy': ['2018-10-25-07-37-26_2018-10-25-07-42-00-537', '2018-10-25-07-37-26_2018-10-25-08-10-09-206'],
+    'rainy': ['2018-08-17-09-45-58_2018-08-17-10-03-21-114'],
+}
+DS_SIZE = (16, 36)  # (H, W): 800x1762 / 50, rounded
+
+
+def drivingstereo_depth():
+    """The ground truth of every fake frame (metres): three equal bands of 10, 20 and 100 m, 0 (no depth) elsewhere."""
+    depth = np.zeros(DS_SIZE, np.float32)
+    depth[4:8, :12], depth[4:8, 12:24], depth[4:8, 24:] = 10.0, 20.0, 100.0
+    return depth
+
+
+def make_drivingstereo(root):
+    """DrivingStereo's weather layout: <weather>/left-image-full-size/<name>.jpg and
+    <weather>/depth-map-full-size/<name>.png (uint16, depth x 256)."""
+    for weather, names in DS_FRAMES.items():
+        for k, name in enumerate(names):
+            save_image(os.path.join(root, weather, 'left-image-full-size', name + '.jpg'), (60 * k, 90, 120),
+                       size=DS_SIZE[::-1])
+            os.makedirs(os.path.join(root, weather, 'depth-map-full-size'), exist_ok=True)
+            Image.fromarray((drivingstereo_depth() * 256).astype(np.uint16)).save(
+                os.path.join(root, weather, 'depth-map-full-size', name + '.png'))
+    return str(root)
 
 
 # A street frame of known depth (the GDT audit and the Depth-Anything calibration tests)

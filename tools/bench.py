@@ -7,6 +7,7 @@ and the data pipeline that feeds training.
     python tools/bench.py --only flops                # CPU, seconds: FLOPs of every stage at full size
     python tools/bench.py --compile --models-dir /tmp/sd15-random --out bench-compile.json
     python tools/bench.py --only teacher student --train-batch 4     # a subset; the paper's batch
+    python tools/bench.py --only onnx                 # CPU frames/s of the depth net: torch vs the ONNX export
 
 Full size: the real architectures (SD 1.5 + ControlNet + IP-Adapter with its ViT-H image encoder;
 DINOv2 ViT-B + DPT; ResNet-18 pose net) with random weights, which cost what pretrained ones cost.
@@ -34,6 +35,9 @@ keeps what it measured; a failing section records its error and the others still
   the fast decode), default (DCT-scaled decode, torchvision's jitter: the trainers' default) and fast
   (DCT-scaled decode, affine jitter: --fast-jitter): CPU ms per item, items/s of 1..N DataLoader workers, and the items/s
   one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
+- onnx (only when asked: it needs pip install onnx onnxruntime): CPU frames/s at the network size, batch 1, of
+  the depth net in torch (float32) and of its model.export_onnx graph in onnxruntime, on the same thread count,
+  and the largest relative depth difference between the two;
 --tiny: tiny models and sizes on one CPU thread; a smoke test of the code, not a speed claim.
 """
 import argparse
@@ -67,7 +71,8 @@ from train_student import StudentLoss  # noqa: E402
 from train_teacher import LidarLoss, SelfSupervisedLoss  # noqa: E402
 from training import add_common_args, build_depth_net, depth_param_groups, resolve_args  # noqa: E402
 
-SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data")
+SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data", "onnx")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # onnx needs the optional onnx and onnxruntime packages: --only onnx
 FULL = dict(gdt_size="576x1024", gdt_steps=30, gdt_batch=8, source_size=(900, 1600), encoder="base",
             pose="resnet18", loss_size=(320, 576), net_size=(518, 784), iters=20, data_samples=32)
 TINY = dict(gdt_size="64x64", gdt_steps=2, gdt_batch=2, source_size=(64, 64), encoder="tiny", pose="tiny",
@@ -94,7 +99,8 @@ def parse_args(argv=None):
     p = data.ArgumentParser(description=__doc__)
     p.add_argument("--tiny", action="store_true", help="tiny random models and sizes (CPU smoke test)")
     p.add_argument("--out", default="bench.json", help="JSON of every figure (rewritten atomically after each)")
-    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="a subset of the sections")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS),
+                   help="a subset of the sections (onnx runs only when named)")
     p.add_argument("--compile", action="store_true", help="torch.compile UNet + ControlNet and the depth nets")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the trained encoder")
     p.add_argument("--models-dir", help="keep the random SD models here (reused when present); default: temp")
@@ -481,6 +487,34 @@ def bench_inference(args, device, results):
                                         f"batch{b}_peak_gib": peak_gib(device)})
 
 
+@torch.inference_mode()
+def bench_onnx(args, device, results):
+    """CPU frames/s of the depth net at the network size, batch 1: torch float32 and its ONNX graph in onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("the onnx section needs onnxruntime: pip install onnx onnxruntime") from None
+    from model import export_onnx
+    threads = torch.get_num_threads()
+    net = DepthNet(args.encoder, "none", net_size=args.net_size).eval()
+    x = torch.rand(1, 3, *args.net_size)
+    with tempfile.TemporaryDirectory() as work:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = onnxruntime.InferenceSession(export_onnx(net, os.path.join(work, "depth.onnx")), options,
+                                               providers=["CPUExecutionProvider"])
+    feed = {"images": x.numpy()}
+    expected, (depth,) = net(x)["depth"].numpy(), session.run(["depth"], feed)
+    cpu = torch.device("cpu")
+    seconds(lambda: net(x), 1, cpu), seconds(lambda: session.run(["depth"], feed), 1, cpu)  # warm-up
+    torch_rate = args.iters / seconds(lambda: net(x), args.iters, cpu)
+    onnx_rate = args.iters / seconds(lambda: session.run(["depth"], feed), args.iters, cpu)
+    results.add("onnx", net_size=list(args.net_size), threads=threads, onnxruntime=onnxruntime.__version__,
+                torch_cpu_frames_per_s=torch_rate, onnxruntime_cpu_frames_per_s=onnx_rate,
+                onnx_speedup=onnx_rate / torch_rate,
+                max_relative_depth_difference=float(abs(depth / expected - 1).max()))
+
+
 def bench_flops(args, device, results):
     """FLOPs per image of every stage at the bench's sizes, on fake tensors (the same on any device)."""
     for kind in DATA_KINDS:
@@ -626,7 +660,7 @@ def print_data_table(d, show):
 
 BENCHES = dict(gdt=bench_gdt, teacher=lambda *a: bench_training("teacher", *a),
                student=lambda *a: bench_training("student", *a), inference=bench_inference, flops=bench_flops,
-               data=bench_data)
+               data=bench_data, onnx=bench_onnx)
 
 
 def main(argv=None):

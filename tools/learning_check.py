@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/check --jobs 2     # about 17 min on 2 CPU cores (docs/results.md)
     OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/quick --teacher-steps 200 --student-steps 100 --seeds 1
+    OMP_NUM_THREADS=1 python tools/learning_check.py --out runs/check --corruptions-only  # stage 5 on a finished check
 
 Stages, each a real command of this repository run as its own process (logs in <out>/<run>/train.log):
 1. The world: synthetic.py with a 12 Hz camera (--sweeps 5, about 0.5-0.9 m between frames, as nuScenes
@@ -20,6 +21,12 @@ Stages, each a real command of this repository run as its own process (logs in <
 4. Evaluation on the val scenes (day-clear, night, day-rain), one table as markdown and JSON,
    `<out>/learning_check.png` (teacher vs student per condition), `<out>/translations.png` (a training
    frame, its rendered and classic translations, val frames) and PASS / FAIL lines for the claims.
+5. Common corruptions (evaluate.py --corruptions, docs/method.md §5; needs the optional imagecorruptions package):
+   the seed-0 teacher and main student of each supervision on the val scenes corrupted by CORRUPTIONS at
+   severities 1, 3 and 5, none of which any net saw in training; the student's corruption errors are relative
+   to its own teacher (RoboDepth's CE and RCE: below 100 % means more robust). Its own table and plots
+   (<out>/learning_check_corruptions.md, .json, <out>/learning_check_corruptions_<self|lidar>.png): the table of
+   stage 4 is unchanged. Skipped, with a note, when the package is missing.
 
 Settings of this check, not of the method (each chosen for a reason measured on this world; the reasons are in
 docs/results.md, "Why the check's settings"): tiny random nets at 90x160, 900 teacher and 300 student steps;
@@ -31,6 +38,7 @@ A rerun with the same --out resumes: finished runs are kept, interrupted ones co
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +61,9 @@ METRICS = ("abs_rel", "rmse", "a1")
 WORLD = dict(train_day=12, train_night=0, train_rain=0, val_day=4, val_night=4, val_rain=4, keyframes=12, sweeps=5,
              size=(180, 320), seed=0)  # night and rain training scenes only serve GDT's style references
 TEACHER_LR = {"self": "1e-3", "lidar": "3e-3"}
+# Stage 5: a few corruptions of each ImageNet-C family (noise, blur, weather, digital), three severities
+CORRUPTIONS = ("gaussian_noise", "motion_blur", "snow", "fog", "contrast", "jpeg_compression")
+SEVERITIES = ("1", "3", "5")
 # Student variants: (teacher, label, flags). The first of each teacher runs once per seed.
 STUDENTS = [("self", "teacher loss", ["--teacher-mask", "reliable"]),
             ("self", "plain distillation", ["--teacher-mask", "none"]),
@@ -256,6 +267,89 @@ def bar_chart(results, seeds, path):
     return path
 
 
+def corruption_pairs():
+    """(supervision, teacher run, its main student run), seed 0: the nets stage 5 corrupts."""
+    return [(sup, f"teacher_{sup}_s0", f"student_{sup}_{slug(STUDENTS[[s[0] for s in STUDENTS].index(sup)][1])}_s0")
+            for sup in ("self", "lidar")]
+
+
+def corruption_stage(out, size):
+    """Stage 5: teacher and main student through evaluate.py --corruptions, the teacher as the student's baseline.
+    Returns {run: its metrics.json}; writes the table and copies each student's plot (teacher dashed)."""
+    world, reports = os.path.join(out, "world"), {}
+    for sup, teacher, student in corruption_pairs():
+        for name, baseline in ((teacher, None), (student, teacher)):
+            ckpt = os.path.join(out, name, "ckpt.pt")
+            if not os.path.isfile(ckpt) or not os.path.isdir(world):
+                raise FileNotFoundError(f"{ckpt} or {world} missing: stage 5 needs a finished check in {out} (run "
+                                        f"tools/learning_check.py --out {out} without --corruptions-only first)")
+            folder = os.path.join(out, name, "eval_corruptions")
+            argv = ["--ckpt", ckpt, "--data-root", world, "--size", size, "--workers", "0", "--corruptions",
+                    *CORRUPTIONS, "--severities", *SEVERITIES, "--label", name, "--out", folder]
+            if baseline:
+                argv += ["--baseline-metrics", os.path.join(out, baseline, "eval_corruptions", "metrics.json")]
+            with open(os.path.join(out, name, "eval_corruptions.log"), "w") as log, redirect_stdout(log), \
+                    redirect_stderr(log):
+                evaluate.main(argv)
+            with open(os.path.join(folder, "metrics.json")) as f:
+                reports[name] = json.load(f)
+        shutil.copyfile(os.path.join(out, student, "eval_corruptions", "corruptions.png"),
+                        os.path.join(out, f"learning_check_corruptions_{sup}.png"))
+    return reports
+
+
+def corruption_table(reports):
+    """Markdown: per net abs_rel on clean frames and the mean over severities of each corruption (all val frames),
+    RoboDepth's mRR and, for students, mCE and mRCE relative to their teacher."""
+    head = ("| net | clean | " + " | ".join(CORRUPTIONS) + " | mean | mRR % | mCE % vs teacher | mRCE % vs teacher |")
+    lines = [head, "|" + "---|" * (len(CORRUPTIONS) + 6)]
+    for sup, teacher, student in corruption_pairs():
+        for name in (teacher, student):
+            r, mode = reports[name], reports[name]["robustness"]["mode"]
+            means = [r["corruptions"][c]["mean"][mode]["all"]["abs_rel"] for c in CORRUPTIONS]
+            score = r["robustness"]
+            cells = [f"{r['summary'][mode]['all']['abs_rel']:.3f}", *(f"{m:.3f}" for m in means),
+                     f"{np.mean(means):.3f}", f"{score['mrr']:.1f}",
+                     f"{score['mce']:.1f}" if "mce" in score else "100 (baseline)",
+                     f"{score['mrce']:.1f}" if "mrce" in score else "100 (baseline)"]
+            title = f"{'self-supervised' if sup == 'self' else 'LiDAR'} {'teacher' if name == teacher else 'student'}"
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_corruption_report(out, reports):
+    """learning_check_corruptions.md and .json: the table of stage 5, as measured."""
+    table = corruption_table(reports)
+    severities = ", ".join(SEVERITIES)
+    note = (f"abs_rel on all val frames, each corruption the mean over severities {severities}; DEE, RR, CE, RCE as "
+            f"RoboDepth defines them (docs/method.md §5), each student's CE and RCE relative to its own teacher "
+            f"(below 100 %: the student is more robust).")
+    data.write_atomic(os.path.join(out, "learning_check_corruptions.md"),
+                      lambda tmp: tmp.write_text(table + "\n\n" + note + "\n"))
+    summary = {name: {"summary": r["summary"], "robustness": r["robustness"],
+                      "corruptions": {c: r["corruptions"][c] for c in CORRUPTIONS}} for name, r in reports.items()}
+    data.write_atomic(os.path.join(out, "learning_check_corruptions.json"), lambda tmp: tmp.write_text(json.dumps(
+        {"corruptions": CORRUPTIONS, "severities": SEVERITIES, "pairs": corruption_pairs(), "results": summary},
+        indent=1)))
+    return table
+
+
+def run_corruption_stage(out, size, required=False):
+    """Stage 5 with its report; without the optional corruption package an error when `required`, else a note."""
+    try:
+        import imagecorruptions  # noqa: F401
+    except ImportError:
+        if required:
+            raise ImportError(f"--corruptions-only needs the imagecorruptions package: {evaluate.CORRUPTIONS_INSTALL}")
+        print(f"stage 5 (corruptions) skipped: {evaluate.CORRUPTIONS_INSTALL} to run it")
+        return None
+    start = time.time()
+    table = write_corruption_report(out, corruption_stage(out, size))
+    print(f"\n{table}\n\nwrote {out}/learning_check_corruptions.md, .json and _self/_lidar.png in "
+          f"{(time.time() - start) / 60:.1f} min")
+    return table
+
+
 def translation_sheet(world, gdt_rendered, gdt_classic, path, height=90):
     """PNG: a day training frame, its rendered and its classic night and rain versions, and a val frame
     of the world's own night and rain (what the students are tested on)."""
@@ -299,7 +393,11 @@ def main(argv=None):
                    help="train_*.py --scene-ends (keep: the check before 2026-12-07)")
     p.add_argument("--batch-size", type=data.at_least(1), default=4)
     p.add_argument("--jobs", type=data.at_least(1), default=2, help="training runs at once (one CPU core each)")
+    p.add_argument("--corruptions-only", action="store_true",
+                   help="run stage 5 (corruptions) alone on the finished check in --out (its world and checkpoints)")
     args = p.parse_args(argv)
+    if args.corruptions_only:
+        return run_corruption_stage(args.out, args.size, required=True) is not None
     start = time.time()
     world = os.path.join(args.out, "world")
     gdt_rendered, gdt_classic = os.path.join(args.out, "gdt_rendered"), os.path.join(args.out, "gdt_classic")
@@ -342,6 +440,7 @@ def main(argv=None):
          "results": results, "claims": ok, "train_seconds": timings, "wall_seconds": wall}, indent=1)))
     bar_chart(results, args.seeds, os.path.join(args.out, "learning_check.png"))
     print(f"wrote {args.out}/learning_check.md, .json and .png and translations.png in {wall / 60:.1f} min")
+    run_corruption_stage(args.out, args.size)
     return all(ok.values())
 
 
