@@ -501,7 +501,7 @@ def load_depth_net(path_or_dict, map_location="cpu"):
             with open(os.path.join(path_or_dict, "ssd_config.json")) as f:
                 cfg = json.load(f)
             net = DepthNet(cfg["encoder"], init="none", min_depth=cfg["min_depth"], max_depth=cfg["max_depth"],
-                           net_size=cfg["net_size"])
+                           net_size=cfg["net_size"], head_log=cfg.get("head_log"))
             net.model = DepthAnythingForDepthEstimation.from_pretrained(path_or_dict)
         except (OSError, KeyError, json.JSONDecodeError) as e:
             raise ValueError(f"{name}: not a folder written by export_pretrained ({e})") from e
@@ -581,7 +581,10 @@ def export_onnx(net, path, opset=17):
 
 def export_pretrained(net, folder):
     """Write `net` as a transformers folder: `DepthAnythingForDepthEstimation.from_pretrained(folder)`
-    gives the sigmoid disparity s as `predicted_depth`; `load_depth_net(folder)` gives metres."""
+    gives the sigmoid disparity s as `predicted_depth`; `load_depth_net(folder)` gives metres. A net started
+    from Depth-Anything carries a log-disparity map before its sigmoid (`head_log`, DepthNet.calibrate_head)
+    that transformers' model does not apply: there only `load_depth_net(folder)` (or the ONNX export) gives
+    its depth; ssd_config.json holds the map."""
     net.model.save_pretrained(folder)
     cfg = {k: v for k, v in net.config_dict().items() if k != "hf_config"}
     with open(os.path.join(folder, "ssd_config.json"), "w") as f:

@@ -337,9 +337,11 @@ def test_a_calibrated_map_travels_in_the_checkpoint_and_an_old_one_loads_without
     save_checkpoint(tmp_path / "da.pt", model=net.state_dict(), config=net.config_dict())
     save_checkpoint(tmp_path / "old.pt", model=net.state_dict(), config=DepthNet("tiny", init="none",
                                                                                   net_size=None).config_dict())
+    export_pretrained(net, str(tmp_path / "exported"))
     with torch.no_grad():
         assert torch.equal(load_depth_net(str(tmp_path / "da.pt")).eval()(x)["depth"], after)
         assert torch.equal(load_depth_net(str(tmp_path / "old.pt")).eval()(x)["depth"], before)
+        assert torch.allclose(load_depth_net(str(tmp_path / "exported")).eval()(x)["depth"], after)
 
 
 def test_pose_from_euler_angles_is_rx_ry_rz_as_md4all():
