@@ -212,23 +212,52 @@ def read_depth_map(path):
     return depth.astype(np.float32)
 
 
-def color_jitter(image, brightness, contrast, saturation, hue):
+def color_jitter(image, brightness, contrast, saturation, hue, shift_hue=None):
     """torchvision's ColorJitter with given factors on a PIL RGB image, in md4all's fixed order.
 
     md4all jitters the resized PIL frames before ToTensor, so this is torchvision's PIL path:
     brightness, contrast (towards the mean grey) and saturation (towards each pixel's grey) are
     uint8 blends; hue adds int(hue * 255) to the 8-bit HSV hue, wrapping round the colour circle.
     md4all applies the four in this order every time (not ColorJitter's random order).
+    `shift_hue` makes the hue step: hue_shift (default, table lookups) or torchvision_hue_shift (the
+    reference, PIL's HSV images): the same bytes.
     """
     image = ImageEnhance.Brightness(image).enhance(brightness)
     image = ImageEnhance.Contrast(image).enhance(contrast)
     image = ImageEnhance.Color(image).enhance(saturation)
-    shift = int(hue * 255)  # torchvision truncates towards zero
-    if shift == 0:  # no shift: skip the lossy 8-bit HSV round trip torchvision would make
-        return image
+    # torchvision truncates towards zero, and round-trips through HSV even for a shift of 0 (|hue| < 1/255),
+    # which moves colours by up to 2/255: md4all's frames went through it, so ours do too
+    return (shift_hue or hue_shift)(image, int(hue * 255))
+
+
+def torchvision_hue_shift(image, shift):
+    """The hue step as torchvision's adjust_hue writes it for PIL: RGB -> HSV, `shift` added to the 8-bit
+    hue (uint8 wrap-around), HSV -> RGB. The reference of hue_shift (about 7x slower)."""
     h, s, v = image.convert('HSV').split()
-    h = Image.fromarray(np.asarray(h) + np.uint8(shift % 256))  # uint8 addition wraps round the circle
+    h = Image.fromarray(np.asarray(h) + np.uint8(shift % 256))
     return Image.merge('HSV', (h, s, v)).convert('RGB')
+
+
+@lru_cache(maxsize=None)
+def hsv_tables():
+    """PIL's 8-bit RGB -> HSV and HSV -> RGB conversions tabulated over all 2^24 colours, made by PIL itself
+    (so exact by construction, 1-2 s and 128 MB once per process; forked DataLoader workers share them).
+    Colours are packed as uint32 c0 | c1 << 8 | c2 << 16 in the mode's channel order (RGB or HSV)."""
+    codes = np.arange(1 << 24, dtype='<u4')  # little-endian whatever the machine: byte 0 is c0
+    every = Image.frombuffer('RGBX', (4096, 4096), codes, 'raw', 'RGBX', 0, 1).convert('RGB')
+    packed = lambda im: np.frombuffer(im.tobytes('raw', 'RGBX'), '<u4') & 0xFFFFFF  # noqa: E731 (X is 255)
+    to_hsv = packed(Image.merge('RGB', every.convert('HSV').split()))
+    to_rgb = packed(Image.merge('HSV', every.split()).convert('RGB'))
+    return to_hsv, to_rgb
+
+
+def hue_shift(image, shift):
+    """torchvision_hue_shift's bytes by two table lookups (hsv_tables): PIL's HSV -> RGB conversion, the
+    costliest step of the exact jitter, computes floats per pixel."""
+    to_hsv, to_rgb = hsv_tables()
+    hsv = to_hsv.take(np.frombuffer(image.tobytes('raw', 'RGBX'), '<u4') & 0xFFFFFF)
+    hsv.view(np.uint8)[0::4] += np.uint8(shift % 256)  # byte 0 is the hue; uint8 addition wraps round the circle
+    return Image.frombytes('RGB', image.size, to_rgb.take(hsv), 'raw', 'RGBX')
 
 
 def affine_jitter(image, brightness, contrast, saturation, hue):
@@ -293,6 +322,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
       (docs/results.md); PNGs and sizes above half the frame are bit-identical.
     - exact_jitter: True jitters with color_jitter (torchvision's PIL ops, as md4all); False with the
       cheaper affine_jitter (an approximation of the hue step).
+    - hue_tables: color_jitter's hue step by table lookups (hue_shift); False by PIL's HSV images, as
+      torchvision writes it (torchvision_hue_shift: the same bytes, slower; the bench's reference).
     - day_input: also return `day_input`, the clean day frame at net_size (the student's frozen teacher
       and DINOv2 see it).
     """
@@ -300,14 +331,17 @@ class AugmentedDataset(torch.utils.data.Dataset):
     dataset, version = 'folder', None  # gdt.py's --dataset (and nuScenes --version) for this reader
 
     def __init__(self, root, size=None, *, net_size=None, color_jitter=False, flip=False, gdt_root=None,
-                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True, day_input=False):
+                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True, hue_tables=True,
+                 day_input=False):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"data root not found: {root}; pass the dataset folder")
         self.root, self.size, self.jitter, self.flip = root, tuple(size) if size else None, color_jitter, flip
         self.net_size = tuple(net_size) if net_size else None
         self.gdt_root, self.gdt_conds, self.p_day = gdt_root, tuple(gdt_conds), p_day
         self.seed, self.epoch, self.fast_decode, self.day_input = seed, 0, fast_decode, day_input
-        self.exact_jitter = exact_jitter
+        self.exact_jitter, self.hue_tables = exact_jitter, hue_tables
+        if color_jitter and exact_jitter and hue_tables:
+            hsv_tables()  # built here, before DataLoader workers fork: they share the tables' 128 MB
         self.gdt_rejected, self.gdt_fallbacks = {}, {}
         if self.gdt_conds and not gdt_root:
             raise ValueError(f"GDT conditions {self.gdt_conds} given without a GDT folder: pass gdt_root "
@@ -437,8 +471,10 @@ class AugmentedDataset(torch.utils.data.Dataset):
         """Tensor of the PIL image with the item's jitter; `plain` (or a fresh tensor) without jitter."""
         if draws.jitter is None:
             return plain if plain is not None else to_tensor(image)
-        jitter = color_jitter if self.exact_jitter else affine_jitter
-        return to_tensor(jitter(image, *draws.jitter))
+        if not self.exact_jitter:
+            return to_tensor(affine_jitter(image, *draws.jitter))
+        shift_hue = hue_shift if self.hue_tables else torchvision_hue_shift
+        return to_tensor(color_jitter(image, *draws.jitter, shift_hue=shift_hue))
 
     def _flip(self, item, draws):
         """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u)."""

@@ -77,7 +77,7 @@ GUIDANCE = gdt.SAMPLERS["unipc"]["guidance"]  # gdt.py's default sampler (the pa
 H100_BF16_TFLOPS = 989.4  # dense bf16 peak of an H100 SXM (NVIDIA datasheet, without sparsity)
 MFU = 0.40  # the training MFU BENCHMARKS.md targets: the rate the data pipeline must keep up with
 PATHS = {  # how an item is made: the items before the fast decode, the trainers' default, --fast-jitter
-    "reference": dict(fast_decode=False, exact_jitter=True), "default": dict(fast_decode=True, exact_jitter=True),
+    "reference": dict(fast_decode=False, exact_jitter=True, hue_tables=False), "default": dict(fast_decode=True, exact_jitter=True),
     "fast": dict(fast_decode=True, exact_jitter=False)}
 DATA_KINDS = {  # what each trainer's dataset reads per item (train_teacher.py, train_student.py defaults)
     "teacher": dict(frames=(-1, 0, 1)),
