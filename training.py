@@ -11,6 +11,9 @@ can change it) and an `lr`; `modules` are what the checkpoint holds as state dic
 (`modules["model"]` is the depth net that is validated); `extra` are saved as they are (configs).
 The dataset is indexed with (epoch, index) pairs (data.EpochSampler), so persistent workers still
 draw each epoch's augmentation; its items are dicts of tensors.
+Each log record holds the mean loss terms, the learning rate, images/s and `data_wait`: the share of the
+wall time since the previous record that rank 0 spent waiting for its next batch (near 0: the data keeps
+up; large: add --workers or cores, or --gpu-augment).
 The loop itself reads these settings from `args`: out, batch_size, epochs, steps, seed, workers,
 dtype, compile, log_every, ckpt_every, val_every, no_val, resume, stop_at, min_depth, max_depth,
 weight_decay, and `given` (the flags written on the command line, from `parse_args`).
@@ -281,6 +284,20 @@ def resume(ckpt_path, modules, optimizer, scheduler, args, kind, master):
     return step, ckpt["best"]
 
 
+def waiting_for(batches, waited):
+    """The batches of `batches`, adding to waited[0] the seconds each took to arrive: the time the training
+    loop stood still waiting for data (a starved GPU shows it as a large share of the step time)."""
+    batches = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield batch
+
+
 def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, kind="teacher"):
     """Train `loss_module` on `dataset` (see the module docstring for the contract): DDP under torchrun,
     bf16 on GPU, atomic checkpoints, exact resume, a JSONL log, best.pt by night abs_rel. Returns the step."""
@@ -339,6 +356,7 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     bar = tqdm(total=total, initial=step, disable=not master, desc=os.path.basename(args.out.rstrip("/")),
                dynamic_ncols=True)
     sums, count, finite, tick = None, 0, torch.ones((), dtype=torch.bool, device=device), time.time()
+    waited = [0.0]  # seconds spent waiting for batches since the last log record (waiting_for)
     # Ctrl-C (one process): finish the step, save it, stop; a second Ctrl-C stops at once. Under torchrun the
     # ranks would stop at different steps, so there the last periodic checkpoint is what a resume takes.
     stop = threading.Event()
@@ -353,7 +371,7 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
             epoch, skip = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch)
             pairs.set_epoch(epoch, SkipSampler(sampler, skip * args.batch_size))  # a resume skips the finished part
-            for batch in loader:
+            for batch in waiting_for(loader, waited):
                 # One optimiser step
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -382,11 +400,12 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
                 if due_log:
                     reduced = all_reduce_sums(sums.tolist() + [count], device)
                     mean = [v / reduced[-1] for v in reduced[:-1]]
-                    rate = count * args.batch_size * world / (time.time() - tick)
+                    elapsed = time.time() - tick
+                    rate, stall = count * args.batch_size * world / elapsed, min(waited[0] / elapsed, 1.0)
                     log(dict(step=step, epoch=epoch, loss=mean[0], **dict(zip(terms, mean[1:])),
-                             lr=scheduler.get_last_lr()[0], images_per_s=rate))
-                    bar.set_postfix(loss=f"{mean[0]:.4f}", img_s=f"{rate:.1f}")
-                    sums, count, tick = None, 0, time.time()
+                             lr=scheduler.get_last_lr()[0], images_per_s=rate, data_wait=stall))
+                    bar.set_postfix(loss=f"{mean[0]:.4f}", img_s=f"{rate:.1f}", data_wait=f"{stall:.0%}")
+                    sums, count, tick, waited[0] = None, 0, time.time(), 0.0
 
                 # Validate (best.pt: the lowest night abs_rel, or overall without night frames) and checkpoint
                 if validating and (step % val_every == 0 or step == total):

@@ -64,6 +64,26 @@ def test_the_loop_trains_checkpoints_and_resumes_any_loss_module(tmp_path):
     assert [r["step"] for r in records if "loss" in r] == [12, 20, 24, 36, 48]
 
 
+def test_waiting_for_counts_only_the_time_batches_take_to_arrive(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+
+    def slow_batches():  # each batch takes 2 s to arrive
+        for i in range(3):
+            clock[0] += 2.0
+            yield i
+    waited = [0.0]
+    for _ in training.waiting_for(slow_batches(), waited):
+        clock[0] += 5.0  # the step itself: not waiting
+    assert waited == [6.0] and clock[0] == 21.0
+
+
+def test_every_log_record_says_the_share_of_time_spent_waiting_for_data(tmp_path):
+    run(loop_args(tmp_path))
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert len(records) == 4 and all(0 <= r["data_wait"] <= 1 for r in records)
+
+
 def test_a_learning_rate_flag_given_on_resume_replaces_its_group_by_name(tmp_path, capsys):
     run(loop_args(tmp_path, stop_at=24))
     run(loop_args(tmp_path, resume=True, lr_line=0.01, given=["lr_line"]))
