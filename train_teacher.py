@@ -74,7 +74,8 @@ def calibrate_pretrained_head(net, dataset, args):
     on the first training items (the same on every rank). See DepthNet.calibrate_head."""
     if args.init != "depth-anything-v2-small" or args.resume:
         return
-    images = torch.stack([dataset[i]["input"] for i in range(min(len(dataset), args.batch_size))])
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(len(dataset), args.batch_size))])
+    images = (dataset.augment_batch(batch) if dataset.device_augment else batch)["input"]
     scale, shift = net.calibrate_head(images, args.init_depth or 10.0)
     print(f"Depth-Anything head calibrated to start at {args.init_depth or 10.0:g} m (scale {scale:.3g}, "
           f"shift {shift:.3g})")

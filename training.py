@@ -62,6 +62,9 @@ def add_common_args(p):
     p.add_argument("--fast-jitter", action="store_true",
                    help="jitter with one affine colour map (data.affine_jitter: ~13 ms less per frame, within about "
                         "2/255 on average) instead of torchvision's PIL ops as md4all does")
+    p.add_argument("--gpu-augment", action="store_true",
+                   help="DataLoader workers only decode; the resizes and md4all's jitter run batched on the training "
+                        "device, as exact tensor forms of the PIL ops (the same tensors, fewer CPU cores per GPU)")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--val-every", type=data.at_least(1), default=None, help="steps between validations (default: each epoch)")
     p.add_argument("--no-val", action="store_true", help="skip validation (and best.pt)")
@@ -136,6 +139,9 @@ def check_settings(parser, args):
     if args.net_size and any(v % 14 for v in args.net_size):
         parser.error(f"--net-size {args.net_size[0]}x{args.net_size[1]}: give multiples of 14 (DINOv2's patch), "
                      f"e.g. 518x784")
+    if getattr(args, "gpu_augment", False) and args.fast_jitter:
+        parser.error("--gpu-augment makes md4all's exact jitter on the device; --fast-jitter is the affine one on the "
+                     "CPU: give one of them")
     if args.resume and args.overwrite:
         parser.error("--resume continues the run in --out and --overwrite replaces it: give one of them")
     if args.tiny and "net_size" in args.given:
@@ -155,6 +161,8 @@ def parse_args(parser, argv):
 def make_dataset(args, split, **kwargs):
     """The md4all dataset of `args` for `split` at the loss resolution."""
     kwargs = dict(size=args.size, net_size=args.net_size, seed=args.seed, **kwargs)
+    if split == "train" and args.gpu_augment:
+        kwargs["device_augment"] = True
     if args.dataset == "robotcar":  # validation on md4all's val split, never on the test split
         return data.RobotCarDepth(args.data_root, split=split, **kwargs)
     return data.NuScenesDepth(args.data_root, args.version, split, **kwargs)
@@ -341,6 +349,7 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=pairs, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0)
     validating, val_every = val_dataset is not None and not args.no_val, args.val_every or steps_per_epoch
+    augment_on_device = getattr(dataset, "device_augment", False)
 
     def log(record):
         if master:
@@ -374,6 +383,8 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
             for batch in waiting_for(loader, waited):
                 # One optimiser step
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                if augment_on_device:  # --gpu-augment: the workers only decoded
+                    batch = dataset.augment_batch(batch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss, terms = model(batch)
                 optimizer.zero_grad(set_to_none=True)

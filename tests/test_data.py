@@ -973,3 +973,53 @@ def test_atomic_writes_leave_files_readable_as_the_umask_says_and_no_temp_file(t
     with pytest.raises(ZeroDivisionError):  # a writer that fails leaves neither the output nor its temp file
         data.write_atomic(tmp_path / 'out' / 'broken.json', lambda tmp: (tmp.write_text('{'), 1 / 0))
     assert sorted(os.listdir(tmp_path / 'out')) == ['metrics.json']
+
+
+# --gpu-augment: the workers decode, the training device resizes and jitters (augment_batch)
+
+def same_batches(a, b):
+    """The keys and every tensor of two collated batches equal, bit for bit."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key], key
+
+
+@pytest.mark.parametrize('kind', ['teacher', 'student'])
+def test_device_augmented_batches_equal_the_default_items_bit_for_bit(tiny_world, tmp_path, kind):
+    """Over items with flips, every hue shift sign and 0, GDT swaps and the student's day input: the same tensors,
+    so the learning check's outcome cannot change with --gpu-augment."""
+    options = dict(size=(56, 96), net_size=(70, 126), color_jitter=True, flip=True, seed=3)
+    if kind == 'student':
+        day = data.NuScenesDepth(tiny_world, **options)
+        for token, _ in day.items:  # a darker 'night' translation of each training frame, as gdt.py saves one
+            path = day.index.sample_data[token]['filename']
+            with Image.open(os.path.join(tiny_world, path)) as im:
+                gdt.save_atomic(im.convert('RGB').point(lambda v: v // 3), tmp_path / 'night' / path)
+        options.update(gdt_root=str(tmp_path), gdt_conds=('night',), p_day=0.5, day_input=True)
+    else:
+        options.update(frames=(-1, 0, 1))
+    default, device = data.NuScenesDepth(tiny_world, **options), data.NuScenesDepth(tiny_world, device_augment=True,
+                                                                                   **options)
+    indices = list(range(len(default)))
+    raw = torch.utils.data.default_collate([device[i] for i in indices])
+    assert raw['raw_color'].dtype == torch.uint8 and 'color' not in raw
+    same_batches(device.augment_batch(raw), torch.utils.data.default_collate([default[i] for i in indices]))
+    draws = [default._draws(i)[1] for i in indices]
+    assert {d.flip for d in draws} == {True, False}
+    if kind == 'student':
+        assert {d.cond for d in draws} == {'day', 'night'}
+
+
+def test_device_augment_equals_the_default_path_on_the_real_frame():
+    folder = os.path.join(FIXTURE, 'samples', 'CAM_FRONT')
+    options = dict(size=(320, 576), net_size=(518, 784), color_jitter=True, flip=True, seed=1)
+    default, device = data.FolderDepth(folder, **options), data.FolderDepth(folder, device_augment=True, **options)
+    same_batches(device.augment_batch(torch.utils.data.default_collate([device[0]])),
+                 torch.utils.data.default_collate([default[0]]))
+
+
+def test_device_augment_needs_a_fixed_size_and_the_exact_jitter(nusc):
+    with pytest.raises(ValueError, match='--size'):
+        data.FolderDepth(os.path.join(FIXTURE, 'samples', 'CAM_FRONT'), device_augment=True)
+    with pytest.raises(ValueError, match='--fast-jitter'):
+        data.NuScenesDepth(nusc, color_jitter=True, exact_jitter=False, device_augment=True)
