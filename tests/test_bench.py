@@ -44,21 +44,23 @@ def test_every_section_gives_positive_finite_figures(tiny_run):
     assert positive(results["inference"]["batch2_frames_per_s"])
 
 
-def test_data_section_times_every_trainer_item_both_decodes_and_sizes_the_workers(tiny_run):
+def test_data_section_times_every_trainer_item_on_every_path_and_the_bare_decode_and_sizes_the_workers(tiny_run):
     figures = tiny_run[0]["data"]
     assert figures["frame_format"] == "JPEG" and figures["gpu_tflops"] == 100
     for kind in ("teacher", "student", "lidar_teacher"):
         item = figures[kind]
-        for path in ("reference", "default", "fast"):
+        for path in ("reference", "default", "gpu_augment", "fast"):
             for key in ("cpu_ms_per_item", "items_per_s_one_process"):
                 assert positive(item[path][key]), (kind, path, key)
             cores = item["gpu_images_per_s"] * item[path]["cpu_ms_per_item"] / 1e3  # CPU s per GPU s
             assert item[path]["workers_per_gpu"] == math.ceil(cores) >= 1
         assert positive(item["default"]["items_per_s_1_workers"])  # the trainers' path through a DataLoader
         assert item["gpu_images_per_s"] == pytest.approx(100 / item["tflop_per_image"])
-        for path in ("default", "fast"):
+        for path in ("default", "gpu_augment", "fast"):
             assert item[f"{path}_speedup"] == pytest.approx(item["reference"]["cpu_ms_per_item"]
                                                             / item[path]["cpu_ms_per_item"])
+        assert item["gpu_augment_over_bare_decode"] == pytest.approx(item["gpu_augment"]["cpu_ms_per_item"]
+                                                                      / item["bare_decode_cpu_ms"])
 
 
 def test_json_holds_every_section_with_device_torch_and_date(tiny_run):

@@ -30,10 +30,12 @@ keeps what it measured; a failing section records its error and the others still
 - data: CPU cost of the real data.NuScenesDepth training items (teacher: 3 frames; student: + a GDT
   translation; LiDAR teacher: 1 frame + LiDAR projection) at the loss and network sizes, on a small
   synthetic world rendered at nuScenes' 900x1600 with JPEG frames (or --data-root), for the fast
-  paths (PATHS): reference (full decode for every tensor, torchvision's PIL jitter: the items before
-  the fast decode), default (DCT-scaled decode, torchvision's jitter: the trainers' default) and fast
-  (DCT-scaled decode, affine jitter: --fast-jitter): CPU ms per item, items/s of 1..N DataLoader workers, and the items/s
-  one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
+  paths (PATHS): reference (full decode for every tensor, torchvision's PIL ops: the items before the
+  fast decode), default (DCT-scaled decode, torchvision's jitter with the hue step by table lookups: the
+  trainers' default, the same bytes), gpu_augment (the workers' share of --gpu-augment: decoding only;
+  the same tensors are made on the GPU) and fast (DCT-scaled decode, affine jitter: --fast-jitter), and
+  the bare decode of each item's frames: CPU ms per item, items/s of 1..N DataLoader workers, and the
+  items/s one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
 --tiny: tiny models and sizes on one CPU thread; a smoke test of the code, not a speed claim.
 """
 import argparse
@@ -76,8 +78,10 @@ TRAIN_BATCHES = (32, 16, 8, 4)  # GPU default: the largest that fits
 GUIDANCE = gdt.SAMPLERS["unipc"]["guidance"]  # gdt.py's default sampler (the paper's)
 H100_BF16_TFLOPS = 989.4  # dense bf16 peak of an H100 SXM (NVIDIA datasheet, without sparsity)
 MFU = 0.40  # the training MFU BENCHMARKS.md targets: the rate the data pipeline must keep up with
-PATHS = {  # how an item is made: the items before the fast decode, the trainers' default, --fast-jitter
-    "reference": dict(fast_decode=False, exact_jitter=True, hue_tables=False), "default": dict(fast_decode=True, exact_jitter=True),
+PATHS = {  # how an item is made: the items before the fast decode, the trainers' default, --gpu-augment, --fast-jitter
+    "reference": dict(fast_decode=False, exact_jitter=True, hue_tables=False),
+    "default": dict(fast_decode=True, exact_jitter=True),
+    "gpu_augment": dict(fast_decode=True, exact_jitter=True, device_augment=True),  # the workers' share only
     "fast": dict(fast_decode=True, exact_jitter=False)}
 DATA_KINDS = {  # what each trainer's dataset reads per item (train_teacher.py, train_student.py defaults)
     "teacher": dict(frames=(-1, 0, 1)),
@@ -537,6 +541,33 @@ def item_cost(dataset, samples):
         torch.set_num_threads(threads)
 
 
+def bare_decode_ms(dataset, samples):
+    """CPU ms per item of decoding its frames and nothing else, on one thread: the target frame whole (the
+    network size needs it), each neighbour at the DCT scale of the loss size, a GDT translation whole. No
+    worker can do less: the floor that --gpu-augment is measured against."""
+    def frames(i):
+        token, _ = dataset.items[i]
+        path = dataset.index.sample_data[token]["filename"]
+        yield os.path.join(dataset.root, path), None
+        yield from ((os.path.join(dataset.root, dataset.index.neighbour(token, step)["filename"]), dataset.size)
+                    for step in (-1, 1) if step in dataset.frames)
+        cond = dataset._draws(i)[1].cond
+        if cond != "day":
+            yield os.path.join(dataset.gdt_root, cond, path), None
+
+    def decode(i):
+        for path, size in frames(i):
+            with Image.open(path) as im:
+                if size:
+                    im.draft("RGB", size[::-1])
+                im.load()
+    decode(0)
+    cpu = time.process_time()
+    for i in range(samples):
+        decode(i % len(dataset))
+    return 1e3 * (time.process_time() - cpu) / samples
+
+
 def loader_rate(dataset, workers, samples, batch=4):
     """Items/s that a DataLoader with `workers` processes delivers once each has handed over its first
     batch (start-up excluded), batches of 4 (the paper's batch per GPU)."""
@@ -590,8 +621,11 @@ def bench_data(args, device, results):
                     figures[path][f"items_per_s_{w}_workers"] = loader_rate(dataset, w, args.data_samples)
                     results.add("data", **{kind: figures})
             reference = figures["reference"]["cpu_ms_per_item"]
+            decode = bare_decode_ms(dataset, args.data_samples)
             figures.update(default_speedup=reference / figures["default"]["cpu_ms_per_item"],
-                           fast_speedup=reference / figures["fast"]["cpu_ms_per_item"])
+                           gpu_augment_speedup=reference / figures["gpu_augment"]["cpu_ms_per_item"],
+                           fast_speedup=reference / figures["fast"]["cpu_ms_per_item"], bare_decode_cpu_ms=decode,
+                           gpu_augment_over_bare_decode=figures["gpu_augment"]["cpu_ms_per_item"] / decode)
             results.add("data", **{kind: figures})
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -617,6 +651,10 @@ def print_data_table(d, show):
     print("  " + " | ".join(["item", "path", "CPU ms/item", "items/s 1 process"]
                             + [f"items/s {w} workers" for w in d["workers"]] + ["GPU images/s", "workers/GPU"]))
     for kind in DATA_KINDS:
+        g = d.get(kind, {})
+        print(f"  {kind} | bare decode | {show(g.get('bare_decode_cpu_ms', '-'))} | speed-up over reference: default "
+              f"{show(g.get('default_speedup', '-'))}, gpu_augment {show(g.get('gpu_augment_speedup', '-'))} "
+              f"({show(g.get('gpu_augment_over_bare_decode', '-'))}x the bare decode), fast {show(g.get('fast_speedup', '-'))}")
         for name in PATHS:
             f, g = d.get(kind, {}).get(name, {}), d.get(kind, {})
             cells = [f.get("cpu_ms_per_item"), f.get("items_per_s_one_process"), *(f.get(w) for w in workers)]
