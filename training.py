@@ -292,6 +292,35 @@ def resume(ckpt_path, modules, optimizer, scheduler, args, kind, master):
     return step, ckpt["best"]
 
 
+# Resident memory a training step adds per image at the paper's sizes (ViT-B, 518x784 input, 320x576 losses,
+# ResNet-18 pose), fp32, without checkpointing, measured on the CPU (tools/bench.py --only memory; BENCHMARKS.md,
+# 2026-12-07). CUDA's caching allocator keeps more than it uses: read the estimate as a floor.
+STEP_ACTIVATION_GIB = {"teacher": None, "lidar_teacher": None, "student": None}
+MEASURED_SIZE = (518, 784)
+
+
+def expected_memory(kind, loss_module, optimizer, args, bf16):
+    """One line for the start of training: the memory a step is expected to need, how it is computed and from
+    what. State is exact: 16 bytes per trained parameter (fp32 weights, gradients, two AdamW moments), 4 per
+    frozen one. Activations: STEP_ACTIVATION_GIB x batch, scaled by the input's pixels (ViT-B only)."""
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    n_trained = sum(p.numel() for p in loss_module.parameters() if id(p) in trained)
+    n_frozen = sum(p.numel() for p in loss_module.parameters() if id(p) not in trained)
+    state = (16 * n_trained + 4 * n_frozen) / 2 ** 30
+    per_image = STEP_ACTIVATION_GIB.get(kind)
+    if per_image is None or getattr(args, "encoder", None) != "base" or not getattr(args, "net_size", None):
+        return (f"expected memory: weights + gradients + AdamW state {state:.2f} GiB ({n_trained / 1e6:.1f} M trained, "
+                f"{n_frozen / 1e6:.1f} M frozen parameters) + activations (measured for --encoder base only: "
+                f"BENCHMARKS.md, memory)")
+    pixels = args.net_size[0] * args.net_size[1] / (MEASURED_SIZE[0] * MEASURED_SIZE[1])
+    activations = per_image * args.batch_size * pixels
+    lower = " (bf16 autocast and --grad-ckpt need less)" if bf16 or args.grad_ckpt else ""
+    return (f"expected memory: about {state + activations:.1f} GiB = weights + gradients + AdamW state {state:.2f} GiB "
+            f"({n_trained / 1e6:.1f} M trained, {n_frozen / 1e6:.1f} M frozen parameters) + activations "
+            f"{activations:.1f} GiB ({per_image:.2f} GiB per image, measured on the CPU at 518x784 in fp32 without "
+            f"--grad-ckpt, x {args.batch_size} images x {pixels:.2f} of its pixels){lower}; BENCHMARKS.md, memory")
+
+
 def waiting_for(batches, waited):
     """The batches of `batches`, adding to waited[0] the seconds each took to arrive: the time the training
     loop stood still waiting for data (a starved GPU shows it as a large share of the step time)."""
@@ -329,6 +358,9 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     loss_module.to(device)
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+    if master:
+        memory_kind = "lidar_teacher" if getattr(args, "supervision", "self") == "lidar" else kind
+        print(expected_memory(memory_kind, loss_module, optimizer, args, bf16))
 
     # Resume, or start a fresh log
     step, best = 0, math.inf

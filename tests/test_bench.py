@@ -152,3 +152,18 @@ def test_help_prints_every_flag(capsys):
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--help"])
     assert e.value.code == 0 and "default: 40% of the measured bf16 matmul rate" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("kind", ["lidar_teacher", "teacher"])
+def test_a_memory_cell_separates_the_kept_state_from_the_steps_activations(kind):
+    """One step of tiny modules: the same code as the full-size cells, which run in fresh processes."""
+    figures = bench.memory_cell(f"{kind},2,fp32,-", bench.parse_args(["--tiny"]))
+    assert figures["trained_params"] > 0 and figures["state_formula_gib"] > 0
+    assert figures["peak_gib"] >= figures["activation_gib"] >= 0 and figures["state_gib"] >= 0
+
+
+def test_memory_cells_cover_every_trainer_batch_precision_and_checkpointing_and_gdts_samplers():
+    cells = set(bench.MEMORY_CELLS)
+    assert {f"{k},{b},{d},{c}" for k in ("teacher", "student", "lidar_teacher") for b in (1, 2, 4)
+            for d in ("fp32", "bf16") for c in ("-", "ckpt")} < cells
+    assert {f"gdt,8,{d},{s}" for d in ("fp16", "fp32") for s in ("unipc", "lcm")} < cells

@@ -218,3 +218,9 @@ def test_each_torchrun_rank_checks_a_strided_share_of_the_train_and_val_files_on
     checked.clear()
     training.check_data(argparse.Namespace(no_check_data=True), train, val)
     assert checked == {}
+
+
+def test_the_loop_says_at_start_the_memory_it_expects_and_how(tmp_path, capsys):
+    run(loop_args(tmp_path, steps=1))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("expected memory"))
+    assert "AdamW state 0.00 GiB (0.0 M trained" in line and "BENCHMARKS.md" in line

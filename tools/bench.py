@@ -69,7 +69,7 @@ from train_student import StudentLoss  # noqa: E402
 from train_teacher import LidarLoss, SelfSupervisedLoss  # noqa: E402
 from training import add_common_args, build_depth_net, depth_param_groups, resolve_args  # noqa: E402
 
-SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data")
+SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data", "memory")
 FULL = dict(gdt_size="576x1024", gdt_steps=30, gdt_batch=8, source_size=(900, 1600), encoder="base",
             pose="resnet18", loss_size=(320, 576), net_size=(518, 784), iters=20, data_samples=32)
 TINY = dict(gdt_size="64x64", gdt_steps=2, gdt_batch=2, source_size=(64, 64), encoder="tiny", pose="tiny",
@@ -115,6 +115,11 @@ def parse_args(argv=None):
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version of --data-root")
     p.add_argument("--data-workers", nargs="+", type=int, help="DataLoader worker counts (1, 2, 4 .. CPUs)")
     p.add_argument("--data-samples", type=int, help="items timed per figure (32)")
+    p.add_argument("--memory-cells", nargs="+", help="memory section: the cells to measure, as KIND,BATCH,DTYPE,CKPT "
+                   "(e.g. teacher,4,fp32,ckpt; lidar_teacher,1,bf16,-); default: every cell of MEMORY_CELLS")
+    p.add_argument("--memory-minutes", type=float, default=20, help="memory section: start no cell after this long; "
+                   "the cells left are recorded as not measured")
+    p.add_argument("--memory-cell", help=argparse.SUPPRESS)  # internal: measure one cell in this (fresh) process
     p.add_argument("--gpu-tflops", type=float, help=f"training FLOP rate of one GPU, TFLOP/s (default: {MFU:.0%}% "
                    f"of the measured bf16 matmul rate on a GPU, else of an H100's {H100_BF16_TFLOPS})")
     args = p.parse_args(argv)
@@ -414,7 +419,7 @@ def synthetic_batch(kind, batch, args, device):
 
 def train_step(loss_module, optimizer, batch, bf16):
     """The core of training.train's step: autocast forward, backward, AdamW step; no host sync."""
-    with torch.autocast(batch["color"].device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(batch["input"].device.type, dtype=torch.bfloat16, enabled=bf16):
         loss, _ = loss_module(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -631,16 +636,116 @@ def bench_data(args, device, results):
         shutil.rmtree(work, ignore_errors=True)
 
 
+MEMORY_CELLS = [f"{kind},{batch},{dtype},{ckpt}" for dtype in ("fp32", "bf16") for ckpt in ("-", "ckpt")
+                for batch in (1, 2, 4) for kind in DATA_KINDS] + [  # GDT: its batch of 8, each sampler and precision
+    f"gdt,8,{dtype},{sampler}" for sampler in ("unipc", "lcm") for dtype in ("fp16", "fp32")]
+
+
+def rss_gib(field="VmRSS"):
+    """This process's resident memory (VmRSS) or its peak since the last reset_peak_rss (VmHWM), GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2 ** 20
+    raise OSError(f"/proc/self/status has no {field}: the memory section needs Linux")
+
+
+def reset_peak_rss():
+    """Start a new VmHWM window (Linux: writing 5 to clear_refs resets the peak resident set size)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_cell(cell, args):
+    """Resident memory of one training step of the real modules at full size, random weights, measured in this
+    fresh process on the CPU: the weights, gradients and AdamW moments a step leaves (state) and the step's
+    peak over what was resident before it (activations, mostly)."""
+    kind, batch, dtype, ckpt = cell.split(",")
+    if kind == "gdt":
+        return gdt_memory_cell(cell, int(batch), dtype, ckpt)
+    args.grad_ckpt, baseline = ckpt == "ckpt", rss_gib()
+    loss_module = build_loss(kind, args)
+    optimizer = torch.optim.AdamW(param_groups(loss_module, trainer_args(args)), weight_decay=0.01)
+    batch_data = synthetic_batch(kind, int(batch), args, torch.device("cpu"))
+    before = rss_gib()
+    reset_peak_rss()
+    start = time.perf_counter()
+    train_step(loss_module, optimizer, batch_data, dtype == "bf16")
+    peak, seconds_taken = rss_gib("VmHWM"), time.perf_counter() - start
+    trained = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    frozen = sum(p.numel() for p in loss_module.parameters()) - trained
+    return dict(cell=cell, trained_params=trained, frozen_params=frozen, weights_gib=before - baseline,
+                state_gib=rss_gib() - baseline, activation_gib=peak - before, peak_gib=peak - baseline,
+                step_s=seconds_taken, state_formula_gib=(16 * trained + 4 * frozen) / 2 ** 30)
+
+
+@torch.inference_mode()
+def gdt_memory_cell(cell, batch, dtype, sampler, size=(576, 1024)):
+    """GDT's peak of one denoiser call (ControlNet + UNet on the batch, doubled by classifier-free guidance with
+    the default sampler) and the VAE decode of the batch with VAE slicing (one image at a time), SD 1.5 shapes,
+    random weights, in `dtype`, on the CPU."""
+    baseline = rss_gib()
+    m = sd15_models().to(torch.float16 if dtype == "fp16" else torch.float32)
+    m.vae.enable_slicing()
+    weights = rss_gib() - baseline
+    lanes = batch * (2 if gdt.SAMPLERS[sampler]["guidance"] > 1 else 1)
+    latents = torch.randn(lanes, 4, size[0] // 8, size[1] // 8, dtype=m.unet.dtype)
+    context = torch.randn(lanes, 77, m.unet.config.cross_attention_dim, dtype=m.unet.dtype)
+    t, before = torch.tensor([500]), rss_gib()
+    reset_peak_rss()
+    start = time.perf_counter()
+    down, mid = m.controlnet(latents, t, context, controlnet_cond=torch.rand(lanes, 3, *size, dtype=m.unet.dtype),
+                             return_dict=False)
+    m.unet(latents, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    denoise_peak = rss_gib("VmHWM") - before
+    del down, mid
+    reset_peak_rss()
+    m.vae.decode(latents[:batch] / m.vae.config.scaling_factor)
+    decode_peak = rss_gib("VmHWM") - before
+    params = sum(p.numel() for p in m.parameters())
+    return dict(cell=cell, trained_params=0, frozen_params=params, weights_gib=weights, state_gib=weights,
+                activation_gib=max(denoise_peak, decode_peak), denoise_activation_gib=denoise_peak,
+                decode_activation_gib=decode_peak, peak_gib=weights + max(denoise_peak, decode_peak),
+                step_s=time.perf_counter() - start, state_formula_gib=params * (2 if dtype == "fp16" else 4) / 2 ** 30)
+
+
+def bench_memory(args, device, results):
+    """memory_cell for each of --memory-cells, each in a fresh process (its own peak), cheapest first, until
+    --memory-minutes have passed; the cells left are recorded as not measured. Full size only."""
+    import subprocess
+    cells, start = sorted(args.memory_cells or MEMORY_CELLS, key=memory_cost), time.perf_counter()
+    results.add("memory", net_size=list(args.net_size), loss_size=list(args.loss_size), allocator="CPU (glibc)",
+                cells=cells)
+    for cell in cells:
+        if time.perf_counter() - start > 60 * args.memory_minutes:
+            results.add("memory", **{cell: "not measured: past --memory-minutes on this machine"})
+            continue
+        command = [sys.executable, os.path.abspath(__file__), "--memory-cell", cell, "--out", os.devnull]
+        run = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+        results.add("memory", **{cell: json.loads(lines[-1]) if run.returncode == 0 and lines
+                                 else f"failed: {run.stderr.strip().splitlines()[-1:]}"})
+
+
+def memory_cost(cell):
+    """Rough relative cost of a cell, to measure the cheap ones first: batch, x3 for bf16 on CPU, x1.3 checkpointed."""
+    kind, batch, dtype, ckpt = cell.split(",")
+    if kind == "gdt":  # one denoiser call and a decode at 576x1024: about 30 training steps' worth of FLOPs
+        return 30 * int(batch) * (3 if dtype == "fp16" else 1)
+    return int(batch) * (3 if dtype == "bf16" else 1) * (1.3 if ckpt == "ckpt" else 1) * (
+        1.5 if kind == "student" else 0.6 if kind == "lidar_teacher" else 1)
+
+
 def print_table(results):
     meta = results["meta"]
     print(f"\n{meta['device']} | torch {meta['torch']} | {meta['date']} | {meta['command']}")
     show = lambda v: "n/a (no GPU)" if v is None else f"{v:.4g}" if isinstance(v, float) else v  # noqa: E731
     for section, figures in list(results.items())[1:]:
         for key, value in figures.items():
-            if key not in meta and key not in DATA_KINDS:
+            if key not in meta and key not in DATA_KINDS and not (section == "memory" and "," in key):
                 print(f"  {section:<10} {key:<30} {show(value)}")
     if any(kind in results.get("data", {}) for kind in DATA_KINDS):
         print_data_table(results["data"], show)
+    if "cells" in results.get("memory", {}):
+        print_memory_table(results["memory"])
 
 
 def print_data_table(d, show):
@@ -662,14 +767,30 @@ def print_data_table(d, show):
             print("  " + " | ".join([kind, name] + ["-" if c is None else str(show(c)) for c in cells + last]))
 
 
+def print_memory_table(m):
+    print("\n  memory (CPU resident, GiB): cell | trained / frozen M params | weights | state after the step | "
+          "step's activations | peak | step s")
+    for cell in m["cells"]:
+        f = m.get(cell)
+        if isinstance(f, dict):
+            print(f"  {cell} | {f['trained_params'] / 1e6:.1f} / {f['frozen_params'] / 1e6:.1f} | {f['weights_gib']:.2f} | "
+                  f"{f['state_gib']:.2f} | {f['activation_gib']:.2f} | {f['peak_gib']:.2f} | {f['step_s']:.0f}")
+        else:
+            print(f"  {cell} | {f}")
+
+
 BENCHES = dict(gdt=bench_gdt, teacher=lambda *a: bench_training("teacher", *a),
                student=lambda *a: bench_training("student", *a), inference=bench_inference, flops=bench_flops,
-               data=bench_data)
+               data=bench_data, memory=bench_memory)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.memory_cell:  # one cell of the memory section, in the fresh process bench_memory started
+        torch.set_flush_denormal(True)
+        print(json.dumps(memory_cell(args.memory_cell, args)))
+        return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_flush_denormal(True)  # as the trainers: denormals from random weights cost up to 10x on CPU
     if args.tiny:  # tiny models gain nothing from threads, and on shared cores spinning threads cost 10x
