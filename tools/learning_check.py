@@ -83,6 +83,9 @@ def plan_runs(args, world, gdt_rendered, gdt_classic):
             if sup == "self":
                 flags += ["--lr-pose", args.lr_pose, "--pose-order", "temporal", "--init-motion", args.init_motion]
             runs.append((f"teacher_{sup}_s{seed}", "train_teacher.py", common + flags, args.teacher_steps, None))
+    if getattr(args, "gpu_augment_teacher", False):  # the self-supervised teachers again, their images made by augment_batch
+        runs += [(name.replace("teacher_self", "teacher_self_gpu_augment"), script, flags + ["--gpu-augment"], steps,
+                  None) for name, script, flags, steps, _ in list(runs) if name.startswith("teacher_self_s")]
     for sup, label, extra in STUDENTS:
         main_row = label == STUDENTS[[s[0] for s in STUDENTS].index(sup)][1]
         for seed in range(args.seeds if main_row else 1):
@@ -148,6 +151,8 @@ def table_rows(results, seeds):
     rows = [("untrained net", ["untrained"])]
     for sup, title in (("self", "self-supervised"), ("lidar", "LiDAR")):
         rows.append((f"{title} teacher (day-clear)", by_prefix(f"teacher_{sup}")))
+        if sup == "self" and all(n in results for n in by_prefix("teacher_self_gpu_augment")):
+            rows.append((f"{title} teacher, --gpu-augment (day-clear)", by_prefix("teacher_self_gpu_augment")))
         for s, label, _ in STUDENTS:
             if s == sup:
                 names = [n for n in by_prefix(f"student_{sup}_{slug(label)}") if n in results]
@@ -293,6 +298,9 @@ def main(argv=None):
     p.add_argument("--init-motion", default="0.7", help="the self-supervised pose net's starting forward motion (m)")
     p.add_argument("--batch-size", type=data.at_least(1), default=4)
     p.add_argument("--jobs", type=data.at_least(1), default=2, help="training runs at once (one CPU core each)")
+    p.add_argument("--gpu-augment-teacher", action="store_true",
+                   help="also train the self-supervised teachers with --gpu-augment (a row of their own; the other "
+                        "rows are unchanged)")
     args = p.parse_args(argv)
     start = time.time()
     world = os.path.join(args.out, "world")
