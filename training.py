@@ -293,9 +293,11 @@ def resume(ckpt_path, modules, optimizer, scheduler, args, kind, master):
 
 
 # Resident memory a training step adds per image at the paper's sizes (ViT-B, 518x784 input, 320x576 losses,
-# ResNet-18 pose), fp32, without checkpointing, measured on the CPU (tools/bench.py --only memory; BENCHMARKS.md,
-# 2026-12-07). CUDA's caching allocator keeps more than it uses: read the estimate as a floor.
-STEP_ACTIVATION_GIB = {"teacher": None, "lidar_teacher": None, "student": None}
+# ResNet-18 pose), fp32, without checkpointing, measured on the CPU at batch 2 (the student: 1) (tools/bench.py
+# --only memory; BENCHMARKS.md, 2026-12-07), and the share of it left with --grad-ckpt (batch 1, teacher and
+# student alike). CUDA's caching allocator keeps more than it uses: read the estimate as a floor.
+STEP_ACTIVATION_GIB = {"teacher": 2.33, "lidar_teacher": 2.06, "student": 2.29}
+CHECKPOINTED_SHARE = 0.63
 MEASURED_SIZE = (518, 784)
 
 
@@ -313,12 +315,14 @@ def expected_memory(kind, loss_module, optimizer, args, bf16):
                 f"{n_frozen / 1e6:.1f} M frozen parameters) + activations (measured for --encoder base only: "
                 f"BENCHMARKS.md, memory)")
     pixels = args.net_size[0] * args.net_size[1] / (MEASURED_SIZE[0] * MEASURED_SIZE[1])
+    per_image *= CHECKPOINTED_SHARE if args.grad_ckpt else 1
     activations = per_image * args.batch_size * pixels
-    lower = " (bf16 autocast and --grad-ckpt need less)" if bf16 or args.grad_ckpt else ""
+    lower = " (bf16 autocast needs less)" if bf16 else ""
     return (f"expected memory: about {state + activations:.1f} GiB = weights + gradients + AdamW state {state:.2f} GiB "
             f"({n_trained / 1e6:.1f} M trained, {n_frozen / 1e6:.1f} M frozen parameters) + activations "
-            f"{activations:.1f} GiB ({per_image:.2f} GiB per image, measured on the CPU at 518x784 in fp32 without "
-            f"--grad-ckpt, x {args.batch_size} images x {pixels:.2f} of its pixels){lower}; BENCHMARKS.md, memory")
+            f"{activations:.1f} GiB ({per_image:.2f} GiB per image, measured on the CPU at 518x784 in fp32"
+            f"{' with --grad-ckpt' if args.grad_ckpt else ''}, x {args.batch_size} images x {pixels:.2f} of its pixels)"
+            f"{lower}; BENCHMARKS.md, memory")
 
 
 def waiting_for(batches, waited):

@@ -64,7 +64,8 @@ def test_gpu_augment_teacher_adds_the_self_supervised_teachers_with_the_flag_and
     args.gpu_augment_teacher = True
     runs = lc.plan_runs(args, "w", "g", "c")
     extra = {r[0]: r for r in runs if r not in default}
-    assert set(extra) == {"teacher_self_gpu_augment_s0", "teacher_self_gpu_augment_s1"} and len(runs) == len(default) + 2
+    assert set(extra) == {"teacher_self_gpu_augment_s0", "teacher_self_gpu_augment_s1"}
+    assert len(runs) == len(default) + 2
     plain = {r[0]: r for r in default}["teacher_self_s1"]
     assert extra["teacher_self_gpu_augment_s1"][2] == plain[2] + ["--gpu-augment"]
     results = fake_results({g: 0.2 for g in lc.GROUPS}, {g: 0.2 for g in lc.GROUPS})

@@ -5,6 +5,7 @@ and the data pipeline that feeds training.
     python tools/bench.py                             # one GPU: every figure, full-size models
     python tools/bench.py --only data                 # CPU: training items/s per worker, workers one GPU needs
     python tools/bench.py --only flops                # CPU, seconds: FLOPs of every stage at full size
+    python tools/bench.py --only memory --memory-minutes 60   # CPU: resident memory of full-size steps
     python tools/bench.py --compile --models-dir /tmp/sd15-random --out bench-compile.json
     python tools/bench.py --only teacher student --train-batch 4     # a subset; the paper's batch
 
@@ -36,6 +37,9 @@ keeps what it measured; a failing section records its error and the others still
   the same tensors are made on the GPU) and fast (DCT-scaled decode, affine jitter: --fast-jitter), and
   the bare decode of each item's frames: CPU ms per item, items/s of 1..N DataLoader workers, and the
   items/s one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
+- memory: resident memory of one full-size training step per cell (kind, batch, fp32 / bf16 autocast,
+  gradient checkpointing; GDT: its batch's denoiser call and sliced VAE decode per sampler and precision),
+  each in a fresh process on the CPU: weights, the state a step leaves, the step's activations, peak.
 --tiny: tiny models and sizes on one CPU thread; a smoke test of the code, not a speed claim.
 """
 import argparse
@@ -116,7 +120,9 @@ def parse_args(argv=None):
     p.add_argument("--data-workers", nargs="+", type=int, help="DataLoader worker counts (1, 2, 4 .. CPUs)")
     p.add_argument("--data-samples", type=int, help="items timed per figure (32)")
     p.add_argument("--memory-cells", nargs="+", help="memory section: the cells to measure, as KIND,BATCH,DTYPE,CKPT "
-                   "(e.g. teacher,4,fp32,ckpt; lidar_teacher,1,bf16,-); default: every cell of MEMORY_CELLS")
+                   "(e.g. teacher,4,fp32,ckpt; lidar_teacher,1,bf16,-; gdt,8,fp16,lcm: the last field is GDT's "
+                   "sampler); "
+                   "default: every cell of MEMORY_CELLS")
     p.add_argument("--memory-minutes", type=float, default=20, help="memory section: start no cell after this long; "
                    "the cells left are recorded as not measured")
     p.add_argument("--memory-cell", help=argparse.SUPPRESS)  # internal: measure one cell in this (fresh) process
@@ -759,7 +765,8 @@ def print_data_table(d, show):
         g = d.get(kind, {})
         print(f"  {kind} | bare decode | {show(g.get('bare_decode_cpu_ms', '-'))} | speed-up over reference: default "
               f"{show(g.get('default_speedup', '-'))}, gpu_augment {show(g.get('gpu_augment_speedup', '-'))} "
-              f"({show(g.get('gpu_augment_over_bare_decode', '-'))}x the bare decode), fast {show(g.get('fast_speedup', '-'))}")
+              f"({show(g.get('gpu_augment_over_bare_decode', '-'))}x the bare decode), "
+              f"fast {show(g.get('fast_speedup', '-'))}")
         for name in PATHS:
             f, g = d.get(kind, {}).get(name, {}), d.get(kind, {})
             cells = [f.get("cpu_ms_per_item"), f.get("items_per_s_one_process"), *(f.get(w) for w in workers)]
@@ -773,7 +780,8 @@ def print_memory_table(m):
     for cell in m["cells"]:
         f = m.get(cell)
         if isinstance(f, dict):
-            print(f"  {cell} | {f['trained_params'] / 1e6:.1f} / {f['frozen_params'] / 1e6:.1f} | {f['weights_gib']:.2f} | "
+            print(f"  {cell} | {f['trained_params'] / 1e6:.1f} / {f['frozen_params'] / 1e6:.1f} | "
+                  f"{f['weights_gib']:.2f} | "
                   f"{f['state_gib']:.2f} | {f['activation_gib']:.2f} | {f['peak_gib']:.2f} | {f['step_s']:.0f}")
         else:
             print(f"  {cell} | {f}")

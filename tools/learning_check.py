@@ -83,7 +83,7 @@ def plan_runs(args, world, gdt_rendered, gdt_classic):
             if sup == "self":
                 flags += ["--lr-pose", args.lr_pose, "--pose-order", "temporal", "--init-motion", args.init_motion]
             runs.append((f"teacher_{sup}_s{seed}", "train_teacher.py", common + flags, args.teacher_steps, None))
-    if getattr(args, "gpu_augment_teacher", False):  # the self-supervised teachers again, their images made by augment_batch
+    if getattr(args, "gpu_augment_teacher", False):  # the self-supervised teachers again, images by augment_batch
         runs += [(name.replace("teacher_self", "teacher_self_gpu_augment"), script, flags + ["--gpu-augment"], steps,
                   None) for name, script, flags, steps, _ in list(runs) if name.startswith("teacher_self_s")]
     for sup, label, extra in STUDENTS:
