@@ -61,6 +61,9 @@ def test_data_section_times_every_trainer_item_on_every_path_and_the_bare_decode
                                                             / item[path]["cpu_ms_per_item"])
         assert item["gpu_augment_over_bare_decode"] == pytest.approx(item["gpu_augment"]["cpu_ms_per_item"]
                                                                       / item["bare_decode_cpu_ms"])
+    stages = figures["teacher_default_stages_ms"]["per_item"]
+    assert all(positive(v) for v in stages.values()) and stages["sum"] == pytest.approx(
+        sum(v for k, v in stages.items() if k not in ("sum", "hue_torchvision")))
 
 
 def test_json_holds_every_section_with_device_torch_and_date(tiny_run):

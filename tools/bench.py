@@ -579,6 +579,51 @@ def bare_decode_ms(dataset, samples):
     return 1e3 * (time.process_time() - cpu) / samples
 
 
+def default_item_stages(dataset, samples):
+    """CPU ms of each stage of a default self-supervised teacher item, each PIL call timed alone on one thread
+    over the item's target frames: where the floor of md4all-exact items lies."""
+    from PIL import ImageEnhance
+    paths = [os.path.join(dataset.root, dataset.index.sample_data[token]["filename"]) for token, _ in dataset.items]
+    (h, w), (nh, nw), factors = dataset.size, dataset.net_size, (1.1, 0.9, 1.1, 0.03)
+
+    def decoded(path, size=None):
+        with Image.open(path) as im:
+            if size:
+                im.draft("RGB", size[::-1])
+            return im.convert("RGB")
+    full, half = [decoded(p) for p in paths], [decoded(p, (h, w)) for p in paths]
+    small, big = [im.resize((w, h), Image.LANCZOS) for im in half], [im.resize((nw, nh), Image.LANCZOS) for im in full]
+
+    def blends(im):
+        im = ImageEnhance.Brightness(im).enhance(factors[0])
+        return ImageEnhance.Color(ImageEnhance.Contrast(im).enhance(factors[1])).enhance(factors[2])
+
+    def ms(fn):
+        fn(0)
+        cpu = time.process_time()
+        for i in range(samples):
+            fn(i % len(paths))
+        return 1e3 * (time.process_time() - cpu) / samples
+    one = {name: ms(fn) for name, fn in dict(
+        decode_full=lambda i: decoded(paths[i]), decode_loss_scale=lambda i: decoded(paths[i], (h, w)),
+        resize_to_net=lambda i: full[i].resize((nw, nh), Image.LANCZOS),
+        resize_to_loss=lambda i: half[i].resize((w, h), Image.LANCZOS),
+        blends_loss=lambda i: blends(small[i]), blends_net=lambda i: blends(big[i]),
+        hue_tables_loss=lambda i: data.hue_shift(small[i], 7), hue_tables_net=lambda i: data.hue_shift(big[i], 7),
+        hue_pil_loss=lambda i: data.torchvision_hue_shift(small[i], 7),
+        hue_pil_net=lambda i: data.torchvision_hue_shift(big[i], 7),
+        tensor_loss=lambda i: data.to_tensor(small[i]), tensor_net=lambda i: data.to_tensor(big[i])).items()}
+    # a teacher item: the target whole and at the loss scale, two neighbours at the loss scale; four jittered images
+    item = dict(decode=one["decode_full"] + 3 * one["decode_loss_scale"],
+                resize=one["resize_to_net"] + 3 * one["resize_to_loss"],
+                blends=one["blends_net"] + 3 * one["blends_loss"],
+                hue=one["hue_tables_net"] + 3 * one["hue_tables_loss"],
+                hue_torchvision=one["hue_pil_net"] + 3 * one["hue_pil_loss"],
+                tensors=one["tensor_net"] + 6 * one["tensor_loss"])
+    item["sum"] = sum(v for k, v in item.items() if k != "hue_torchvision")
+    return dict(per_call=one, per_item=item)
+
+
 def loader_rate(dataset, workers, samples, batch=4):
     """Items/s that a DataLoader with `workers` processes delivers once each has handed over its first
     batch (start-up excluded), batches of 4 (the paper's batch per GPU)."""
@@ -638,6 +683,7 @@ def bench_data(args, device, results):
                            fast_speedup=reference / figures["fast"]["cpu_ms_per_item"], bare_decode_cpu_ms=decode,
                            gpu_augment_over_bare_decode=figures["gpu_augment"]["cpu_ms_per_item"] / decode)
             results.add("data", **{kind: figures})
+        results.add("data", teacher_default_stages_ms=default_item_stages(day, args.data_samples))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -746,10 +792,15 @@ def print_table(results):
     show = lambda v: "n/a (no GPU)" if v is None else f"{v:.4g}" if isinstance(v, float) else v  # noqa: E731
     for section, figures in list(results.items())[1:]:
         for key, value in figures.items():
-            if key not in meta and key not in DATA_KINDS and not (section == "memory" and "," in key):
+            if key not in meta and key not in DATA_KINDS and key != "teacher_default_stages_ms" and not (
+                    section == "memory" and "," in key):
                 print(f"  {section:<10} {key:<30} {show(value)}")
     if any(kind in results.get("data", {}) for kind in DATA_KINDS):
         print_data_table(results["data"], show)
+    stages = results.get("data", {}).get("teacher_default_stages_ms")
+    if stages:
+        print("  default teacher item, CPU ms by stage: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in stages["per_item"].items()))
     if "cells" in results.get("memory", {}):
         print_memory_table(results["memory"])
 
