@@ -364,9 +364,8 @@ def build_translator(settings, models=None, styles=None, batch_size=4, compile=F
 
 
 # Resident memory one denoiser call (ControlNet + UNet) adds per latent at 576x1024, and that the sliced VAE decode
-# of one image adds, fp32, measured on the CPU (tools/bench.py --only memory; BENCHMARKS.md, 2026-12-07); None: not
-# measured there.
-DENOISE_ACTIVATION_GIB, DECODE_ACTIVATION_GIB = None, None
+# of one image adds, fp32, measured on the CPU at batch 1 (tools/bench.py --only memory; BENCHMARKS.md, 2026-12-07).
+DENOISE_ACTIVATION_GIB, DECODE_ACTIVATION_GIB = 0.57, 2.40
 
 
 def expected_memory(translator, batch_size):
