@@ -217,23 +217,131 @@ def read_depth_map(path):
     return depth.astype(np.float32)
 
 
-def color_jitter(image, brightness, contrast, saturation, hue):
+def color_jitter(image, brightness, contrast, saturation, hue, shift_hue=None):
     """torchvision's ColorJitter with given factors on a PIL RGB image, in md4all's fixed order.
 
     md4all jitters the resized PIL frames before ToTensor, so this is torchvision's PIL path:
     brightness, contrast (towards the mean grey) and saturation (towards each pixel's grey) are
     uint8 blends; hue adds int(hue * 255) to the 8-bit HSV hue, wrapping round the colour circle.
     md4all applies the four in this order every time (not ColorJitter's random order).
+    `shift_hue` makes the hue step: hue_shift (default, table lookups) or torchvision_hue_shift (the
+    reference, PIL's HSV images): the same bytes.
     """
     image = ImageEnhance.Brightness(image).enhance(brightness)
     image = ImageEnhance.Contrast(image).enhance(contrast)
     image = ImageEnhance.Color(image).enhance(saturation)
-    shift = int(hue * 255)  # torchvision truncates towards zero
-    if shift == 0:  # no shift: skip the lossy 8-bit HSV round trip torchvision would make
-        return image
+    # torchvision truncates towards zero, and round-trips through HSV even for a shift of 0 (|hue| < 1/255),
+    # which moves colours by up to 2/255: md4all's frames went through it, so ours do too
+    return (shift_hue or hue_shift)(image, int(hue * 255))
+
+
+def torchvision_hue_shift(image, shift):
+    """The hue step as torchvision's adjust_hue writes it for PIL: RGB -> HSV, `shift` added to the 8-bit
+    hue (uint8 wrap-around), HSV -> RGB. The reference of hue_shift (about 7x slower)."""
     h, s, v = image.convert('HSV').split()
-    h = Image.fromarray(np.asarray(h) + np.uint8(shift % 256))  # uint8 addition wraps round the circle
+    h = Image.fromarray(np.asarray(h) + np.uint8(shift % 256))
     return Image.merge('HSV', (h, s, v)).convert('RGB')
+
+
+@lru_cache(maxsize=None)
+def hsv_tables():
+    """PIL's 8-bit RGB -> HSV and HSV -> RGB conversions tabulated over all 2^24 colours, made by PIL itself
+    (so exact by construction, 1-2 s and 128 MB once per process; forked DataLoader workers share them).
+    Colours are packed as uint32 c0 | c1 << 8 | c2 << 16 in the mode's channel order (RGB or HSV)."""
+    codes = np.arange(1 << 24, dtype='<u4')  # little-endian whatever the machine: byte 0 is c0
+    every = Image.frombuffer('RGBX', (4096, 4096), codes, 'raw', 'RGBX', 0, 1).convert('RGB')
+    packed = lambda im: np.frombuffer(im.tobytes('raw', 'RGBX'), '<u4') & 0xFFFFFF  # noqa: E731 (X is 255)
+    to_hsv = packed(Image.merge('RGB', every.convert('HSV').split()))
+    to_rgb = packed(Image.merge('HSV', every.split()).convert('RGB'))
+    return to_hsv, to_rgb
+
+
+def hue_shift(image, shift):
+    """torchvision_hue_shift's bytes by two table lookups (hsv_tables): PIL's HSV -> RGB conversion, the
+    costliest step of the exact jitter, computes floats per pixel."""
+    to_hsv, to_rgb = hsv_tables()
+    hsv = to_hsv.take(np.frombuffer(image.tobytes('raw', 'RGBX'), '<u4') & 0xFFFFFF)
+    hsv.view(np.uint8)[0::4] += np.uint8(shift % 256)  # byte 0 is the hue; uint8 addition wraps round the circle
+    return Image.frombytes('RGB', image.size, to_rgb.take(hsv), 'raw', 'RGBX')
+
+
+def as_uint8(image):
+    """(3, H, W) uint8 tensor of a PIL RGB image (what a device_augment worker hands over)."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+# md4all's augmentation as batched tensor ops (--gpu-augment): each reproduces its PIL counterpart's integer
+# arithmetic, so a batch comes out as the default path's items, bit for bit (tests/test_data.py).
+
+def lanczos_filter(x):
+    """PIL's Lanczos kernel (Resample.c): sinc(x) sinc(x / 3) on [-3, 3)."""
+    sinc = lambda t: 1.0 if t == 0.0 else math.sin(t * math.pi) / (t * math.pi)  # noqa: E731
+    return sinc(x) * sinc(x / 3) if -3.0 <= x < 3.0 else 0.0
+
+
+@lru_cache(maxsize=32)
+def lanczos_weights(in_size, out_size, device):
+    """(out_size, in_size) float64 matrix of PIL's Lanczos weights for one axis, in its 22-bit fixed point
+    (Resample.c: precompute_coeffs, normalize_coeffs_8bpc). Integers times 8-bit pixels stay below 2^53, so a
+    float64 matrix product sums them exactly, as PIL's int32 loop does."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support, ss = 3.0 * filterscale, 1.0 / filterscale
+    weights = np.zeros((out_size, in_size))
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        first, last = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        k = [lanczos_filter((x - center + 0.5) * ss) for x in range(first, last)]
+        total = sum(k)
+        k = [v / total if total != 0.0 else v for v in k]
+        weights[out, first:last] = [int(v * (1 << 22) + (-0.5 if v < 0 else 0.5)) for v in k]
+    return torch.from_numpy(weights).to(device)
+
+
+def resize_lanczos(frames, hw):
+    """PIL's resize(LANCZOS) of 8-bit frames (B, C, H, W) to hw: the horizontal pass, then the vertical one,
+    each rounded back to 8 bits as PIL does ((sum + 2^21) >> 22, clipped). Returns float32 integers."""
+    frames = frames.double()
+    round_8bit = lambda x: torch.floor((x + (1 << 21)) / (1 << 22)).clamp_(0, 255)  # noqa: E731
+    if frames.shape[-1] != hw[1]:
+        frames = round_8bit(frames @ lanczos_weights(frames.shape[-1], hw[1], frames.device).T)
+    if frames.shape[-2] != hw[0]:
+        frames = round_8bit(lanczos_weights(frames.shape[-2], hw[0], frames.device) @ frames)
+    return frames.float()
+
+
+def blend(degenerate, image, alpha):
+    """PIL's Image.blend of 8-bit images (what ImageEnhance does): degenerate + alpha (image - degenerate) in
+    float32, clipped, truncated."""
+    return (degenerate + alpha * (image - degenerate)).clamp_(0, 255).floor_()
+
+
+def pil_luma(images):
+    """PIL's RGB -> L of 8-bit values (B, 3, H, W) (Convert.c): (19595 R + 38470 G + 7471 B + 2^15) >> 16."""
+    r, g, b = images.long().unbind(1)
+    return ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16)[:, None].float()
+
+
+@lru_cache(maxsize=4)
+def device_hsv_tables(device):
+    """hsv_tables on `device` as int32 tensors (128 MB)."""
+    return tuple(torch.from_numpy(t.view('<i4')).to(device) for t in hsv_tables())
+
+
+def jitter_batch(images, factors):
+    """color_jitter on a batch (B, 3, H, W) of float32 8-bit values, factors (B, 4) float64 (brightness,
+    contrast, saturation, hue) per image: ImageEnhance's blends, then the hue step through hsv_tables."""
+    alpha = lambda i: factors[:, i].float()[:, None, None, None]  # noqa: E731  (PIL takes the factor as a C float)
+    images = blend(torch.zeros_like(images), images, alpha(0))
+    mean = torch.floor(pil_luma(images).double().mean((1, 2, 3), keepdim=True) + 0.5).float()  # as ImageStat
+    images = blend(mean, images, alpha(1))
+    images = blend(pil_luma(images), images, alpha(2))
+    to_hsv, to_rgb = device_hsv_tables(images.device)
+    r, g, b = images.long().unbind(1)
+    hsv = to_hsv[r | g << 8 | b << 16].long()
+    shift = (factors[:, 3] * 255).trunc().long()[:, None, None]  # torchvision: int(hue * 255)
+    rgb = to_rgb[(hsv & ~255) | (hsv + shift) & 255].long()
+    return torch.stack([rgb & 255, rgb >> 8 & 255, rgb >> 16], 1).float()
 
 
 def affine_jitter(image, brightness, contrast, saturation, hue):
@@ -298,21 +406,32 @@ class AugmentedDataset(torch.utils.data.Dataset):
       (docs/results.md); PNGs and sizes above half the frame are bit-identical.
     - exact_jitter: True jitters with color_jitter (torchvision's PIL ops, as md4all); False with the
       cheaper affine_jitter (an approximation of the hue step).
+    - hue_tables: color_jitter's hue step by table lookups (hue_shift); False by PIL's HSV images, as
+      torchvision writes it (torchvision_hue_shift: the same bytes, slower; the bench's reference).
     - day_input: also return `day_input`, the clean day frame at net_size (the student's frozen teacher
       and DINOv2 see it).
+    - device_augment: the workers only decode (uint8 `raw_*` frames, the jitter factors and the flip);
+      augment_batch then makes the images on the training device, batched, equal to this default path's
+      (--gpu-augment). Needs a fixed size.
     """
     crop = 1.0  # share of image rows kept from the top
     dataset, version = 'folder', None  # gdt.py's --dataset (and nuScenes --version) for this reader
 
     def __init__(self, root, size=None, *, net_size=None, color_jitter=False, flip=False, gdt_root=None,
-                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True, day_input=False):
+                 gdt_conds=(), p_day=2 / 3, seed=0, fast_decode=True, exact_jitter=True, hue_tables=True,
+                 day_input=False, device_augment=False):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"data root not found: {root}; pass the dataset folder")
         self.root, self.size, self.jitter, self.flip = root, tuple(size) if size else None, color_jitter, flip
         self.net_size = tuple(net_size) if net_size else None
         self.gdt_root, self.gdt_conds, self.p_day = gdt_root, tuple(gdt_conds), p_day
         self.seed, self.epoch, self.fast_decode, self.day_input = seed, 0, fast_decode, day_input
-        self.exact_jitter = exact_jitter
+        self.exact_jitter, self.hue_tables, self.device_augment = exact_jitter, hue_tables, device_augment
+        if device_augment and (not self.size or not exact_jitter):
+            raise ValueError("device_augment (--gpu-augment) needs a fixed loss size (--size) and md4all's exact "
+                             "jitter (drop --fast-jitter)")
+        if color_jitter and exact_jitter and hue_tables:
+            hsv_tables()  # built here, before DataLoader workers fork: they share the tables' 128 MB
         self.gdt_rejected, self.gdt_fallbacks = {}, {}
         if self.gdt_conds and not gdt_root:
             raise ValueError(f"GDT conditions {self.gdt_conds} given without a GDT folder: pass gdt_root "
@@ -377,7 +496,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 if not self.fast_decode or im.size not in frames:
                     frames[im.size] = self._load_rgb(im, path)
                 frame = frames[im.size]
-            keep = size is None or frame.size == size[::-1]
+            keep = size is None or frame.size == size[::-1] or self.device_augment  # augment_batch resizes
             resized[size] = frame if keep else frame.resize(size[::-1], Image.LANCZOS)
         return [resized[s] for s in sizes], full
 
@@ -425,6 +544,11 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 raise FileNotFoundError(f"GDT translation missing: {gdt_path} ({cond} version of {relative}); "
                                         "run or resume gdt.py on this dataset (it skips finished images)")
             (image,), _ = self._decode(gdt_path, [net])
+        if self.device_augment:  # the frames the default path resizes, for augment_batch
+            item = dict(raw_color=as_uint8(color), raw_input=as_uint8(image), input_cond=cond)
+            if self.day_input:
+                item['raw_day_input'] = as_uint8(day[0])
+            return item, full
         item = dict(color=to_tensor(color), input_cond=cond)
         item['color_aug'] = self._jittered(color, draws, item['color'])
         item['input'] = item['color_aug'] if image is color else self._jittered(image, draws, None)
@@ -432,29 +556,62 @@ class AugmentedDataset(torch.utils.data.Dataset):
             item['day_input'] = item['color'] if day[0] is color else to_tensor(day[0])
         return item, full
 
-    def _source(self, path, draws):
-        """A neighbouring frame at the loss size: plain (photometric loss) and jittered (pose net)."""
+    def _source(self, path, draws, name):
+        """{name: plain, name_aug: jittered}: a neighbouring frame at the loss size, for the photometric loss and
+        the pose net ({raw_name: the decoded frame} with device_augment)."""
         (frame,), _ = self._decode(path, [self.size])
+        if self.device_augment:
+            return {'raw_' + name: as_uint8(frame)}
         plain = to_tensor(frame)
-        return plain, self._jittered(frame, draws, plain)
+        return {name: plain, name + '_aug': self._jittered(frame, draws, plain)}
 
     def _jittered(self, image, draws, plain):
         """Tensor of the PIL image with the item's jitter; `plain` (or a fresh tensor) without jitter."""
         if draws.jitter is None:
             return plain if plain is not None else to_tensor(image)
-        jitter = color_jitter if self.exact_jitter else affine_jitter
-        return to_tensor(jitter(image, *draws.jitter))
+        if not self.exact_jitter:
+            return to_tensor(affine_jitter(image, *draws.jitter))
+        shift_hue = hue_shift if self.hue_tables else torchvision_hue_shift
+        return to_tensor(color_jitter(image, *draws.jitter, shift_hue=shift_hue))
+
+    def _loss_hw(self, item):
+        """(H, W) of the item's loss-size frames (with device_augment, what augment_batch will make)."""
+        return tuple(self.size) if self.device_augment else tuple(item['color'].shape[-2:])
 
     def _flip(self, item, draws):
-        """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u)."""
+        """Mirror the item's images and maps and its principal point (pixel corners: u -> W - u). With
+        device_augment the images are mirrored by augment_batch, which the item tells its jitter and flip."""
+        if self.device_augment:
+            item['flip'] = torch.tensor(draws.flip)
+            if draws.jitter is not None:
+                item['jitter'] = torch.tensor(draws.jitter, dtype=torch.float64)
         if draws.flip:
             for key in ('color', 'color_aug', 'input', 'day_input', 'prev', 'prev_aug', 'next', 'next_aug',
                         'lidar', 'gt'):
                 if key in item:
                     item[key] = item[key].flip(-1)
             if 'K' in item:
-                item['K'][0, 2] = item['color'].shape[-1] - item['K'][0, 2]
+                item['K'][0, 2] = self._loss_hw(item)[1] - item['K'][0, 2]
         return item
+
+    def augment_batch(self, batch):
+        """The images of a collated batch of device_augment items, made where the batch is (the training device):
+        PIL's Lanczos resizes and torchvision's jitter as batched tensor ops of the same integer arithmetic (so
+        the default path's tensors), then the flips. Other entries pass through."""
+        batch, net = dict(batch), self.net_size or self.size
+        jitter, flip = batch.pop('jitter', None), batch.pop('flip')
+        for name, hw in (('color', self.size), ('prev', self.size), ('next', self.size), ('input', net),
+                         ('day_input', net)):
+            if 'raw_' + name in batch:
+                batch[name] = resize_lanczos(batch.pop('raw_' + name), hw)
+        for name, out in (('color', 'color_aug'), ('prev', 'prev_aug'), ('next', 'next_aug'), ('input', 'input')):
+            if name in batch:
+                batch[out] = batch[name] if jitter is None else jitter_batch(batch[name], jitter)
+        for name in ('color', 'color_aug', 'prev', 'prev_aug', 'next', 'next_aug', 'input', 'day_input'):
+            if name in batch:
+                image = batch[name] / 255  # as to_tensor
+                batch[name] = torch.where(flip[:, None, None, None], image.flip(-1), image)
+        return batch
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -747,12 +904,12 @@ class NuScenesDepth(AugmentedDataset):
         sd = self.index.sample_data[token]
         item, full = self._target(os.path.join(self.root, sd['filename']), sd['filename'], draws)
         K = self.index.calibrated_sensor[sd['calibrated_sensor_token']]['camera_intrinsic']
-        hw = item['color'].shape[-2:]
+        hw = self._loss_hw(item)
         item.update(K=self._intrinsics(K, full, hw), cond=cond, key=token, path=sd['filename'])
         for step, name in ((-1, 'prev'), (1, 'next')):
             if step in self.frames:
                 other = self.index.neighbour(token, step)
-                item[name], item[name + '_aug'] = self._source(os.path.join(self.root, other['filename']), draws)
+                item.update(self._source(os.path.join(self.root, other['filename']), draws, name))
                 moved = self.index.camera_centre(token) - self.index.camera_centre(other['token'])
                 item['dist_' + name] = torch.tensor(np.linalg.norm(moved), dtype=torch.float32)
         if self.with_lidar:
@@ -950,7 +1107,7 @@ class RobotCarDepth(AugmentedDataset):
         frame = self.items[i]
         sequence, path = frame['sequence'], robotcar_image_path(frame['sequence'], frame['target'])
         item, full = self._target(os.path.join(self.root, path), path, draws)
-        hw = item['color'].shape[-2:]
+        hw = self._loss_hw(item)
         K = self._intrinsics(self.K, full, hw)  # the cropped frame's: what the LiDAR map is projected with
         item.update(K=K if self.robotcar_k == 'geometric' else torch.tensor(scale_intrinsics(self.K, full, hw),
                                                                             dtype=torch.float32),
@@ -958,7 +1115,7 @@ class RobotCarDepth(AugmentedDataset):
         for step, name in ((-1, 'prev'), (1, 'next')):
             if step in self.frames:
                 source = os.path.join(self.root, robotcar_image_path(sequence, frame[name]))
-                item[name], item[name + '_aug'] = self._source(source, draws)
+                item.update(self._source(source, draws, name))
                 item['dist_' + name] = self._distance(sequence, frame['target'], frame[name])
         if self.with_lidar or self.split in ('val', 'test'):
             points = read_robotcar_points(os.path.join(self.root, robotcar_gt_path(sequence, frame['target'])),

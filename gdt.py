@@ -412,6 +412,7 @@ def build_translator(settings, models=None, styles=None, batch_size=4, compile=F
     if styles is not None:
         add_ip_adapter(pipe, models["ip_adapter"], models["ip_adapter_weight"], settings.ip_scale)
     pipe.to(device)
+    pipe.vae.enable_slicing()  # decode a batch one image at a time: 576x1024 costs ~1-2 GB per image decoded at once
     if device.type == "cuda":  # NHWC convolutions feed tensor cores without layout transposes
         for module in (pipe.unet, pipe.controlnet, pipe.vae):
             module.to(memory_format=torch.channels_last)
@@ -423,6 +424,31 @@ def build_translator(settings, models=None, styles=None, batch_size=4, compile=F
     # bits from itself alone) and one image fills the cores. GPU: batch_size, padded to it in gdt.translate_batch.
     return Translator(settings, models, pipe, captioner, depth, styles, device, dtype,
                       1 if device.type == "cpu" else batch_size)
+
+
+# Resident memory one denoiser call (ControlNet + UNet) adds per latent at 576x1024, and that the sliced VAE decode
+# of one image adds, fp32, measured on the CPU at batch 1 (tools/bench.py --only memory; BENCHMARKS.md, 2026-12-07).
+DENOISE_ACTIVATION_GIB, DECODE_ACTIVATION_GIB = 0.57, 2.40
+
+
+def expected_memory(translator, batch_size):
+    """One line for the start: the loaded models' weights (exact: parameters x bytes; the depth model's few
+    tens of MB left out) and what a batch adds, from the CPU measurement when there is one."""
+    pipe = translator.pipe
+    modules = [pipe.unet, pipe.controlnet, pipe.vae, pipe.text_encoder, getattr(pipe, "image_encoder", None),
+               translator.captioner[0] if translator.captioner else None]
+    weights = sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters()) / 2 ** 30
+    lanes = batch_size * (2 if translator.settings.guidance > 1 else 1)  # classifier-free guidance doubles the batch
+    line = f"expected memory: weights {weights:.1f} GiB ({translator.dtype})"
+    if DENOISE_ACTIVATION_GIB is None:
+        return line + (f" + one denoiser call on {lanes} latents and the VAE decode of one image at a time (VAE "
+                       f"slicing): not measured, see BENCHMARKS.md, memory")
+    scale = (translator.settings.gen_size[0] * translator.settings.gen_size[1] / (576 * 1024)) * (
+        0.5 if translator.dtype in (torch.float16, torch.bfloat16) else 1)
+    activations = scale * max(lanes * DENOISE_ACTIVATION_GIB, DECODE_ACTIVATION_GIB)
+    return line + (f" + activations {activations:.1f} GiB (the larger of one denoiser call on {lanes} latents and the "
+                   f"sliced VAE decode of one image, measured on the CPU in fp32 at 576x1024, scaled by pixels and "
+                   f"precision) = about {weights + activations:.1f} GiB; BENCHMARKS.md, memory")
 
 
 @torch.no_grad()
@@ -806,6 +832,8 @@ def main(argv=None):
     # cuDNN's autotuner may pick other kernels on a rerun: fixed ones make a resumed run's images bit-identical
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     translator = build_translator(settings, models, styles, args.batch_size, args.compile)
+    if rank == 0:
+        print(expected_memory(translator, translator.micro_batch))
     counts = {c: dict(ok=0, rejected=0) for c in args.cond}
     with tqdm(total=total, unit="img", disable=rank != 0) as bar:
         for start in range(0, len(work), args.batch_size):

@@ -86,7 +86,8 @@ def calibrate_pretrained_head(net, args, frames=CALIBRATION_FRAMES):
         return
     plain = make_dataset(args, "train")  # no jitter, no flip
     picks = np.linspace(0, len(plain) - 1, min(frames, len(plain))).round().astype(int)
-    images = torch.stack([plain[int(i)]["input"] for i in picks])
+    batch = torch.utils.data.default_collate([plain[int(i)] for i in picks])
+    images = (plain.augment_batch(batch) if plain.device_augment else batch)["input"]
     summary = net.calibrate_head(images, args.init_depth or 10.0, args.batch_size)
     print(f"Depth-Anything head calibrated on {len(picks)} un-augmented training frames across the split: "
           f"{summary['line']} (disparity offset {net.head_log['offset']:.4g}, shift {net.head_log['shift']:.4g})")

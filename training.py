@@ -11,6 +11,9 @@ can change it) and an `lr`; `modules` are what the checkpoint holds as state dic
 (`modules["model"]` is the depth net that is validated); `extra` are saved as they are (configs).
 The dataset is indexed with (epoch, index) pairs (data.EpochSampler), so persistent workers still
 draw each epoch's augmentation; its items are dicts of tensors.
+Each log record holds the mean loss terms, the learning rate, images/s and `data_wait`: the share of the
+wall time since the previous record that rank 0 spent waiting for its next batch (near 0: the data keeps
+up; large: add --workers or cores, or --gpu-augment).
 The loop itself reads these settings from `args`: out, batch_size, epochs, steps, seed, workers,
 dtype, compile, log_every, ckpt_every, val_every, no_val, resume, stop_at, min_depth, max_depth,
 weight_decay, and `given` (the flags written on the command line, from `parse_args`).
@@ -59,6 +62,9 @@ def add_common_args(p):
     p.add_argument("--fast-jitter", action="store_true",
                    help="jitter with one affine colour map (data.affine_jitter: ~13 ms less per frame, within about "
                         "2/255 on average) instead of torchvision's PIL ops as md4all does")
+    p.add_argument("--gpu-augment", action="store_true",
+                   help="DataLoader workers only decode; the resizes and md4all's jitter run batched on the training "
+                        "device, as exact tensor forms of the PIL ops (the same tensors, fewer CPU cores per GPU)")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--exact-decode", action="store_true",
                    help="decode every frame in full before resizing, as md4all does (bit-exact reproduction; "
@@ -142,6 +148,9 @@ def check_settings(parser, args):
     if args.net_size and any(v % 14 for v in args.net_size):
         parser.error(f"--net-size {args.net_size[0]}x{args.net_size[1]}: give multiples of 14 (DINOv2's patch), "
                      f"e.g. 518x784")
+    if getattr(args, "gpu_augment", False) and args.fast_jitter:
+        parser.error("--gpu-augment makes md4all's exact jitter on the device; --fast-jitter is the affine one on the "
+                     "CPU: give one of them")
     if args.resume and args.overwrite:
         parser.error("--resume continues the run in --out and --overwrite replaces it: give one of them")
     for flag, dataset in (("robotcar_k", "robotcar"), ("scene_ends", "nuscenes")):
@@ -164,6 +173,8 @@ def parse_args(parser, argv):
 def make_dataset(args, split, **kwargs):
     """The md4all dataset of `args` for `split` at the loss resolution."""
     kwargs = dict(size=args.size, net_size=args.net_size, seed=args.seed, fast_decode=not args.exact_decode, **kwargs)
+    if split == "train" and args.gpu_augment:
+        kwargs["device_augment"] = True
     if args.dataset == "robotcar":  # validation on md4all's val split, never on the test split
         return data.RobotCarDepth(args.data_root, split=split, robotcar_k=args.robotcar_k, **kwargs)
     return data.NuScenesDepth(args.data_root, args.version, split, scene_ends=args.scene_ends, **kwargs)
@@ -293,6 +304,53 @@ def resume(ckpt_path, modules, optimizer, scheduler, args, kind, master):
     return step, ckpt["best"]
 
 
+# Resident memory a training step adds per image at the paper's sizes (ViT-B, 518x784 input, 320x576 losses,
+# ResNet-18 pose), fp32, without checkpointing, measured on the CPU at batch 2 (the student: 1) (tools/bench.py
+# --only memory; BENCHMARKS.md, 2026-12-07), and the share of it left with --grad-ckpt (batch 1, teacher and
+# student alike). CUDA's caching allocator keeps more than it uses: read the estimate as a floor.
+STEP_ACTIVATION_GIB = {"teacher": 2.33, "lidar_teacher": 2.06, "student": 2.29}
+CHECKPOINTED_SHARE = 0.63
+MEASURED_SIZE = (518, 784)
+
+
+def expected_memory(kind, loss_module, optimizer, args, bf16):
+    """One line for the start of training: the memory a step is expected to need, how it is computed and from
+    what. State is exact: 16 bytes per trained parameter (fp32 weights, gradients, two AdamW moments), 4 per
+    frozen one. Activations: STEP_ACTIVATION_GIB x batch, scaled by the input's pixels (ViT-B only)."""
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    n_trained = sum(p.numel() for p in loss_module.parameters() if id(p) in trained)
+    n_frozen = sum(p.numel() for p in loss_module.parameters() if id(p) not in trained)
+    state = (16 * n_trained + 4 * n_frozen) / 2 ** 30
+    per_image = STEP_ACTIVATION_GIB.get(kind)
+    if per_image is None or getattr(args, "encoder", None) != "base" or not getattr(args, "net_size", None):
+        return (f"expected memory: weights + gradients + AdamW state {state:.2f} GiB ({n_trained / 1e6:.1f} M trained, "
+                f"{n_frozen / 1e6:.1f} M frozen parameters) + activations (measured for --encoder base only: "
+                f"BENCHMARKS.md, memory)")
+    pixels = args.net_size[0] * args.net_size[1] / (MEASURED_SIZE[0] * MEASURED_SIZE[1])
+    per_image *= CHECKPOINTED_SHARE if args.grad_ckpt else 1
+    activations = per_image * args.batch_size * pixels
+    lower = " (bf16 autocast needs less)" if bf16 else ""
+    return (f"expected memory: about {state + activations:.1f} GiB = weights + gradients + AdamW state {state:.2f} GiB "
+            f"({n_trained / 1e6:.1f} M trained, {n_frozen / 1e6:.1f} M frozen parameters) + activations "
+            f"{activations:.1f} GiB ({per_image:.2f} GiB per image, measured on the CPU at 518x784 in fp32"
+            f"{' with --grad-ckpt' if args.grad_ckpt else ''}, x {args.batch_size} images x {pixels:.2f} of its pixels)"
+            f"{lower}; BENCHMARKS.md, memory")
+
+
+def waiting_for(batches, waited):
+    """The batches of `batches`, adding to waited[0] the seconds each took to arrive: the time the training
+    loop stood still waiting for data (a starved GPU shows it as a large share of the step time)."""
+    batches = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield batch
+
+
 def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, kind="teacher"):
     """Train `loss_module` on `dataset` (see the module docstring for the contract): DDP under torchrun,
     bf16 on GPU, atomic checkpoints, exact resume, a JSONL log, best.pt by night abs_rel. Returns the step."""
@@ -316,6 +374,9 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     loss_module.to(device)
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+    if master:
+        memory_kind = "lidar_teacher" if getattr(args, "supervision", "self") == "lidar" else kind
+        print(expected_memory(memory_kind, loss_module, optimizer, args, bf16))
 
     # Resume, or start a fresh log
     step, best = 0, math.inf
@@ -336,6 +397,7 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=pairs, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0)
     validating, val_every = val_dataset is not None and not args.no_val, args.val_every or steps_per_epoch
+    augment_on_device = getattr(dataset, "device_augment", False)
 
     def log(record):
         if master:
@@ -351,6 +413,7 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     bar = tqdm(total=total, initial=step, disable=not master, desc=os.path.basename(args.out.rstrip("/")),
                dynamic_ncols=True)
     sums, count, finite, tick = None, 0, torch.ones((), dtype=torch.bool, device=device), time.time()
+    waited = [0.0]  # seconds spent waiting for batches since the last log record (waiting_for)
     # Ctrl-C (one process): finish the step, save it, stop; a second Ctrl-C stops at once. Under torchrun the
     # ranks would stop at different steps, so there the last periodic checkpoint is what a resume takes.
     stop = threading.Event()
@@ -365,9 +428,11 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
             epoch, skip = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch)
             pairs.set_epoch(epoch, SkipSampler(sampler, skip * args.batch_size))  # a resume skips the finished part
-            for batch in loader:
+            for batch in waiting_for(loader, waited):
                 # One optimiser step
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                if augment_on_device:  # --gpu-augment: the workers only decoded
+                    batch = dataset.augment_batch(batch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss, terms = model(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -394,11 +459,12 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
                 if due_log:
                     reduced = all_reduce_sums(sums.tolist() + [count], device)
                     mean = [v / reduced[-1] for v in reduced[:-1]]
-                    rate = count * args.batch_size * world / (time.time() - tick)
+                    elapsed = time.time() - tick
+                    rate, stall = count * args.batch_size * world / elapsed, min(waited[0] / elapsed, 1.0)
                     log(dict(step=step, epoch=epoch, loss=mean[0], **dict(zip(terms, mean[1:])),
-                             lr=scheduler.get_last_lr()[0], images_per_s=rate))
-                    bar.set_postfix(loss=f"{mean[0]:.4f}", img_s=f"{rate:.1f}")
-                    sums, count, tick = None, 0, time.time()
+                             lr=scheduler.get_last_lr()[0], images_per_s=rate, data_wait=stall))
+                    bar.set_postfix(loss=f"{mean[0]:.4f}", img_s=f"{rate:.1f}", data_wait=f"{stall:.0%}")
+                    sums, count, tick, waited[0] = None, 0, time.time(), 0.0
 
                 # Validate (best.pt: the lowest night abs_rel, or overall without night frames) and checkpoint
                 if validating and (step % val_every == 0 or step == total):

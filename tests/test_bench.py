@@ -44,21 +44,26 @@ def test_every_section_gives_positive_finite_figures(tiny_run):
     assert positive(results["inference"]["batch2_frames_per_s"])
 
 
-def test_data_section_times_every_trainer_item_both_decodes_and_sizes_the_workers(tiny_run):
+def test_data_section_times_every_trainer_item_on_every_path_and_the_bare_decode_and_sizes_the_workers(tiny_run):
     figures = tiny_run[0]["data"]
     assert figures["frame_format"] == "JPEG" and figures["gpu_tflops"] == 100
     for kind in ("teacher", "student", "lidar_teacher"):
         item = figures[kind]
-        for path in ("reference", "default", "fast"):
+        for path in ("reference", "default", "gpu_augment", "fast"):
             for key in ("cpu_ms_per_item", "items_per_s_one_process"):
                 assert positive(item[path][key]), (kind, path, key)
             cores = item["gpu_images_per_s"] * item[path]["cpu_ms_per_item"] / 1e3  # CPU s per GPU s
             assert item[path]["workers_per_gpu"] == math.ceil(cores) >= 1
         assert positive(item["default"]["items_per_s_1_workers"])  # the trainers' path through a DataLoader
         assert item["gpu_images_per_s"] == pytest.approx(100 / item["tflop_per_image"])
-        for path in ("default", "fast"):
+        for path in ("default", "gpu_augment", "fast"):
             assert item[f"{path}_speedup"] == pytest.approx(item["reference"]["cpu_ms_per_item"]
                                                             / item[path]["cpu_ms_per_item"])
+        assert item["gpu_augment_over_bare_decode"] == pytest.approx(item["gpu_augment"]["cpu_ms_per_item"]
+                                                                      / item["bare_decode_cpu_ms"])
+    stages = figures["teacher_default_stages_ms"]["per_item"]
+    assert all(positive(v) for v in stages.values()) and stages["sum"] == pytest.approx(
+        sum(v for k, v in stages.items() if k not in ("sum", "hue_torchvision")))
 
 
 def test_json_holds_every_section_with_device_torch_and_date(tiny_run):
@@ -163,3 +168,18 @@ def test_onnx_section_times_torch_and_onnxruntime_on_the_same_net(tmp_path):
         assert positive(onnx[key]), key
     assert onnx["max_relative_depth_difference"] < 1e-4
     assert json.loads((tmp_path / "bench.json").read_text())["onnx"]["threads"] == onnx["threads"]
+
+
+@pytest.mark.parametrize("kind", ["lidar_teacher", "teacher"])
+def test_a_memory_cell_separates_the_kept_state_from_the_steps_activations(kind):
+    """One step of tiny modules: the same code as the full-size cells, which run in fresh processes."""
+    figures = bench.memory_cell(f"{kind},2,fp32,-", bench.parse_args(["--tiny"]))
+    assert figures["trained_params"] > 0 and figures["state_formula_gib"] > 0
+    assert figures["peak_gib"] >= figures["activation_gib"] >= 0 and figures["state_gib"] >= 0
+
+
+def test_memory_cells_cover_every_trainer_batch_precision_and_checkpointing_and_gdts_samplers():
+    cells = set(bench.MEMORY_CELLS)
+    assert {f"{k},{b},{d},{c}" for k in ("teacher", "student", "lidar_teacher") for b in (1, 2, 4)
+            for d in ("fp32", "bf16") for c in ("-", "ckpt")} < cells
+    assert {f"gdt,8,{d},{s}" for d in ("fp16", "fp32") for s in ("unipc", "lcm")} < cells

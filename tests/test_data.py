@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance
 
 import data
 import gdt
@@ -420,9 +420,12 @@ def test_input_is_resized_once_from_the_full_frame_to_the_network_size(nusc):
 
 def test_color_jitter_is_torchvisions_pil_jitter_in_md4alls_fixed_order():
     image = Image.fromarray(np.array([[[100, 50, 200], [200, 60, 20], [90, 90, 90]]], np.uint8))
-    assert np.array_equal(np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, 0.0)), np.asarray(image))
+    # factors 1 and hue 0: only torchvision's 8-bit HSV round trip, which moves (200, 60, 20) to (200, 58, 20)
+    assert np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, 0.0)).tolist() == [[[100, 50, 200], [200, 58, 20],
+                                                                                  [90, 90, 90]]]
+    round_trip = lambda rows: np.asarray(data.torchvision_hue_shift(Image.fromarray(np.array(rows, np.uint8)), 0))
     bright = np.asarray(data.color_jitter(image, 1.1, 1.0, 1.0, 0.0))
-    assert bright[0, 0].tolist() == [110, 55, 220] and bright[0, 1].tolist() == [220, 66, 22]
+    assert np.array_equal(bright[:, :2], round_trip([[[110, 55, 220], [220, 66, 22]]]))
     # brightness, then contrast: greys 50 and 230 -> 60 and 255 (clipped); mean 157.5 -> 158;
     # 158 + 0.8 (60 - 158) = 79.6, 158 + 0.8 (255 - 158) = 235.6, truncated as PIL's blend does.
     # Contrast first would give 81, 254.
@@ -431,7 +434,7 @@ def test_color_jitter_is_torchvisions_pil_jitter_in_md4alls_fixed_order():
     # saturation blends each pixel with its grey 0.299 R + 0.587 G + 0.114 B
     grey = 0.299 * 200 + 0.587 * 60 + 0.114 * 20
     saturated = np.asarray(data.color_jitter(image, 1.0, 1.0, 0.8, 0.0))[0, 1]
-    assert np.allclose(saturated, [grey + 0.8 * (c - grey) for c in (200, 60, 20)], atol=1)
+    assert np.allclose(saturated, [grey + 0.8 * (c - grey) for c in (200, 60, 20)], atol=3)  # + the round trip
     # hue: an HSV hue shift by int(0.05 * 255) = 12 steps of 1/255; greys keep their value
     shifted = np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, 0.05))
     for pixel in range(3):
@@ -453,6 +456,75 @@ def test_hue_jitter_shifts_whole_8_bit_steps_truncated_towards_zero():
     # 0.05 * 255 = 12.75 -> 12 steps (rounding would take 13); -12.75 -> -12
     assert np.array_equal(np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, 0.05)), shifted(12))
     assert np.array_equal(np.asarray(data.color_jitter(image, 1.0, 1.0, 1.0, -0.05)), shifted(-12))
+
+
+def torchvision_jitter(image, brightness, contrast, saturation, hue):
+    """torchvision 0.x's PIL ColorJitter ops (F_pil.adjust_*), written out here as they are there, in md4all's
+    order: ImageEnhance blends, then adjust_hue's HSV round trip, made even when the shift is 0."""
+    image = ImageEnhance.Brightness(image).enhance(brightness)
+    image = ImageEnhance.Contrast(image).enhance(contrast)
+    image = ImageEnhance.Color(image).enhance(saturation)
+    h, s, v = image.convert('HSV').split()
+    np_h = np.array(h, dtype=np.uint8)
+    np_h += np.uint8(int(hue * 255) % 256)  # torchvision: np.array(hue * 255).astype(np.uint8), wrapping
+    return Image.merge('HSV', (Image.fromarray(np_h, 'L'), s, v)).convert('RGB')
+
+
+def fixture_frame(hw):
+    folder = os.path.join(FIXTURE, 'samples', 'CAM_FRONT')
+    with Image.open(os.path.join(folder, os.listdir(folder)[0])) as im:
+        return im.convert('RGB').resize(hw[::-1], Image.LANCZOS)
+
+
+@pytest.mark.parametrize('hue', [0.0, 0.5 / 255, -0.9 / 255, 1 / 255, -0.05, 0.0314, 0.05])
+def test_color_jitter_equals_torchvisions_pil_ops_on_the_real_frame_even_below_one_hue_step(hue):
+    for hw in ((320, 576), (518, 784)):
+        frame = fixture_frame(hw)
+        ours = np.asarray(data.color_jitter(frame, 1.13, 0.87, 1.05, hue))
+        assert np.array_equal(ours, np.asarray(torchvision_jitter(frame, 1.13, 0.87, 1.05, hue))), (hw, hue)
+    if abs(hue) < 1 / 255:  # no shift, yet the 8-bit round trip moves colours: torchvision's frames have it
+        moved = np.abs(np.asarray(data.color_jitter(frame, 1, 1, 1, hue), int) - np.asarray(frame)).max(-1)
+        assert 0.05 < (moved > 0).mean() and moved.max() <= 2
+
+
+def test_hue_tables_give_pils_hsv_round_trip_for_a_million_random_colours():
+    colours = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8))
+    for shift in (0, 1, -12, 12, 128):
+        assert np.array_equal(np.asarray(data.hue_shift(colours, shift)),
+                              np.asarray(data.torchvision_hue_shift(colours, shift))), shift
+
+
+def decoded(path, hw):
+    """The frame at `path` as the default path decodes it for size hw: DCT-scaled (PIL draft), RGB, Lanczos."""
+    with Image.open(path) as im:
+        im.draft('RGB', (hw[1], hw[0]))
+        return im.convert('RGB').resize(hw[::-1], Image.LANCZOS)
+
+
+def test_default_items_are_torchvisions_ops_on_the_decoded_frames_of_the_real_frame_and_a_synthetic_world(tmp_path):
+    """The default path's jittered tensors, bit for bit, on the nuScenes JPEG and on frames of the world the
+    learning check renders, over items whose draws include hue shifts of 0."""
+    import synthetic
+    world = synthetic.render_world(str(tmp_path / 'w'), train_day=1, train_night=0, train_rain=0, val_day=0,
+                                   val_night=0, val_rain=0, keyframes=3, sweeps=1, size=(90, 160))
+    shift = lambda seed, i: int(0.1 * (data.ItemDraws.draw(seed, 0, i).hue - 0.5) * 255)  # noqa: E731
+    seeds = [next(s for s in range(1000) if (shift(s, 0) == 0) == zero) for zero in (True, False)]
+    folder = os.path.join(FIXTURE, 'samples', 'CAM_FRONT')
+    cases = [(data.FolderDepth(folder, size=(320, 576), net_size=(518, 784), color_jitter=True, seed=s), 0)
+             for s in seeds]
+    for seed in seeds:
+        teacher = data.NuScenesDepth(world, synthetic.VERSION, 'train', size=(56, 96), net_size=(70, 126),
+                                     frames=(-1, 0, 1), color_jitter=True, seed=seed)
+        cases += [(teacher, i) for i in range(len(teacher))]
+    shifts = set()
+    for ds, i in cases:
+        item, factors = ds[i], ds._draws(i)[1].jitter
+        shifts.add(int(factors[3] * 255))
+        path = os.path.join(ds.root, ds.items[i] if isinstance(ds, data.FolderDepth)
+                            else ds.index.sample_data[ds.items[i][0]]['filename'])
+        for key, hw in (('color_aug', ds.size), ('input', ds.net_size)):
+            assert torch.equal(item[key], data.to_tensor(torchvision_jitter(decoded(path, hw), *factors))), key
+    assert 0 in shifts and len(shifts) > 2
 
 
 def test_affine_jitter_composes_the_four_steps_and_rotates_hue_about_the_grey_axis():
@@ -954,3 +1026,53 @@ def test_drivingstereo_depth_is_the_16_bit_value_over_256_and_an_8_bit_map_is_re
     Image.fromarray(np.zeros((16, 36), np.uint8)).save(eight_bit)
     with pytest.raises(ValueError, match=r'rainy/depth-map-full-size/.*\.png is a L PNG, not DrivingStereo.s 16-bit'):
         dataset[2]
+
+
+# --gpu-augment: the workers decode, the training device resizes and jitters (augment_batch)
+
+def same_batches(a, b):
+    """The keys and every tensor of two collated batches equal, bit for bit."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key], key
+
+
+@pytest.mark.parametrize('kind', ['teacher', 'student'])
+def test_device_augmented_batches_equal_the_default_items_bit_for_bit(tiny_world, tmp_path, kind):
+    """Over items with flips, every hue shift sign and 0, GDT swaps and the student's day input: the same tensors,
+    so the learning check's outcome cannot change with --gpu-augment."""
+    options = dict(size=(56, 96), net_size=(70, 126), color_jitter=True, flip=True, seed=3)
+    if kind == 'student':
+        day = data.NuScenesDepth(tiny_world, **options)
+        for token, _ in day.items:  # a darker 'night' translation of each training frame, as gdt.py saves one
+            path = day.index.sample_data[token]['filename']
+            with Image.open(os.path.join(tiny_world, path)) as im:
+                gdt.save_atomic(im.convert('RGB').point(lambda v: v // 3), tmp_path / 'night' / path)
+        options.update(gdt_root=str(tmp_path), gdt_conds=('night',), p_day=0.5, day_input=True)
+    else:
+        options.update(frames=(-1, 0, 1))
+    default, device = data.NuScenesDepth(tiny_world, **options), data.NuScenesDepth(tiny_world, device_augment=True,
+                                                                                   **options)
+    indices = list(range(len(default)))
+    raw = torch.utils.data.default_collate([device[i] for i in indices])
+    assert raw['raw_color'].dtype == torch.uint8 and 'color' not in raw
+    same_batches(device.augment_batch(raw), torch.utils.data.default_collate([default[i] for i in indices]))
+    draws = [default._draws(i)[1] for i in indices]
+    assert {d.flip for d in draws} == {True, False}
+    if kind == 'student':
+        assert {d.cond for d in draws} == {'day', 'night'}
+
+
+def test_device_augment_equals_the_default_path_on_the_real_frame():
+    folder = os.path.join(FIXTURE, 'samples', 'CAM_FRONT')
+    options = dict(size=(320, 576), net_size=(518, 784), color_jitter=True, flip=True, seed=1)
+    default, device = data.FolderDepth(folder, **options), data.FolderDepth(folder, device_augment=True, **options)
+    same_batches(device.augment_batch(torch.utils.data.default_collate([device[0]])),
+                 torch.utils.data.default_collate([default[0]]))
+
+
+def test_device_augment_needs_a_fixed_size_and_the_exact_jitter(nusc):
+    with pytest.raises(ValueError, match='--size'):
+        data.FolderDepth(os.path.join(FIXTURE, 'samples', 'CAM_FRONT'), device_augment=True)
+    with pytest.raises(ValueError, match='--fast-jitter'):
+        data.NuScenesDepth(nusc, color_jitter=True, exact_jitter=False, device_augment=True)

@@ -717,3 +717,12 @@ def test_loading_the_lcm_lora_silences_only_the_text_encoder_notice_and_leaves_d
     record = lambda message: logging.LogRecord("diffusers", logging.WARNING, "", 0, message, None, None)  # noqa: E731
     assert not notices.filter(record("No LoRA keys associated to CLIPTextModel found with the prefix='text_encoder'."))
     assert notices.filter(record("Loading adapter weights from state_dict led to unexpected keys"))
+
+
+def test_the_expected_memory_counts_the_loaded_weights_and_doubles_the_batch_for_guidance(translator):
+    pipe = translator.pipe
+    weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.controlnet, pipe.vae, pipe.text_encoder,
+                                                          pipe.image_encoder) for p in m.parameters()) / 2 ** 30
+    line = gdt.expected_memory(translator, 3)
+    assert line.startswith(f"expected memory: weights {weights:.1f} GiB") and "6 latents" in line
+    assert pipe.vae.use_slicing  # the batch is decoded one image at a time

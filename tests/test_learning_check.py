@@ -60,6 +60,25 @@ def test_plan_runs_teachers_first_seeds_for_the_main_rows_and_each_students_teac
     assert "student_self_teacher_loss_classic_translations_s1" not in names  # extra rows run one seed
 
 
+def test_gpu_augment_teacher_adds_the_self_supervised_teachers_with_the_flag_and_one_row_leaving_the_rest():
+    args = argparse.Namespace(out="o", size="90x160", batch_size=4, seeds=2, lr_pose="1e-3", teacher_steps=600,
+                              student_steps=300, init_motion="0.5", rotation="euler", scene_ends="md4all")
+    default = lc.plan_runs(args, "w", "g", "c")
+    args.gpu_augment_teacher = True
+    runs = lc.plan_runs(args, "w", "g", "c")
+    extra = {r[0]: r for r in runs if r not in default}
+    assert set(extra) == {"teacher_self_gpu_augment_s0", "teacher_self_gpu_augment_s1"}
+    assert len(runs) == len(default) + 2
+    plain = {r[0]: r for r in default}["teacher_self_s1"]
+    assert extra["teacher_self_gpu_augment_s1"][2] == plain[2] + ["--gpu-augment"]
+    results = fake_results({g: 0.2 for g in lc.GROUPS}, {g: 0.2 for g in lc.GROUPS})
+    table = lc.markdown_table(results, 2)
+    assert "--gpu-augment" not in table
+    results.update({n: results[n.replace("_gpu_augment", "")] for n in extra})
+    rows = lc.markdown_table(results, 2).splitlines()
+    assert [r for r in rows if r not in table.splitlines()] == [r for r in rows if "--gpu-augment" in r] != []
+
+
 def test_exported_encoder_gives_the_depth_nets_own_tokens(tmp_path):
     torch.manual_seed(0)
     net = DepthNet("tiny", init="none", net_size=None).eval()

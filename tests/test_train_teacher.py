@@ -459,3 +459,19 @@ def test_depth_anything_start_calibrates_on_plain_frames_spread_over_the_scenes_
     args.resume, resumed = True, Recorder()
     train_teacher.calibrate_pretrained_head(resumed, args)
     assert resumed.head_log == net.head_log and not hasattr(resumed, "images")
+
+
+def test_gpu_augment_trains_the_same_weights_as_the_default_path(tiny_world, tmp_path):
+    """The workers only decode and the loop makes the same tensors on the device: the same run, bit for bit."""
+    for name, extra in (("default", []), ("device", ["--gpu-augment"])):
+        run(tiny_world, tmp_path / name, "--steps", "1", "--seed", "1", "--no-check-data", *extra)
+    default, device = (torch.load(tmp_path / name / "ckpt.pt", weights_only=False) for name in ("default", "device"))
+    assert all(torch.equal(default["model"][k], device["model"][k]) for k in default["model"])
+    with open(tmp_path / "device" / "log.jsonl") as f:
+        assert all(0 <= r["data_wait"] <= 1 for r in map(json.loads, f))
+
+
+def test_gpu_augment_and_fast_jitter_exclude_each_other(tiny_world, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(tiny_world, tmp_path, "--gpu-augment", "--fast-jitter")
+    assert "--gpu-augment" in capsys.readouterr().err

@@ -64,6 +64,26 @@ def test_the_loop_trains_checkpoints_and_resumes_any_loss_module(tmp_path):
     assert [r["step"] for r in records if "loss" in r] == [12, 20, 24, 36, 48]
 
 
+def test_waiting_for_counts_only_the_time_batches_take_to_arrive(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+
+    def slow_batches():  # each batch takes 2 s to arrive
+        for i in range(3):
+            clock[0] += 2.0
+            yield i
+    waited = [0.0]
+    for _ in training.waiting_for(slow_batches(), waited):
+        clock[0] += 5.0  # the step itself: not waiting
+    assert waited == [6.0] and clock[0] == 21.0
+
+
+def test_every_log_record_says_the_share_of_time_spent_waiting_for_data(tmp_path):
+    run(loop_args(tmp_path))
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert len(records) == 4 and all(0 <= r["data_wait"] <= 1 for r in records)
+
+
 def test_a_learning_rate_flag_given_on_resume_replaces_its_group_by_name(tmp_path, capsys):
     run(loop_args(tmp_path, stop_at=24))
     run(loop_args(tmp_path, resume=True, lr_line=0.01, given=["lr_line"]))
@@ -249,3 +269,9 @@ def test_an_evaluation_that_fails_with_workers_alive_leaves_no_pymp_folder():
                             env=dict(os.environ, TMPDIR=tmp, OMP_NUM_THREADS="1"))
     assert result.returncode == 1 and result.stderr.strip() == "evaluate.py: error: image unreadable: frame 3"
     assert [name for name in os.listdir(tmp) if name.startswith("pymp-")] == []
+
+
+def test_the_loop_says_at_start_the_memory_it_expects_and_how(tmp_path, capsys):
+    run(loop_args(tmp_path, steps=1))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("expected memory"))
+    assert "AdamW state 0.00 GiB (0.0 M trained" in line and "BENCHMARKS.md" in line

@@ -5,6 +5,7 @@ and the data pipeline that feeds training.
     python tools/bench.py                             # one GPU: every figure, full-size models
     python tools/bench.py --only data                 # CPU: training items/s per worker, workers one GPU needs
     python tools/bench.py --only flops                # CPU, seconds: FLOPs of every stage at full size
+    python tools/bench.py --only memory --memory-minutes 60   # CPU: resident memory of full-size steps
     python tools/bench.py --compile --models-dir /tmp/sd15-random --out bench-compile.json
     python tools/bench.py --only teacher student --train-batch 4     # a subset; the paper's batch
     python tools/bench.py --only onnx                 # CPU frames/s of the depth net: torch vs the ONNX export
@@ -31,10 +32,16 @@ keeps what it measured; a failing section records its error and the others still
 - data: CPU cost of the real data.NuScenesDepth training items (teacher: 3 frames; student: + a GDT
   translation; LiDAR teacher: 1 frame + LiDAR projection) at the loss and network sizes, on a small
   synthetic world rendered at nuScenes' 900x1600 with JPEG frames (or --data-root), for the fast
-  paths (PATHS): reference (full decode for every tensor, torchvision's PIL jitter: the items before
-  the fast decode), default (DCT-scaled decode, torchvision's jitter: the trainers' default) and fast
-  (DCT-scaled decode, affine jitter: --fast-jitter): CPU ms per item, items/s of 1..N DataLoader workers, and the items/s
-  one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
+  paths (PATHS): reference (full decode for every tensor, torchvision's PIL ops: the items before the
+  fast decode), default (DCT-scaled decode, torchvision's jitter with the hue step by table lookups: the
+  trainers' default, the same bytes), gpu_augment (the workers' share of --gpu-augment: decoding only;
+  the same tensors are made on the GPU) and fast (DCT-scaled decode, affine jitter: --fast-jitter), and
+  the bare decode of each item's frames: CPU ms per item, items/s of 1..N DataLoader workers, and the
+  items/s one GPU consumes at --gpu-tflops (FLOPs per image from the flops section), hence the workers it needs.
+- memory (only when asked, --only memory: tens of minutes on a CPU): resident memory of one full-size
+  training step per cell (kind, batch, fp32 / bf16 autocast, gradient checkpointing; GDT: its batch's
+  denoiser call and sliced VAE decode per sampler and precision), each in a fresh process on the CPU:
+  weights, the state a step leaves, the step's activations, peak;
 - onnx (only when asked: it needs pip install onnx onnxruntime): CPU frames/s at the network size, batch 1, of
   the depth net in torch (float32) and of its model.export_onnx graph in onnxruntime, on the same thread count,
   and the largest relative depth difference between the two;
@@ -71,8 +78,8 @@ from train_student import StudentLoss  # noqa: E402
 from train_teacher import LidarLoss, SelfSupervisedLoss  # noqa: E402
 from training import add_common_args, build_depth_net, depth_param_groups, resolve_args  # noqa: E402
 
-SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data", "onnx")
-DEFAULT_SECTIONS = SECTIONS[:-1]  # onnx needs the optional onnx and onnxruntime packages: --only onnx
+SECTIONS = ("gdt", "teacher", "student", "inference", "flops", "data", "memory", "onnx")
+DEFAULT_SECTIONS = SECTIONS[:-2]  # memory takes tens of minutes and onnx needs optional packages: --only
 FULL = dict(gdt_size="576x1024", gdt_steps=30, gdt_batch=8, source_size=(900, 1600), encoder="base",
             pose="resnet18", loss_size=(320, 576), net_size=(518, 784), iters=20, data_samples=32)
 TINY = dict(gdt_size="64x64", gdt_steps=2, gdt_batch=2, source_size=(64, 64), encoder="tiny", pose="tiny",
@@ -81,8 +88,10 @@ TRAIN_BATCHES = (32, 16, 8, 4)  # GPU default: the largest that fits
 GUIDANCE = gdt.SAMPLERS["unipc"]["guidance"]  # gdt.py's default sampler (the paper's)
 H100_BF16_TFLOPS = 989.4  # dense bf16 peak of an H100 SXM (NVIDIA datasheet, without sparsity)
 MFU = 0.40  # the training MFU BENCHMARKS.md targets: the rate the data pipeline must keep up with
-PATHS = {  # how an item is made: the items before the fast decode, the trainers' default, --fast-jitter
-    "reference": dict(fast_decode=False, exact_jitter=True), "default": dict(fast_decode=True, exact_jitter=True),
+PATHS = {  # how an item is made: the items before the fast decode, the trainers' default, --gpu-augment, --fast-jitter
+    "reference": dict(fast_decode=False, exact_jitter=True, hue_tables=False),
+    "default": dict(fast_decode=True, exact_jitter=True),
+    "gpu_augment": dict(fast_decode=True, exact_jitter=True, device_augment=True),  # the workers' share only
     "fast": dict(fast_decode=True, exact_jitter=False)}
 DATA_KINDS = {  # what each trainer's dataset reads per item (train_teacher.py, train_student.py defaults)
     "teacher": dict(frames=(-1, 0, 1)),
@@ -117,6 +126,13 @@ def parse_args(argv=None):
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version of --data-root")
     p.add_argument("--data-workers", nargs="+", type=int, help="DataLoader worker counts (1, 2, 4 .. CPUs)")
     p.add_argument("--data-samples", type=int, help="items timed per figure (32)")
+    p.add_argument("--memory-cells", nargs="+", help="memory section: the cells to measure, as KIND,BATCH,DTYPE,CKPT "
+                   "(e.g. teacher,4,fp32,ckpt; lidar_teacher,1,bf16,-; gdt,8,fp16,lcm: the last field is GDT's "
+                   "sampler); "
+                   "default: every cell of MEMORY_CELLS")
+    p.add_argument("--memory-minutes", type=float, default=20, help="memory section: start no cell after this long; "
+                   "the cells left are recorded as not measured")
+    p.add_argument("--memory-cell", help=argparse.SUPPRESS)  # internal: measure one cell in this (fresh) process
     p.add_argument("--gpu-tflops", type=float, help=f"training FLOP rate of one GPU, TFLOP/s (default: {MFU:.0%}% "
                    f"of the measured bf16 matmul rate on a GPU, else of an H100's {H100_BF16_TFLOPS})")
     args = p.parse_args(argv)
@@ -416,7 +432,7 @@ def synthetic_batch(kind, batch, args, device):
 
 def train_step(loss_module, optimizer, batch, bf16):
     """The core of training.train's step: autocast forward, backward, AdamW step; no host sync."""
-    with torch.autocast(batch["color"].device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(batch["input"].device.type, dtype=torch.bfloat16, enabled=bf16):
         loss, _ = loss_module(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -571,6 +587,78 @@ def item_cost(dataset, samples):
         torch.set_num_threads(threads)
 
 
+def bare_decode_ms(dataset, samples):
+    """CPU ms per item of decoding its frames and nothing else, on one thread: the target frame whole (the
+    network size needs it), each neighbour at the DCT scale of the loss size, a GDT translation whole. No
+    worker can do less: the floor that --gpu-augment is measured against."""
+    def frames(i):
+        token, _ = dataset.items[i]
+        path = dataset.index.sample_data[token]["filename"]
+        yield os.path.join(dataset.root, path), None
+        yield from ((os.path.join(dataset.root, dataset.index.neighbour(token, step)["filename"]), dataset.size)
+                    for step in (-1, 1) if step in dataset.frames)
+        cond = dataset._draws(i)[1].cond
+        if cond != "day":
+            yield os.path.join(dataset.gdt_root, cond, path), None
+
+    def decode(i):
+        for path, size in frames(i):
+            with Image.open(path) as im:
+                if size:
+                    im.draft("RGB", size[::-1])
+                im.load()
+    decode(0)
+    cpu = time.process_time()
+    for i in range(samples):
+        decode(i % len(dataset))
+    return 1e3 * (time.process_time() - cpu) / samples
+
+
+def default_item_stages(dataset, samples):
+    """CPU ms of each stage of a default self-supervised teacher item, each PIL call timed alone on one thread
+    over the item's target frames: where the floor of md4all-exact items lies."""
+    from PIL import ImageEnhance
+    paths = [os.path.join(dataset.root, dataset.index.sample_data[token]["filename"]) for token, _ in dataset.items]
+    (h, w), (nh, nw), factors = dataset.size, dataset.net_size, (1.1, 0.9, 1.1, 0.03)
+
+    def decoded(path, size=None):
+        with Image.open(path) as im:
+            if size:
+                im.draft("RGB", size[::-1])
+            return im.convert("RGB")
+    full, half = [decoded(p) for p in paths], [decoded(p, (h, w)) for p in paths]
+    small, big = [im.resize((w, h), Image.LANCZOS) for im in half], [im.resize((nw, nh), Image.LANCZOS) for im in full]
+
+    def blends(im):
+        im = ImageEnhance.Brightness(im).enhance(factors[0])
+        return ImageEnhance.Color(ImageEnhance.Contrast(im).enhance(factors[1])).enhance(factors[2])
+
+    def ms(fn):
+        fn(0)
+        cpu = time.process_time()
+        for i in range(samples):
+            fn(i % len(paths))
+        return 1e3 * (time.process_time() - cpu) / samples
+    one = {name: ms(fn) for name, fn in dict(
+        decode_full=lambda i: decoded(paths[i]), decode_loss_scale=lambda i: decoded(paths[i], (h, w)),
+        resize_to_net=lambda i: full[i].resize((nw, nh), Image.LANCZOS),
+        resize_to_loss=lambda i: half[i].resize((w, h), Image.LANCZOS),
+        blends_loss=lambda i: blends(small[i]), blends_net=lambda i: blends(big[i]),
+        hue_tables_loss=lambda i: data.hue_shift(small[i], 7), hue_tables_net=lambda i: data.hue_shift(big[i], 7),
+        hue_pil_loss=lambda i: data.torchvision_hue_shift(small[i], 7),
+        hue_pil_net=lambda i: data.torchvision_hue_shift(big[i], 7),
+        tensor_loss=lambda i: data.to_tensor(small[i]), tensor_net=lambda i: data.to_tensor(big[i])).items()}
+    # a teacher item: the target whole and at the loss scale, two neighbours at the loss scale; four jittered images
+    item = dict(decode=one["decode_full"] + 3 * one["decode_loss_scale"],
+                resize=one["resize_to_net"] + 3 * one["resize_to_loss"],
+                blends=one["blends_net"] + 3 * one["blends_loss"],
+                hue=one["hue_tables_net"] + 3 * one["hue_tables_loss"],
+                hue_torchvision=one["hue_pil_net"] + 3 * one["hue_pil_loss"],
+                tensors=one["tensor_net"] + 6 * one["tensor_loss"])
+    item["sum"] = sum(v for k, v in item.items() if k != "hue_torchvision")
+    return dict(per_call=one, per_item=item)
+
+
 def loader_rate(dataset, workers, samples, batch=4):
     """Items/s that a DataLoader with `workers` processes delivers once each has handed over its first
     batch (start-up excluded), batches of 4 (the paper's batch per GPU)."""
@@ -624,11 +712,113 @@ def bench_data(args, device, results):
                     figures[path][f"items_per_s_{w}_workers"] = loader_rate(dataset, w, args.data_samples)
                     results.add("data", **{kind: figures})
             reference = figures["reference"]["cpu_ms_per_item"]
+            decode = bare_decode_ms(dataset, args.data_samples)
             figures.update(default_speedup=reference / figures["default"]["cpu_ms_per_item"],
-                           fast_speedup=reference / figures["fast"]["cpu_ms_per_item"])
+                           gpu_augment_speedup=reference / figures["gpu_augment"]["cpu_ms_per_item"],
+                           fast_speedup=reference / figures["fast"]["cpu_ms_per_item"], bare_decode_cpu_ms=decode,
+                           gpu_augment_over_bare_decode=figures["gpu_augment"]["cpu_ms_per_item"] / decode)
             results.add("data", **{kind: figures})
+        results.add("data", teacher_default_stages_ms=default_item_stages(day, args.data_samples))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+MEMORY_CELLS = [f"{kind},{batch},{dtype},{ckpt}" for dtype in ("fp32", "bf16") for ckpt in ("-", "ckpt")
+                for batch in (1, 2, 4) for kind in DATA_KINDS] + [  # GDT: its batch of 8, each sampler and precision
+    f"gdt,8,{dtype},{sampler}" for sampler in ("unipc", "lcm") for dtype in ("fp16", "fp32")]
+
+
+def rss_gib(field="VmRSS"):
+    """This process's resident memory (VmRSS) or its peak since the last reset_peak_rss (VmHWM), GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2 ** 20
+    raise OSError(f"/proc/self/status has no {field}: the memory section needs Linux")
+
+
+def reset_peak_rss():
+    """Start a new VmHWM window (Linux: writing 5 to clear_refs resets the peak resident set size)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_cell(cell, args):
+    """Resident memory of one training step of the real modules at full size, random weights, measured in this
+    fresh process on the CPU: the weights, gradients and AdamW moments a step leaves (state) and the step's
+    peak over what was resident before it (activations, mostly)."""
+    kind, batch, dtype, ckpt = cell.split(",")
+    if kind == "gdt":
+        return gdt_memory_cell(cell, int(batch), dtype, ckpt)
+    args.grad_ckpt, baseline = ckpt == "ckpt", rss_gib()
+    loss_module = build_loss(kind, args)
+    optimizer = torch.optim.AdamW(param_groups(loss_module, trainer_args(args)), weight_decay=0.01)
+    batch_data = synthetic_batch(kind, int(batch), args, torch.device("cpu"))
+    before = rss_gib()
+    reset_peak_rss()
+    start = time.perf_counter()
+    train_step(loss_module, optimizer, batch_data, dtype == "bf16")
+    peak, seconds_taken = rss_gib("VmHWM"), time.perf_counter() - start
+    trained = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    frozen = sum(p.numel() for p in loss_module.parameters()) - trained
+    return dict(cell=cell, trained_params=trained, frozen_params=frozen, weights_gib=before - baseline,
+                state_gib=rss_gib() - baseline, activation_gib=peak - before, peak_gib=peak - baseline,
+                step_s=seconds_taken, state_formula_gib=(16 * trained + 4 * frozen) / 2 ** 30)
+
+
+@torch.inference_mode()
+def gdt_memory_cell(cell, batch, dtype, sampler, size=(576, 1024)):
+    """GDT's peak of one denoiser call (ControlNet + UNet on the batch, doubled by classifier-free guidance with
+    the default sampler) and the VAE decode of the batch with VAE slicing (one image at a time), SD 1.5 shapes,
+    random weights, in `dtype`, on the CPU."""
+    baseline = rss_gib()
+    m = sd15_models().to(torch.float16 if dtype == "fp16" else torch.float32)
+    m.vae.enable_slicing()
+    weights = rss_gib() - baseline
+    lanes = batch * (2 if gdt.SAMPLERS[sampler]["guidance"] > 1 else 1)
+    latents = torch.randn(lanes, 4, size[0] // 8, size[1] // 8, dtype=m.unet.dtype)
+    context = torch.randn(lanes, 77, m.unet.config.cross_attention_dim, dtype=m.unet.dtype)
+    t, before = torch.tensor([500]), rss_gib()
+    reset_peak_rss()
+    start = time.perf_counter()
+    down, mid = m.controlnet(latents, t, context, controlnet_cond=torch.rand(lanes, 3, *size, dtype=m.unet.dtype),
+                             return_dict=False)
+    m.unet(latents, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    denoise_peak = rss_gib("VmHWM") - before
+    del down, mid
+    reset_peak_rss()
+    m.vae.decode(latents[:batch] / m.vae.config.scaling_factor)
+    decode_peak = rss_gib("VmHWM") - before
+    params = sum(p.numel() for p in m.parameters())
+    return dict(cell=cell, trained_params=0, frozen_params=params, weights_gib=weights, state_gib=weights,
+                activation_gib=max(denoise_peak, decode_peak), denoise_activation_gib=denoise_peak,
+                decode_activation_gib=decode_peak, peak_gib=weights + max(denoise_peak, decode_peak),
+                step_s=time.perf_counter() - start, state_formula_gib=params * (2 if dtype == "fp16" else 4) / 2 ** 30)
+
+
+def bench_memory(args, device, results):
+    """memory_cell for each of --memory-cells, each in a fresh process (its own peak), cheapest first, until
+    --memory-minutes have passed; the cells left are recorded as not measured. Full size only."""
+    import subprocess
+    cells, start = sorted(args.memory_cells or MEMORY_CELLS, key=memory_cost), time.perf_counter()
+    results.add("memory", net_size=list(args.net_size), loss_size=list(args.loss_size), allocator="CPU (glibc)",
+                cells=cells)
+    for cell in cells:
+        if time.perf_counter() - start > 60 * args.memory_minutes:
+            results.add("memory", **{cell: "not measured: past --memory-minutes on this machine"})
+            continue
+        command = [sys.executable, os.path.abspath(__file__), "--memory-cell", cell, "--out", os.devnull]
+        run = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+        results.add("memory", **{cell: json.loads(lines[-1]) if run.returncode == 0 and lines
+                                 else f"failed: {run.stderr.strip().splitlines()[-1:]}"})
+
+
+def memory_cost(cell):
+    """Rough relative cost of a cell, to measure the cheap ones first: batch, x3 for bf16 on CPU, x1.3 checkpointed."""
+    kind, batch, dtype, ckpt = cell.split(",")
+    if kind == "gdt":  # one denoiser call and a decode at 576x1024: about 30 training steps' worth of FLOPs
+        return 30 * int(batch) * (3 if dtype == "fp16" else 1)
+    return int(batch) * (3 if dtype == "bf16" else 1) * (1.3 if ckpt == "ckpt" else 1) * (
+        1.5 if kind == "student" else 0.6 if kind == "lidar_teacher" else 1)
 
 
 def print_table(results):
@@ -637,10 +827,17 @@ def print_table(results):
     show = lambda v: "n/a (no GPU)" if v is None else f"{v:.4g}" if isinstance(v, float) else v  # noqa: E731
     for section, figures in list(results.items())[1:]:
         for key, value in figures.items():
-            if key not in meta and key not in DATA_KINDS:
+            if key not in meta and key not in DATA_KINDS and key != "teacher_default_stages_ms" and not (
+                    section == "memory" and "," in key):
                 print(f"  {section:<10} {key:<30} {show(value)}")
     if any(kind in results.get("data", {}) for kind in DATA_KINDS):
         print_data_table(results["data"], show)
+    stages = results.get("data", {}).get("teacher_default_stages_ms")
+    if stages:
+        print("  default teacher item, CPU ms by stage: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in stages["per_item"].items()))
+    if "cells" in results.get("memory", {}):
+        print_memory_table(results["memory"])
 
 
 def print_data_table(d, show):
@@ -651,6 +848,11 @@ def print_data_table(d, show):
     print("  " + " | ".join(["item", "path", "CPU ms/item", "items/s 1 process"]
                             + [f"items/s {w} workers" for w in d["workers"]] + ["GPU images/s", "workers/GPU"]))
     for kind in DATA_KINDS:
+        g = d.get(kind, {})
+        print(f"  {kind} | bare decode | {show(g.get('bare_decode_cpu_ms', '-'))} | speed-up over reference: default "
+              f"{show(g.get('default_speedup', '-'))}, gpu_augment {show(g.get('gpu_augment_speedup', '-'))} "
+              f"({show(g.get('gpu_augment_over_bare_decode', '-'))}x the bare decode), "
+              f"fast {show(g.get('fast_speedup', '-'))}")
         for name in PATHS:
             f, g = d.get(kind, {}).get(name, {}), d.get(kind, {})
             cells = [f.get("cpu_ms_per_item"), f.get("items_per_s_one_process"), *(f.get(w) for w in workers)]
@@ -658,14 +860,31 @@ def print_data_table(d, show):
             print("  " + " | ".join([kind, name] + ["-" if c is None else str(show(c)) for c in cells + last]))
 
 
+def print_memory_table(m):
+    print("\n  memory (CPU resident, GiB): cell | trained / frozen M params | weights | state after the step | "
+          "step's activations | peak | step s")
+    for cell in m["cells"]:
+        f = m.get(cell)
+        if isinstance(f, dict):
+            print(f"  {cell} | {f['trained_params'] / 1e6:.1f} / {f['frozen_params'] / 1e6:.1f} | "
+                  f"{f['weights_gib']:.2f} | "
+                  f"{f['state_gib']:.2f} | {f['activation_gib']:.2f} | {f['peak_gib']:.2f} | {f['step_s']:.0f}")
+        else:
+            print(f"  {cell} | {f}")
+
+
 BENCHES = dict(gdt=bench_gdt, teacher=lambda *a: bench_training("teacher", *a),
                student=lambda *a: bench_training("student", *a), inference=bench_inference, flops=bench_flops,
-               data=bench_data, onnx=bench_onnx)
+               data=bench_data, memory=bench_memory, onnx=bench_onnx)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.memory_cell:  # one cell of the memory section, in the fresh process bench_memory started
+        torch.set_flush_denormal(True)
+        print(json.dumps(memory_cell(args.memory_cell, args)))
+        return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_flush_denormal(True)  # as the trainers: denormals from random weights cost up to 10x on CPU
     if args.tiny:  # tiny models gain nothing from threads, and on shared cores spinning threads cost 10x

@@ -95,6 +95,9 @@ def plan_runs(args, world, gdt_rendered, gdt_classic):
                 flags += ["--lr-pose", args.lr_pose, "--pose-order", "temporal", "--init-motion", args.init_motion,
                           "--rotation", args.rotation]
             runs.append((f"teacher_{sup}_s{seed}", "train_teacher.py", common + flags, args.teacher_steps, None))
+    if getattr(args, "gpu_augment_teacher", False):  # the self-supervised teachers again, images by augment_batch
+        runs += [(name.replace("teacher_self", "teacher_self_gpu_augment"), script, flags + ["--gpu-augment"], steps,
+                  None) for name, script, flags, steps, _ in list(runs) if name.startswith("teacher_self_s")]
     for sup, label, extra in STUDENTS:
         main_row = label == STUDENTS[[s[0] for s in STUDENTS].index(sup)][1]
         for seed in range(args.seeds if main_row else 1):
@@ -160,6 +163,8 @@ def table_rows(results, seeds):
     rows = [("untrained net", ["untrained"])]
     for sup, title in (("self", "self-supervised"), ("lidar", "LiDAR")):
         rows.append((f"{title} teacher (day-clear)", by_prefix(f"teacher_{sup}")))
+        if sup == "self" and all(n in results for n in by_prefix("teacher_self_gpu_augment")):
+            rows.append((f"{title} teacher, --gpu-augment (day-clear)", by_prefix("teacher_self_gpu_augment")))
         for s, label, _ in STUDENTS:
             if s == sup:
                 names = [n for n in by_prefix(f"student_{sup}_{slug(label)}") if n in results]
@@ -395,6 +400,9 @@ def main(argv=None):
     p.add_argument("--jobs", type=data.at_least(1), default=2, help="training runs at once (one CPU core each)")
     p.add_argument("--corruptions-only", action="store_true",
                    help="run stage 5 (corruptions) alone on the finished check in --out (its world and checkpoints)")
+    p.add_argument("--gpu-augment-teacher", action="store_true",
+                   help="also train the self-supervised teachers with --gpu-augment (a row of their own; the other "
+                        "rows are unchanged)")
     args = p.parse_args(argv)
     if args.corruptions_only:
         return run_corruption_stage(args.out, args.size, required=True) is not None
