@@ -246,7 +246,8 @@ def torchvision_hue_shift(image, shift):
 @lru_cache(maxsize=None)
 def hsv_tables():
     """PIL's 8-bit RGB -> HSV and HSV -> RGB conversions tabulated over all 2^24 colours, made by PIL itself
-    (so exact by construction, 1-2 s and 128 MB once per process; forked DataLoader workers share them).
+    (so exact by construction, 1-2 s and 128 MB once per process; workers forked after it share them:
+    AugmentedDataset.share_tables).
     Colours are packed as uint32 c0 | c1 << 8 | c2 << 16 in the mode's channel order (RGB or HSV)."""
     codes = np.arange(1 << 24, dtype='<u4')  # little-endian whatever the machine: byte 0 is c0
     every = Image.frombuffer('RGBX', (4096, 4096), codes, 'raw', 'RGBX', 0, 1).convert('RGB')
@@ -430,8 +431,6 @@ class AugmentedDataset(torch.utils.data.Dataset):
         if device_augment and (not self.size or not exact_jitter):
             raise ValueError("device_augment (--gpu-augment) needs a fixed loss size (--size) and md4all's exact "
                              "jitter (drop --fast-jitter)")
-        if color_jitter and exact_jitter and hue_tables:
-            hsv_tables()  # built here, before DataLoader workers fork: they share the tables' 128 MB
         self.gdt_rejected, self.gdt_fallbacks = {}, {}
         if self.gdt_conds and not gdt_root:
             raise ValueError(f"GDT conditions {self.gdt_conds} given without a GDT folder: pass gdt_root "
@@ -443,6 +442,12 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __len__(self):
         return len(self.items)
+
+    def share_tables(self):
+        """Build the exact hue step's tables (hsv_tables: 1-2 s, 128 MB) in this process now: DataLoader workers
+        forked after it share one copy, where otherwise each builds its own at its first item."""
+        if self.jitter and self.exact_jitter and self.hue_tables:
+            hsv_tables()
 
     def set_epoch(self, epoch):
         """Choose the epoch whose random draws the items use. Call it before each epoch's iterator:

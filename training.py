@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -387,11 +388,15 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     net = modules["model"]
     if args.compile:
         net.compile()  # in place: state-dict keys unchanged
+    # DINOv2's class token is (1, 1, C): at one image per process its gradient is a slice of the tokens' with
+    # strides DDP's bucket does not expect, and DDP warns at every launch (harmless: it copies C numbers)
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     model = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else loss_module
 
     # Data: items come as (epoch, index) pairs, so the workers live across epochs and still draw each
     # epoch's augmentation (they keep the dataset copy they started with)
+    getattr(dataset, "share_tables", lambda: None)()  # the hue tables, built once before the workers fork
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
     pairs = data.EpochSampler(sampler)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=pairs, num_workers=args.workers,

@@ -21,7 +21,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     results = bench.main(["--tiny", "--out", str(out), "--gdt-batch", "1", "--gdt-images", "1", "--infer-batches",
                           "1", "2", "--only", "gdt", "teacher", "student", "inference", "data", "--data-workers", "1",
-                          "--data-samples", "2", "--data-workers", "1", "--gpu-tflops", "100"])
+                          "--data-samples", "1", "--gpu-tflops", "100"])
     return results, out
 
 

@@ -1076,3 +1076,15 @@ def test_device_augment_needs_a_fixed_size_and_the_exact_jitter(nusc):
         data.FolderDepth(os.path.join(FIXTURE, 'samples', 'CAM_FRONT'), device_augment=True)
     with pytest.raises(ValueError, match='--fast-jitter'):
         data.NuScenesDepth(nusc, color_jitter=True, exact_jitter=False, device_augment=True)
+
+
+def test_a_dataset_builds_the_hue_tables_only_when_asked_so_a_refused_run_does_not_wait_for_them(tiny_world,
+                                                                                                monkeypatch):
+    calls = []
+    monkeypatch.setattr(data, "hsv_tables", lambda: calls.append(1))
+    jittered = data.NuScenesDepth(tiny_world, "v1.0-trainval", "train", size=(36, 64), color_jitter=True)
+    assert calls == []  # 1-2 s saved where a later check refuses the run
+    jittered.share_tables()
+    assert calls == [1]
+    data.NuScenesDepth(tiny_world, "v1.0-trainval", "train", size=(36, 64)).share_tables()  # no jitter: no tables
+    assert calls == [1]

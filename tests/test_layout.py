@@ -3,8 +3,8 @@ in an empty folder, and the shared files import nothing of the project."""
 import ast
 import json
 import os
+import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -38,31 +38,33 @@ def test_shared_files_import_nothing_of_the_project_and_stages_only_what_they_na
     assert project_imports(ROOT / "training.py") == {"data", "evaluate", "model"}
 
 
-# Each stage runs as `python <stage>.py ...` from its own folder, in one interpreter for both (torch and transformers
-# load once): the project's modules are forgotten between the two, and the repository is never on the path.
-DRIVER = """
-import json, os, runpy, sys
-for folder, argv in json.loads(sys.argv[1]):
-    for name in ("gdt", "evaluate", "model", "data", "losses", "training"):
-        sys.modules.pop(name, None)
-    os.chdir(folder)
-    sys.path[0], sys.argv = folder, argv
-    runpy.run_path(argv[0], run_name="__main__")
-"""
-
-
-def run_copied(tmp_path, stages):
-    """Copy each stage's files into an empty folder of its own and run the stage there as a user would."""
-    jobs = []
+def run_copied(tmp_path, stages, monkeypatch):
+    """Copy each stage's files into an empty folder of its own and run the stage there as `python <stage>.py ...`
+    would, in this interpreter (torch, transformers and diffusers are loaded already): the project's modules are
+    forgotten for the run and the repository is off the path, so a stage finds only the files copied with it."""
+    off_path = {str(ROOT), str(ROOT / "tools"), str(ROOT / "tests")}
     for i, (files, argv) in enumerate(stages):
         folder = tmp_path / f"copy{i}"
         folder.mkdir()
         for name in files:
             shutil.copy(ROOT / name, folder / name)
-        jobs.append((str(folder), [files[0], *argv]))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH="")
-    return subprocess.run([sys.executable, "-c", DRIVER, json.dumps(jobs)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+        saved = {name: sys.modules.pop(name) for name in STAGE_FILES if name in sys.modules}
+        try:
+            with monkeypatch.context() as m:
+                m.chdir(folder)
+                kept = [p for p in sys.path if p and os.path.abspath(p) not in off_path]
+                m.setattr(sys, "path", [str(folder), *kept])
+                m.setattr(sys, "argv", [files[0], *argv])
+                try:
+                    runpy.run_path(files[0], run_name="__main__")
+                except SystemExit as stop:
+                    assert stop.code in (0, None), f"{files[0]} exited with {stop.code}"
+            copied = {name: sys.modules[name] for name in STAGE_FILES if name in sys.modules}
+            assert all(os.path.dirname(module.__file__) == str(folder) for module in copied.values()), copied
+        finally:
+            for name in STAGE_FILES:
+                sys.modules.pop(name, None)
+            sys.modules.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def images(tmp_path_factory):
 
 
 def test_gdt_and_evaluate_each_run_from_a_folder_holding_only_their_stage_and_the_shared_files(
-        images, tiny_gdt_models, tmp_path):
+        images, tiny_gdt_models, tmp_path, monkeypatch):
     torch.manual_seed(0)
     net = DepthNet("tiny", init="none", net_size=None)
     save_checkpoint(str(tmp_path / "ckpt.pt"), model=net.state_dict(), config=net.config_dict())
@@ -88,7 +90,6 @@ def test_gdt_and_evaluate_each_run_from_a_folder_holding_only_their_stage_and_th
     evaluate = (["evaluate.py", "model.py", "data.py"],
                 ["--ckpt", str(tmp_path / "ckpt.pt"), "--dataset", "folder", "--data-root", str(images),
                  "--workers", "0", "--out", str(tmp_path / "eval")])
-    done = run_copied(tmp_path, [gdt, evaluate])
-    assert done.returncode == 0, done.stderr
+    run_copied(tmp_path, [gdt, evaluate], monkeypatch)
     assert sorted(p.name for p in (tmp_path / "out" / "night").glob("*.png")) == ["a.png", "b.png"]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]["plain"]["all"]["count"] == 2

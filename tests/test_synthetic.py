@@ -212,15 +212,13 @@ def test_rerun_resumes_and_foreign_or_other_settings_folders_are_refused(tmp_pat
         synthetic.render_world(str(tmp_path / 'new'), **dict(small, keyframes=1))
 
 
-def test_cli_writes_a_readable_world_and_rejects_a_bad_size(tmp_path):
+def test_cli_writes_a_readable_world(tmp_path):  # a bad --size: tests/test_bad_inputs.py
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'synthetic.py'), '--out', str(tmp_path / 'cli'),
            '--keyframes', '2', '--train-day', '1', '--train-night', '0', '--train-rain', '0', '--val-day', '0',
            '--val-night', '0', '--val-rain', '0', '--workers', '1']
     done = subprocess.run(cmd + ['--size', '36x64'], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert [s['name'] for s in table(str(tmp_path / 'cli'), 'scene')] == ['scene-0001']
-    bad = subprocess.run(cmd + ['--size', '36x0'], capture_output=True, text=True)
-    assert bad.returncode == 2 and "argument --size: image size '36x0': give HxW with both sides positive" in bad.stderr
 
 
 def test_car_sides_vary_along_the_car_so_their_depth_shows_in_the_flow():

@@ -132,15 +132,16 @@ def run_bounded(cmd, env, limit=900):
     return proc.returncode, out, err
 
 
-def test_two_process_torchrun_exits_cleanly_twice_in_a_row_and_plain_python_loads_it(tiny_world, tmp_path):
-    # The DDP teardown once deadlocked at exit in about one run of three: two full launches in a row,
-    # each bounded, must both finish (the second one validates across both ranks).
-    for i, extra in enumerate([["--no-val"], ["--val-every", "2"]]):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               os.path.join(ROOT, "train_teacher.py"), "--tiny", "--data-root", tiny_world, "--size", "56x96",
-               "--batch-size", "1", "--workers", "0", "--out", str(tmp_path / f"run{i}"), "--steps", "2", *extra]
-        code, _, err = run_bounded(cmd, dict(os.environ, OMP_NUM_THREADS="1"))
-        assert code == 0, err[-3000:]
+def test_two_process_torchrun_exits_cleanly_and_plain_python_loads_it(tiny_world, tmp_path):
+    # The DDP teardown once deadlocked at exit in about one run of three (training.py releases DDP before the
+    # process group since): the launch is bounded, and it validates across both ranks.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train_teacher.py"), "--tiny", "--data-root", tiny_world, "--size", "56x96",
+           "--batch-size", "1", "--workers", "0", "--fast-jitter", "--out", str(tmp_path / "run1"), "--steps", "2",
+           "--val-every", "2"]  # --fast-jitter: the exact hue step's tables cost each rank a second
+    code, _, err = run_bounded(cmd, dict(os.environ, OMP_NUM_THREADS="1"))
+    assert code == 0, err[-3000:]
+    assert "Grad strides do not match" not in err  # DINOv2's [1, 1, C] tokens at one image per rank: filtered
     ckpt = str(tmp_path / "run1" / "ckpt.pt")
     net, pose = load_depth_net(ckpt), load_pose_net(ckpt)
     with torch.no_grad():
