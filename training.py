@@ -232,6 +232,17 @@ def all_reduce_sums(values, device):
     return t.tolist()
 
 
+def agree_to_stop(asked, group):
+    """True on every rank if any rank was asked to stop (a signal since the last step), so that all stop after the
+    same step. One all-reduce of one number per step in a CPU (gloo) group, so no GPU synchronisation: 0.55 ms
+    between two processes on a loaded 2-core machine."""
+    if group is None:
+        return asked
+    flag = torch.tensor([float(asked)])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    return bool(flag.item())
+
+
 def validate(net, dataset, args, rank, world, device):
     """Per-group md4all metrics of `net` on `dataset`, each rank evaluating a strided shard."""
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
@@ -419,17 +430,21 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
                dynamic_ncols=True)
     sums, count, finite, tick = None, 0, torch.ones((), dtype=torch.bool, device=device), time.time()
     waited = [0.0]  # seconds spent waiting for batches since the last log record (waiting_for)
-    # Ctrl-C (one process): finish the step, save it, stop; a second Ctrl-C stops at once. Under torchrun the
-    # ranks would stop at different steps, so there the last periodic checkpoint is what a resume takes.
-    stop = threading.Event()
+    # Ctrl-C or SIGTERM (a scheduler's preemption): finish the step, save it, stop. Under torchrun the ranks
+    # agree on the step to stop after (agree_to_stop), and a repeated signal is torchrun forwarding it to each
+    # rank (it kills them after its --shutdown_timeout, 30 s by default); in one process a second one stops at once.
+    stop, control = threading.Event(), dist.new_group(backend="gloo") if dist.is_initialized() else None
 
     def stop_after_this_step(signum, frame):
         stop.set()
-        signal.signal(signal.SIGINT, previous_handler)
-    catch = world == 1 and threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGINT, stop_after_this_step) if catch else None
+        if world == 1:
+            signal.signal(signum, previous_handlers[signum])
+    catch = threading.current_thread() is threading.main_thread()
+    previous_handlers = {sig: signal.signal(sig, stop_after_this_step) for sig in (signal.SIGINT, signal.SIGTERM)} \
+        if catch else {}
+    stopping = False
     try:
-        while step < total and step != args.stop_at and not stop.is_set():
+        while step < total and step != args.stop_at and not stopping:
             epoch, skip = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch)
             pairs.set_epoch(epoch, SkipSampler(sampler, skip * args.batch_size))  # a resume skips the finished part
@@ -452,7 +467,8 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
                 sums = values if sums is None else sums + values
                 finite &= torch.isfinite(values).all()
                 count += 1
-                last = step == total or step == args.stop_at or stop.is_set()
+                stopping = agree_to_stop(stop.is_set(), control)
+                last = step == total or step == args.stop_at or stopping
                 due_log, due_save = last or step % args.log_every == 0, last or step % args.ckpt_every == 0
                 if (due_log or due_save) and all_reduce_sums([float(not finite)], device)[0] > 0:
                     raise ValueError(f"loss became NaN/inf before step {step}; stopped without saving. The last "
@@ -486,11 +502,8 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     finally:  # also when the loop stops on an error: the bar ends its line, the caller's Ctrl-C is its own again,
         bar.close()  # and the persistent workers stop now (data.stop_workers: no /tmp/pymp-* left behind)
         data.stop_workers(getattr(loader, "_iterator", None))
-        if catch:
-            signal.signal(signal.SIGINT, previous_handler)
-    if stop.is_set():
-        raise KeyboardInterrupt(f"interrupted at step {step}; {ckpt_path} holds step {step}: run the same command "
-                                f"with --resume to continue")
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
 
     # Tear down: the DDP reducer's destructor waits on gloo/NCCL work that needs the process group and the
     # GIL; destroyed after the group (or while it tears down) it can deadlock, so release it first
@@ -499,6 +512,11 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
         del model
         gc.collect()
         dist.destroy_process_group()
+    if stopping:
+        if not master:
+            raise SystemExit(130)  # rank 0 says it, once
+        raise KeyboardInterrupt(f"interrupted at step {step}; {ckpt_path} holds step {step}: run the same command "
+                                f"with --resume to continue")
     if master:
         best_path = os.path.join(args.out, "best.pt")
         print(f"done: step {step}; checkpoint {ckpt_path}"

@@ -103,34 +103,37 @@ def test_a_checkpoint_whose_groups_have_no_names_still_resumes(tmp_path):
     assert step == 48 and group["name"] == "lr_line" and group["initial_lr"] == pytest.approx(0.01)
 
 
-class CtrlCAt(LineFit):
-    """LineFit whose `at`-th forward pass is interrupted by Ctrl-C (SIGINT to this process)."""
+class SignalAt(LineFit):
+    """LineFit whose `at`-th forward pass gets `sig` (Ctrl-C's SIGINT, or a scheduler's SIGTERM) sent to this
+    process."""
 
-    def __init__(self, at):
+    def __init__(self, at, sig):
         super().__init__()
-        self.calls, self.at = 0, at
+        self.calls, self.at, self.sig = 0, at, sig
 
     def forward(self, batch):
         self.calls += 1
         if self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.sig)
         return super().forward(batch)
 
 
-def test_ctrl_c_finishes_the_step_saves_it_says_how_to_resume_and_the_resume_is_exact(tmp_path, capsys):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_finishes_the_step_saves_it_says_how_to_resume_and_the_resume_is_exact(tmp_path, capsys, sig):
     _, straight = run(loop_args(tmp_path / "straight"))
     capsys.readouterr()
     args = loop_args(tmp_path / "cut")
     torch.manual_seed(0)
-    fit = CtrlCAt(at=17)
+    fit = SignalAt(at=17, sig=sig)
     groups = [dict(name="lr_line", params=list(fit.parameters()), lr=args.lr_line)]
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as e:
         data.run_cli(lambda: training.train(args, fit, groups, {"model": fit.line}, {"config": {}}, Points()),
                      "train_teacher.py")
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert e.value.code == 130 and last.startswith("train_teacher.py: interrupted at step 17;") and "--resume" in last
     assert torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=False)["step"] == 17  # saved on the way out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # given back
     step, resumed = run(loop_args(tmp_path / "cut", resume=True))
     assert step == 48 and torch.equal(resumed.line.weight, straight.line.weight)
 
