@@ -426,9 +426,10 @@ def build_translator(settings, models=None, styles=None, batch_size=4, compile=F
                       1 if device.type == "cpu" else batch_size)
 
 
-# Resident memory one denoiser call (ControlNet + UNet) adds per latent at 576x1024, and that the sliced VAE decode
-# of one image adds, fp32, measured on the CPU at batch 1 (tools/bench.py --only memory; BENCHMARKS.md, 2026-12-07).
-DENOISE_ACTIVATION_GIB, DECODE_ACTIVATION_GIB = 0.57, 2.40
+# Resident memory one denoiser call (ControlNet + UNet) adds at 576x1024, as a fixed part plus a part per latent
+# (a line through the two measured calls: 0.57 GiB on 1 latent, 3.15 on 8), and that the sliced VAE decode of one
+# image adds; fp32, on the CPU (tools/bench.py --only memory; BENCHMARKS.md, 2026-12-07).
+DENOISE_ACTIVATION_GIB, DENOISE_PER_LATENT_GIB, DECODE_ACTIVATION_GIB = 0.20, 0.37, 2.40
 
 
 def expected_memory(translator, batch_size):
@@ -445,7 +446,7 @@ def expected_memory(translator, batch_size):
                        f"slicing): not measured, see BENCHMARKS.md, memory")
     scale = (translator.settings.gen_size[0] * translator.settings.gen_size[1] / (576 * 1024)) * (
         0.5 if translator.dtype in (torch.float16, torch.bfloat16) else 1)
-    activations = scale * max(lanes * DENOISE_ACTIVATION_GIB, DECODE_ACTIVATION_GIB)
+    activations = scale * max(DENOISE_ACTIVATION_GIB + lanes * DENOISE_PER_LATENT_GIB, DECODE_ACTIVATION_GIB)
     return line + (f" + activations {activations:.1f} GiB (the larger of one denoiser call on {lanes} latents and the "
                    f"sliced VAE decode of one image, measured on the CPU in fp32 at 576x1024, scaled by pixels and "
                    f"precision) = about {weights + activations:.1f} GiB; BENCHMARKS.md, memory")
