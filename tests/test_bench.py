@@ -17,11 +17,11 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
-    results = bench.main(["--tiny", "--out", str(out), "--gdt-batch", "1", "--gdt-images", "1", "--infer-batches",
-                          "1", "2", "--only", "gdt", "teacher", "student", "inference", "data", "--data-workers", "1",
-                          "--data-samples", "1", "--gpu-tflops", "100"])
+def tiny_run(tmp_path_factory, tiny_gdt_models):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"  # --models-dir: the session's tiny models, written once
+    results = bench.main(["--tiny", "--out", str(out), "--models-dir", str(tiny_gdt_models), "--gdt-batch", "1",
+                          "--gdt-images", "1", "--infer-batches", "1", "2", "--only", "gdt", "teacher", "student",
+                          "inference", "data", "--data-workers", "1", "--data-samples", "1", "--gpu-tflops", "100"])
     return results, out
 
 
