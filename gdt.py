@@ -429,24 +429,21 @@ def build_translator(settings, models=None, styles=None, batch_size=4, compile=F
 # Resident memory one denoiser call (ControlNet + UNet) adds at 576x1024, as a fixed part plus a part per latent
 # (a line through the two measured calls: 0.57 GiB on 1 latent, 3.15 on 8), and that the sliced VAE decode of one
 # image adds; fp32, on the CPU (tools/bench.py --only memory; BENCHMARKS.md, 2026-12-07).
-DENOISE_ACTIVATION_GIB, DENOISE_PER_LATENT_GIB, DECODE_ACTIVATION_GIB = 0.20, 0.37, 2.40
+DENOISE_FIXED_GIB, DENOISE_PER_LATENT_GIB, DECODE_ACTIVATION_GIB = 0.20, 0.37, 2.40
 
 
 def expected_memory(translator, batch_size):
     """One line for the start: the loaded models' weights (exact: parameters x bytes; the depth model's few
-    tens of MB left out) and what a batch adds, from the CPU measurement when there is one."""
+    tens of MB left out) and what a batch adds, from the CPU measurements."""
     pipe = translator.pipe
     modules = [pipe.unet, pipe.controlnet, pipe.vae, pipe.text_encoder, getattr(pipe, "image_encoder", None),
                translator.captioner[0] if translator.captioner else None]
     weights = sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters()) / 2 ** 30
     lanes = batch_size * (2 if translator.settings.guidance > 1 else 1)  # classifier-free guidance doubles the batch
     line = f"expected memory: weights {weights:.1f} GiB ({translator.dtype})"
-    if DENOISE_ACTIVATION_GIB is None:
-        return line + (f" + one denoiser call on {lanes} latents and the VAE decode of one image at a time (VAE "
-                       f"slicing): not measured, see BENCHMARKS.md, memory")
     scale = (translator.settings.gen_size[0] * translator.settings.gen_size[1] / (576 * 1024)) * (
         0.5 if translator.dtype in (torch.float16, torch.bfloat16) else 1)
-    activations = scale * max(DENOISE_ACTIVATION_GIB + lanes * DENOISE_PER_LATENT_GIB, DECODE_ACTIVATION_GIB)
+    activations = scale * max(DENOISE_FIXED_GIB + lanes * DENOISE_PER_LATENT_GIB, DECODE_ACTIVATION_GIB)
     return line + (f" + activations {activations:.1f} GiB (the larger of one denoiser call on {lanes} latents and the "
                    f"sliced VAE decode of one image, measured on the CPU in fp32 at 576x1024, scaled by pixels and "
                    f"precision) = about {weights + activations:.1f} GiB; BENCHMARKS.md, memory")

@@ -38,6 +38,10 @@ import data
 from evaluate import net_predictor, score_loader, summarize
 from model import DepthNet, checkpoint_kind, read_checkpoint, save_checkpoint
 
+# DINOv2's class token is (1, 1, C): at one image per process its gradient is a slice of the tokens' with strides
+# DDP's bucket does not expect, and DDP warns at every launch (harmless: it copies C numbers)
+warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
 
 def add_common_args(p):
     """Flags shared by the teacher and the student trainers (docs/method.md §4 defaults)."""
@@ -400,9 +404,6 @@ def train(args, loss_module, groups, modules, extra, dataset, val_dataset=None, 
     net = modules["model"]
     if args.compile:
         net.compile()  # in place: state-dict keys unchanged
-    # DINOv2's class token is (1, 1, C): at one image per process its gradient is a slice of the tokens' with
-    # strides DDP's bucket does not expect, and DDP warns at every launch (harmless: it copies C numbers)
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     model = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else loss_module
 
